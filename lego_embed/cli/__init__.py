@@ -1,0 +1,28 @@
+"""`lego-embed` command line: thin wrappers that parse arguments and call the packages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lego_embed.cli import model_commands
+from lego_embed.errors import LegoEmbedError
+
+COMMAND_MODULES = (model_commands,)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lego-embed", description=__doc__)
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    for module in COMMAND_MODULES:
+        module.register(subcommands)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except LegoEmbedError as error:
+        print(f"lego-embed: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

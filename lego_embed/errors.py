@@ -1,0 +1,49 @@
+"""Typed errors. Every message says what is wrong and what to do about it."""
+
+
+class LegoEmbedError(Exception):
+    """Base class of every error lego_embed raises on bad input or set-up."""
+
+
+class ModelNotFoundError(LegoEmbedError):
+    """The model folder does not exist or holds no config/weights."""
+
+
+class UnsupportedArchitectureError(LegoEmbedError):
+    """The model's architecture is not one the partitioned executor can run."""
+
+
+class TokenizerMissingError(LegoEmbedError):
+    """The model folder has no tokenizer files."""
+
+
+class PromptTooLongError(LegoEmbedError):
+    """The prompt plus the tokens to generate exceed the model's context length."""
+
+
+class InvalidGameStateError(LegoEmbedError):
+    """A game state is missing a field, has a wrong type, or a value out of range."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"game state field '{field}': {problem}")
+        self.field = field
+
+
+class InvalidActionSetError(LegoEmbedError):
+    """The allowed-action list is empty, has duplicates, or an action the tokenizer cannot encode."""
+
+
+class TraceFormatError(LegoEmbedError):
+    """A render trace file cannot be read: missing columns, no usable rows."""
+
+
+class SkipBundleError(LegoEmbedError):
+    """A layer-skipping bundle is missing, malformed, or made for another model."""
+
+
+class WorkloadSpecError(LegoEmbedError):
+    """A fleet workload or cluster file is missing fields or has invalid values."""
+
+
+class CalibrationError(LegoEmbedError):
+    """A component file for the serving twin is missing tables or columns."""
