@@ -21,6 +21,19 @@ class PromptTooLongError(LegoEmbedError):
     """The prompt plus the tokens to generate exceed the model's context length."""
 
 
+class InvalidPromptError(LegoEmbedError):
+    """A prompt is empty, has token ids outside the vocabulary, or does not start with its prefix."""
+
+
+class LayerPlanError(LegoEmbedError):
+    """A layer plan does not cover every decoder layer exactly once, in order."""
+
+
+class ExecutorUsageError(LegoEmbedError):
+    """The executor was asked for something a request's state does not allow (stepping a
+    finished request, changing the plan mid-pass, batching different subtasks)."""
+
+
 class InvalidGameStateError(LegoEmbedError):
     """A game state is missing a field, has a wrong type, or a value out of range."""
 
