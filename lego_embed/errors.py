@@ -50,6 +50,14 @@ class TraceFormatError(LegoEmbedError):
     """A render trace file cannot be read: missing columns, no usable rows."""
 
 
+class InvalidEngineEventError(LegoEmbedError):
+    """An engine event has an unknown kind or a timestamp that is not a monotonic ns integer."""
+
+
+class RuntimeConfigError(LegoEmbedError):
+    """A runtime configuration value (policy, margins, window) is out of range."""
+
+
 class SkipBundleError(LegoEmbedError):
     """A layer-skipping bundle is missing, malformed, or made for another model."""
 
