@@ -43,7 +43,7 @@ class InvalidGameStateError(LegoEmbedError):
 
 
 class InvalidActionSetError(LegoEmbedError):
-    """The allowed-action list is empty, has duplicates, or an action the tokenizer cannot encode."""
+    """The allowed actions are empty, repeated, or not encodable by the tokenizer."""
 
 
 class TraceFormatError(LegoEmbedError):
@@ -68,3 +68,8 @@ class WorkloadSpecError(LegoEmbedError):
 
 class CalibrationError(LegoEmbedError):
     """A component file for the serving twin is missing tables or columns."""
+
+
+class EngineBridgeError(LegoEmbedError):
+    """The Godot bridge was called out of order (before start, while the model loads) or with
+    bad project settings."""
