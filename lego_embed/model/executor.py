@@ -1,0 +1,374 @@
+"""The partitioned executor: runs a Hugging Face decoder model one subtask at a time.
+
+A request is a program of subtasks over the model's own modules (embed_tokens, each layer's
+input_layernorm / self_attn / post_attention_layernorm / mlp, norm, lm_head, rotary_emb).
+The program is built one pass at a time (one prefill chunk, or one decode step), so the layer
+plan can change between decode steps. The KV cache and the hidden state live in RequestState,
+so a request can pause between any two subtasks and resume later with no recomputation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from lego_embed.errors import ExecutorUsageError, InvalidPromptError, PromptTooLongError
+from lego_embed.model.kv_cache import BatchCacheCall, LayerKV, PrefixCache
+from lego_embed.model.layer_plan import AdaptorStep, LayerPlan, LayerStep, as_layer_plan
+from lego_embed.model.loading import LoadedModel
+from lego_embed.model.sampling import GreedySampler, TokenSampler
+from lego_embed.model.subtask import DECODE, PREFILL, Subtask, SubtaskKind, SubtaskTiming
+from lego_embed.model.timing import SubtaskTimer
+
+__all__ = [
+    "AdaptorStep",
+    "Executor",
+    "GreedySampler",
+    "LayerPlan",
+    "PrefixCache",
+    "RequestState",
+    "TokenSampler",
+]
+
+
+@dataclass(frozen=True)
+class _PlannedSubtask:
+    subtask: Subtask
+    adaptor: AdaptorStep | None = None
+
+
+@dataclass(eq=False)
+class RequestState:
+    """One request in flight: its KV cache, hidden state and position in its program.
+
+    `generated` holds the sampled token ids; `timings` every subtask run so far. `position` is
+    the absolute position of the current pass's first query token; `pending_ids` the prompt
+    tokens not yet embedded. Only the Executor mutates it.
+    """
+
+    prompt_ids: tuple[int, ...]
+    sampler: TokenSampler
+    plan: LayerPlan
+    kv: list[LayerKV]
+    position: int
+    pending_ids: list[int]
+    generated: list[int] = field(default_factory=list)
+    finished: bool = False
+    timings: list[SubtaskTiming] = field(default_factory=list)
+    hidden: torch.Tensor | None = None
+    program: list[_PlannedSubtask] | None = None
+    cursor: int = 0
+
+
+def _sliding_window(config, layer_idx: int) -> int | None:
+    """The attention window of one layer in tokens (None: full causal attention)."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and layer_types[layer_idx] != "sliding_attention":
+        return None
+    return window
+
+
+def _padded(
+    tensors: list[torch.Tensor | None], length: int, template: torch.Tensor
+) -> torch.Tensor:
+    """Right-pads each (1, heads, n, dim) tensor (None: n = 0) to `length` and stacks them."""
+    rows = []
+    for tensor in tensors:
+        if tensor is None:
+            tensor = template.new_zeros(1, template.shape[1], 0, template.shape[3])
+        rows.append(F.pad(tensor, (0, 0, 0, length - tensor.shape[2])))
+    return torch.cat(rows)
+
+
+class Executor:
+    """Runs requests on a LoadedModel subtask by subtask (see the module docstring).
+
+    `prefill_chunk_tokens` splits the prompt into chunks of at most that many tokens; each
+    chunk runs through every layer before the next one starts.
+    """
+
+    def __init__(self, loaded: LoadedModel, prefill_chunk_tokens: int | None = None) -> None:
+        if prefill_chunk_tokens is not None and prefill_chunk_tokens < 1:
+            raise ExecutorUsageError(
+                f"prefill_chunk_tokens={prefill_chunk_tokens}; pass a positive number or None"
+            )
+        self.loaded = loaded
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.device = loaded.device
+        causal_lm = loaded.model
+        self.config = causal_lm.config
+        self.embed_tokens = causal_lm.model.embed_tokens
+        self.layers = causal_lm.model.layers
+        self.norm = causal_lm.model.norm
+        self.rotary_emb = causal_lm.model.rotary_emb
+        self.lm_head = causal_lm.lm_head
+        self.num_layers = len(self.layers)
+        self.vocab_size = int(self.embed_tokens.num_embeddings)
+        self.windows = [_sliding_window(self.config, i) for i in range(self.num_layers)]
+        self.boolean_mask = self.config._attn_implementation == "sdpa"
+        self.timer = SubtaskTimer(self.device)
+
+    # ----------------------------------------------------------------- requests
+    def start(
+        self,
+        prompt_ids: Sequence[int],
+        sampler: TokenSampler,
+        layer_plan: LayerPlan | Sequence[LayerStep] | None = None,
+        prefix: PrefixCache | None = None,
+    ) -> RequestState:
+        """A new request; nothing runs until `step`. With `prefix`, `prompt_ids` must start with
+        `prefix.token_ids` (tokenize the static part separately and concatenate the ids)."""
+        ids = [int(token) for token in prompt_ids]
+        if not ids:
+            raise InvalidPromptError("the prompt is empty; pass at least one token id")
+        outside = sorted({t for t in ids if not 0 <= t < self.vocab_size})
+        if outside:
+            raise InvalidPromptError(
+                f"token ids {outside[:5]} are outside the vocabulary 0..{self.vocab_size - 1}; "
+                "encode the prompt with this model's tokenizer"
+            )
+        max_new_tokens = int(getattr(sampler, "max_new_tokens", 1))
+        limit = self.loaded.max_context_tokens
+        if len(ids) + max_new_tokens > limit:
+            raise PromptTooLongError(
+                f"prompt of {len(ids)} tokens + {max_new_tokens} new tokens exceeds the model's "
+                f"context of {limit} tokens; shorten the prompt or generate fewer tokens"
+            )
+        plan = as_layer_plan(layer_plan, self.num_layers)
+        kv = [LayerKV.empty(self.device) for _ in range(self.num_layers)]
+        position = 0
+        if prefix is not None:
+            if tuple(ids[: len(prefix.token_ids)]) != prefix.token_ids:
+                raise InvalidPromptError(
+                    "the prompt does not start with the prefix's token ids; build it as "
+                    "prefix.token_ids + suffix ids"
+                )
+            if len(prefix.layers) != self.num_layers:
+                raise InvalidPromptError(
+                    f"the prefix has {len(prefix.layers)} layers, the model {self.num_layers}; "
+                    "prefill the prefix with this executor"
+                )
+            position = min(len(prefix.token_ids), len(ids) - 1)
+            kv = [layer.truncated(position) for layer in prefix.layers]
+        return RequestState(tuple(ids), sampler, plan, kv, position, ids[position:])
+
+    def prefill_prefix(
+        self, prompt_ids: Sequence[int], layer_plan: LayerPlan | Sequence[LayerStep] | None = None
+    ) -> PrefixCache:
+        """Prefills a static prompt part once; pass the result to `start(prefix=...)`."""
+        state = self.start(prompt_ids, GreedySampler(None, 1), layer_plan)
+        while self.peek(state).kind is not SubtaskKind.HEAD:
+            self.step(state)
+        return PrefixCache(state.prompt_ids, tuple(state.kv))
+
+    def set_layer_plan(self, state: RequestState, plan: LayerPlan | Sequence[LayerStep]) -> None:
+        """Changes the plan between passes (between decode steps or prefill chunks)."""
+        if state.cursor != 0:
+            raise ExecutorUsageError(
+                "the layer plan can change only between passes; step the request to the end "
+                "of its current pass (the next subtask after HEAD) first"
+            )
+        state.plan = as_layer_plan(plan, self.num_layers)
+        state.program = None
+
+    def peek(self, state: RequestState) -> Subtask | None:
+        """The next subtask the request would run, or None when it is finished."""
+        if state.finished:
+            return None
+        if state.program is None:
+            state.program = self._build_pass(state)
+        return state.program[state.cursor].subtask
+
+    @torch.inference_mode()
+    def step(self, state: RequestState) -> SubtaskTiming:
+        """Runs exactly one subtask of the request."""
+        planned = self._next(state)
+        duration_ns = self.timer.run(lambda: self._run(planned, [state]))
+        timing = SubtaskTiming(planned.subtask, duration_ns)
+        state.timings.append(timing)
+        self._advance(state)
+        return timing
+
+    @torch.inference_mode()
+    def step_batch(self, states: Sequence[RequestState]) -> SubtaskTiming:
+        """Runs the same decode subtask (same kind and layers) of several requests in one
+        forward. Each request records its own subtask with the batch's duration; the returned
+        timing's subtask counts all query tokens and the longest context."""
+        if len(states) == 1:
+            return self.step(states[0])
+        if not states or len({id(s) for s in states}) != len(states):
+            raise ExecutorUsageError("step_batch needs distinct requests; got none or duplicates")
+        planned = [self._next(s) for s in states]
+        first = planned[0]
+        key = (first.subtask.kind, first.subtask.first_layer, first.subtask.last_layer)
+        for p in planned:
+            if p.subtask.phase != DECODE or (
+                (p.subtask.kind, p.subtask.first_layer, p.subtask.last_layer) != key
+            ):
+                raise ExecutorUsageError(
+                    "step_batch needs the same decode subtask in every request; got "
+                    f"{[q.subtask for q in planned]}"
+                )
+            if p.adaptor is not None and p.adaptor.module is not first.adaptor.module:
+                raise ExecutorUsageError("batched ADAPTOR subtasks must share one adaptor module")
+        duration_ns = self.timer.run(lambda: self._run(first, list(states)))
+        for state, p in zip(states, planned, strict=True):
+            state.timings.append(SubtaskTiming(p.subtask, duration_ns))
+            self._advance(state)
+        batch = Subtask(
+            first.subtask.kind,
+            DECODE,
+            first.subtask.first_layer,
+            first.subtask.last_layer,
+            sum(p.subtask.tokens for p in planned),
+            max(p.subtask.context_tokens for p in planned),
+        )
+        return SubtaskTiming(batch, duration_ns)
+
+    def run_to_completion(self, state: RequestState) -> list[SubtaskTiming]:
+        """Steps the request until it is finished; returns the timings of the steps run here."""
+        timings = []
+        while self.peek(state) is not None:
+            timings.append(self.step(state))
+        return timings
+
+    # ----------------------------------------------------------------- program
+    def _build_pass(self, state: RequestState) -> list[_PlannedSubtask]:
+        """The subtasks of the next pass: one prefill chunk, or one decode step."""
+        if state.pending_ids:
+            phase = PREFILL
+            tokens = min(
+                len(state.pending_ids), self.prefill_chunk_tokens or len(state.pending_ids)
+            )
+            last_chunk = tokens == len(state.pending_ids)
+        else:
+            phase, tokens, last_chunk = DECODE, 1, True
+        seen = state.position + tokens
+        program = []
+        if phase == PREFILL:
+            program.append(_PlannedSubtask(Subtask(SubtaskKind.EMBED, phase, -1, -1, tokens, seen)))
+        for step in state.plan.steps:
+            if isinstance(step, AdaptorStep):
+                subtask = Subtask(
+                    SubtaskKind.ADAPTOR, phase, step.first_layer, step.last_layer, tokens, seen
+                )
+                program.append(_PlannedSubtask(subtask, step))
+                continue
+            context = len(state.kv[step]) + tokens
+            kinds = (
+                (SubtaskKind.ATTENTION, SubtaskKind.FFN)
+                if phase == PREFILL
+                else (SubtaskKind.LAYER,)
+            )
+            program.extend(
+                _PlannedSubtask(Subtask(kind, phase, step, step, tokens, context)) for kind in kinds
+            )
+        if last_chunk:
+            program.append(_PlannedSubtask(Subtask(SubtaskKind.HEAD, phase, -1, -1, 1, seen)))
+        return program
+
+    def _next(self, state: RequestState) -> _PlannedSubtask:
+        if self.peek(state) is None:
+            raise ExecutorUsageError("the request is finished; start a new one")
+        return state.program[state.cursor]
+
+    def _advance(self, state: RequestState) -> None:
+        state.cursor += 1
+        if state.cursor == len(state.program):
+            state.position += state.program[0].subtask.tokens
+            state.program, state.cursor = None, 0
+
+    # ----------------------------------------------------------------- compute
+    def _run(self, planned: _PlannedSubtask, states: list[RequestState]) -> None:
+        subtask = planned.subtask
+        if subtask.kind is SubtaskKind.EMBED:
+            state = states[0]
+            ids = state.pending_ids[: subtask.tokens]
+            del state.pending_ids[: subtask.tokens]
+            state.hidden = self.embed_tokens(torch.tensor([ids], device=self.device))
+            return
+        hidden = states[0].hidden if len(states) == 1 else torch.cat([s.hidden for s in states])
+        if subtask.kind is SubtaskKind.HEAD:
+            self._head(hidden, states)
+            return
+        if subtask.kind is SubtaskKind.ADAPTOR:
+            hidden = planned.adaptor.module(hidden)
+        else:
+            layer = self.layers[subtask.first_layer]
+            if subtask.kind in (SubtaskKind.ATTENTION, SubtaskKind.LAYER):
+                hidden = self._attention(subtask.first_layer, hidden, states)
+            if subtask.kind in (SubtaskKind.FFN, SubtaskKind.LAYER):
+                hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        for row, state in enumerate(states):
+            state.hidden = hidden if len(states) == 1 else hidden[row : row + 1]
+
+    def _attention(
+        self, layer_idx: int, hidden: torch.Tensor, states: list[RequestState]
+    ) -> torch.Tensor:
+        """norm -> attention over this layer's own cached positions + the new ones -> residual."""
+        layer = self.layers[layer_idx]
+        tokens = hidden.shape[1]
+        caches = [s.kv[layer_idx] for s in states]
+        query_pos = torch.stack(
+            [torch.arange(s.position, s.position + tokens, device=self.device) for s in states]
+        )
+        past = max(len(cache) for cache in caches)
+        if past == 0:
+            keys = values = None
+            key_pos, key_valid = query_pos, torch.ones_like(query_pos, dtype=torch.bool)
+        else:
+            if len(states) == 1:
+                keys, values, past_pos = caches[0].keys, caches[0].values, caches[0].positions[None]
+            else:
+                template = next(c.keys for c in caches if c.keys is not None)
+                keys = _padded([c.keys for c in caches], past, template)
+                values = _padded([c.values for c in caches], past, template)
+                past_pos = torch.stack([F.pad(c.positions, (0, past - len(c))) for c in caches])
+            past_valid = torch.stack(
+                [torch.arange(past, device=self.device) < len(c) for c in caches]
+            )
+            key_pos = torch.cat([past_pos, query_pos], dim=1)
+            key_valid = torch.cat([past_valid, torch.ones_like(query_pos, dtype=torch.bool)], 1)
+        allowed = key_valid[:, None, :] & (key_pos[:, None, :] <= query_pos[:, :, None])
+        window = self.windows[layer_idx]
+        if window is not None:
+            allowed &= key_pos[:, None, :] > query_pos[:, :, None] - window
+        mask = allowed[:, None]
+        if not self.boolean_mask:
+            mask = torch.zeros(mask.shape, dtype=hidden.dtype, device=self.device).masked_fill(
+                ~mask, torch.finfo(hidden.dtype).min
+            )
+        cache_call = BatchCacheCall(keys, values)
+        attention, _ = layer.self_attn(
+            hidden_states=layer.input_layernorm(hidden),
+            position_embeddings=self.rotary_emb(hidden, query_pos),
+            attention_mask=mask,
+            past_key_values=cache_call,
+        )
+        for row, (state, cache) in enumerate(zip(states, caches, strict=True)):
+            state.kv[layer_idx] = cache.appended(
+                cache_call.new_keys[row : row + 1],
+                cache_call.new_values[row : row + 1],
+                query_pos[row],
+            )
+        return hidden + attention
+
+    def _head(self, hidden: torch.Tensor, states: list[RequestState]) -> None:
+        """Final norm + lm_head on the last position, sampling, and embedding the new token."""
+        logits = self.lm_head(self.norm(hidden[:, -1, :])).float()
+        next_ids = []
+        for row, state in enumerate(states):
+            token = int(state.sampler.next_token(logits[row], state.generated))
+            state.generated.append(token)
+            sequence_tokens = state.position + hidden.shape[1] + 1  # prompt + generated so far
+            state.finished = bool(state.sampler.finished(state.generated)) or (
+                sequence_tokens >= self.loaded.max_context_tokens
+            )
+            next_ids.append(token)
+        embedded = self.embed_tokens(torch.tensor(next_ids, device=self.device)[:, None])
+        for row, state in enumerate(states):
+            state.hidden = None if state.finished else embedded[row : row + 1]
