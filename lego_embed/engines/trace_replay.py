@@ -1,0 +1,423 @@
+"""Trace-replay engine: real games' per-frame render times, replayed as passes on a shared core.
+
+Three parts:
+- the loader (`load_traces`): reads every CSV in `../shared/traces`, finding columns by header
+  name and surviving the files' quirks (UTF-8 BOM, CRLF, repeated frame numbers with a
+  near-zero second row, a last row cut short);
+- the pass model (`PassModel`): the traces give one render time per frame, so each frame's render
+  time is split into passes with gaps between them (documented below, configurable);
+- the replay: `simulate_frames` computes the contention-free schedule (for the predictor
+  benchmark and tests); `RenderProcess` replays it for real in a separate process pinned to one
+  core, busy-burning each pass's CPU time and publishing EngineEvents through a pipe, so the
+  render work competes with an LLM worker pinned to the same core.
+
+Frame timing (vsync, double buffered): frames start on a vsync tick of period
+`frame_budget_ms` (60 FPS: 16.67 ms). A frame begins at the first tick at or after the previous
+frame's end and must end before the next tick (its vsync deadline); otherwise it is missed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lego_embed.errors import TraceFormatError
+from lego_embed.runtime.events import (
+    FRAME_BEGIN,
+    FRAME_END,
+    PASS_BEGIN,
+    PASS_END,
+    EngineEvent,
+)
+
+FRAME_BUDGET_60FPS_MS = 1000.0 / 60.0
+NEAR_ZERO_RENDER_MS = 1.0
+RENDER_COLUMN_KEY = "rendertime"
+FRAME_NUMBER_COLUMN = "framenum"
+BUDGET_COLUMN_PREFIX = "frametime"
+
+
+@dataclass(frozen=True)
+class RenderTrace:
+    """One game's per-frame render times in ms, in frame order, from one trace file column.
+
+    `name` is `<file stem>` or `<file stem>:<column>` for multi-game files; `dropped_rows` counts
+    rows the loader left out (near-zero duplicates of a frame number, a truncated last row,
+    unparsable fields).
+    """
+
+    name: str
+    path: Path
+    column: str
+    render_ms: tuple[float, ...]
+    dropped_rows: int = 0
+
+    @property
+    def frames(self) -> int:
+        return len(self.render_ms)
+
+
+def _normalise_header(name: str) -> str:
+    """Header names compare case-insensitively, without a BOM or surrounding blanks."""
+    return name.strip().lstrip("\ufeff").strip().lower()
+
+
+def _parse_float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0.0 else None
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    if not path.is_file():
+        raise TraceFormatError(
+            f"trace file {path} does not exist; pass a CSV from ../shared/traces"
+        )
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise TraceFormatError(
+            f"trace file {path} is not UTF-8 text ({error}); export the trace as CSV"
+        ) from error
+    rows = [row for row in csv.reader(io.StringIO(text, newline="")) if any(f.strip() for f in row)]
+    if not rows:
+        raise TraceFormatError(f"trace file {path} is empty; it needs a header row and frame rows")
+    return [_normalise_header(h) for h in rows[0]], rows[1:]
+
+
+def _truncated(row: list[str], header: list[str], is_last: bool) -> bool:
+    """A last row with fewer fields than the header was cut short: none of it can be trusted."""
+    return is_last and len(row) < len(header)
+
+
+def _per_frame_trace(path: Path, header: list[str], rows: list[list[str]]) -> RenderTrace:
+    render_col = next(i for i, h in enumerate(header) if h.startswith(RENDER_COLUMN_KEY))
+    frame_col = header.index(FRAME_NUMBER_COLUMN)
+    by_frame: dict[int, float] = {}
+    dropped = 0
+    for index, row in enumerate(rows):
+        too_short = len(row) <= max(render_col, frame_col)
+        if too_short or _truncated(row, header, index == len(rows) - 1):
+            dropped += 1
+            continue
+        render_ms = _parse_float(row[render_col])
+        frame_number = _parse_float(row[frame_col])
+        if render_ms is None or frame_number is None:
+            dropped += 1
+            continue
+        key = int(frame_number)
+        if key in by_frame:
+            dropped += 1  # a repeated frame number: keep the frame's real (largest) render time
+            by_frame[key] = max(by_frame[key], render_ms)
+        else:
+            by_frame[key] = render_ms
+    render = tuple(by_frame[k] for k in sorted(by_frame))
+    return RenderTrace(path.stem, path, header[render_col], render, dropped)
+
+
+def _multi_game_traces(path: Path, header: list[str], rows: list[list[str]]) -> list[RenderTrace]:
+    game_cols = [i for i, h in enumerate(header) if h and not h.startswith(BUDGET_COLUMN_PREFIX)]
+    traces = []
+    for col in game_cols:
+        values: list[float] = []
+        dropped = 0
+        for index, row in enumerate(rows):
+            value = _parse_float(row[col]) if len(row) > col else None
+            if value is None or (index == len(rows) - 1 and len(row) < len(header)):
+                dropped += 1
+                continue
+            values.append(value)
+        name = f"{path.stem}:{header[col]}"
+        traces.append(RenderTrace(name, path, header[col], tuple(values), dropped))
+    return traces
+
+
+def load_traces(path: str | Path) -> list[RenderTrace]:
+    """Every game's render trace in one CSV file (one for per-frame logs, one per game column).
+
+    Per-frame logs have a `framenum` and a `rendertime(ms)` column (found by name, any order);
+    multi-game tables have one render-time column per game and `frametime*` budget columns.
+    Raises TraceFormatError when the file is missing, not CSV, has no render-time column or
+    fewer than 2 usable frames.
+    """
+    path = Path(path)
+    header, rows = _read_rows(path)
+    has_render = any(h.startswith(RENDER_COLUMN_KEY) for h in header)
+    if has_render and FRAME_NUMBER_COLUMN in header:
+        traces = [_per_frame_trace(path, header, rows)]
+    elif has_render:
+        raise TraceFormatError(
+            f"trace file {path} has a render-time column but no '{FRAME_NUMBER_COLUMN}' column; "
+            f"add the frame number column (header: {header})"
+        )
+    else:
+        traces = _multi_game_traces(path, header, rows)
+    if not traces:
+        raise TraceFormatError(
+            f"trace file {path} has no render-time column (header: {header}); expected "
+            f"'{RENDER_COLUMN_KEY}(ms)' with '{FRAME_NUMBER_COLUMN}', or one column per game"
+        )
+    for trace in traces:
+        if trace.frames < 2:
+            raise TraceFormatError(
+                f"trace {trace.name} in {path} has {trace.frames} usable frame(s); it needs at "
+                "least 2 rows with a numeric, non-negative render time"
+            )
+    return traces
+
+
+def load_trace(spec: str | Path) -> RenderTrace:
+    """One trace by `path` or `path:column` (a game column of a multi-game file), or by name.
+
+    Names are those of `RenderTrace.name`, looked up in `shared_traces_dir()`.
+    """
+    spec = str(spec)
+    candidates: list[RenderTrace] = []
+    path_part, _, column = spec.partition(".csv:")
+    path = Path(path_part + ".csv") if column else Path(spec)
+    if path.is_file():
+        candidates = load_traces(path)
+    else:
+        directory = shared_traces_dir()
+        if directory.is_dir():
+            candidates = [t for f in sorted(directory.glob("*.csv")) for t in load_traces(f)]
+            column = ""
+            candidates = [t for t in candidates if t.name == spec]
+    if column:
+        candidates = [t for t in candidates if t.column == column.strip().lower()]
+    if len(candidates) != 1:
+        raise TraceFormatError(
+            f"trace {spec!r} names {len(candidates)} traces; give a CSV path, 'file.csv:column' "
+            "for a game of a multi-game file, or a name from `lego-embed bench predictor`"
+        )
+    return candidates[0]
+
+
+def shared_traces_dir() -> Path:
+    """`../shared/traces` next to the repository root (the shared data, used by path)."""
+    return Path(__file__).resolve().parents[2].parent / "shared" / "traces"
+
+
+def all_shared_traces(directory: Path | None = None) -> list[RenderTrace]:
+    """Every trace of every CSV in the shared traces folder, sorted by name."""
+    directory = directory or shared_traces_dir()
+    if not directory.is_dir():
+        raise TraceFormatError(f"no trace folder at {directory}; it should be ../shared/traces")
+    traces = [t for f in sorted(directory.glob("*.csv")) for t in load_traces(f)]
+    return sorted(traces, key=lambda t: t.name)
+
+
+@dataclass(frozen=True)
+class PassModel:
+    """How one frame's render time (ms) is split into render passes and the gaps between them.
+
+    A frame of render time r ms spans r ms from frame_begin to frame_end. Of it,
+    `intra_gap_fraction * r` is idle gaps between consecutive passes (the GPU waiting for the
+    CPU to submit the next pass), split among the len(passes)-1 gaps by `gap_weights`; the rest
+    is busy passes, split by `pass_weights`. Defaults: 4 passes shadow/gbuffer/lighting/post with
+    weights 0.2/0.35/0.3/0.15 and 15% of the frame as 3 equal gaps, so a 10 ms frame has 8.5 ms
+    of passes and three 0.5 ms gaps, followed by the inter-frame gap up to the next vsync.
+    """
+
+    passes: tuple[str, ...] = ("shadow", "gbuffer", "lighting", "post")
+    pass_weights: tuple[float, ...] = (0.2, 0.35, 0.3, 0.15)
+    intra_gap_fraction: float = 0.15
+    gap_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if len(self.pass_weights) != len(self.passes) or not self.passes:
+            raise TraceFormatError("pass model: give one weight per pass and at least one pass")
+        if len(self.gap_weights) != len(self.passes) - 1:
+            raise TraceFormatError("pass model: give one gap weight per gap (passes - 1)")
+        if not 0.0 <= self.intra_gap_fraction < 1.0:
+            raise TraceFormatError("pass model: intra_gap_fraction must be in [0, 1)")
+        if min(self.pass_weights) <= 0 or (self.gap_weights and min(self.gap_weights) < 0):
+            raise TraceFormatError("pass model: weights must be positive")
+
+    def split(self, render_ms: float) -> tuple[list[float], list[float]]:
+        """(busy ms of each pass, idle ms of each gap between passes) for one frame."""
+        busy_ms = render_ms * (1.0 - self.intra_gap_fraction)
+        gap_total_ms = render_ms - busy_ms
+        pass_sum, gap_sum = sum(self.pass_weights), sum(self.gap_weights)
+        passes = [busy_ms * w / pass_sum for w in self.pass_weights]
+        gaps = [gap_total_ms * w / gap_sum if gap_sum else 0.0 for w in self.gap_weights]
+        return passes, gaps
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One replayed frame: begin, end and vsync deadline in monotonic ns, and pass spans."""
+
+    index: int
+    render_ms: float
+    begin_ns: int
+    end_ns: int
+    deadline_ns: int
+    pass_spans_ns: tuple[tuple[str, int, int], ...] = field(default=())
+
+    @property
+    def missed(self) -> bool:
+        return self.end_ns > self.deadline_ns
+
+    @property
+    def frame_ms(self) -> float:
+        return (self.end_ns - self.begin_ns) / 1e6
+
+
+def next_vsync_ns(t_ns: int, origin_ns: int, budget_ns: int) -> int:
+    """The first vsync tick (origin + k * budget) at or after t_ns."""
+    ticks = -(-(t_ns - origin_ns) // budget_ns)
+    return origin_ns + max(ticks, 0) * budget_ns
+
+
+def simulate_frames(
+    render_ms: Sequence[float],
+    pass_model: PassModel | None = None,
+    frame_budget_ms: float = FRAME_BUDGET_60FPS_MS,
+    origin_ns: int = 0,
+) -> Iterator[tuple[FrameRecord, list[EngineEvent]]]:
+    """The contention-free replay: each frame's record and its engine events, in time order."""
+    pass_model = pass_model or PassModel()
+    budget_ns = round(frame_budget_ms * 1e6)
+    t_ns = origin_ns
+    for index, frame_render_ms in enumerate(render_ms):
+        begin_ns = next_vsync_ns(t_ns, origin_ns, budget_ns)
+        events = [EngineEvent(FRAME_BEGIN, "", begin_ns)]
+        passes, gaps = pass_model.split(frame_render_ms)
+        spans = []
+        t_ns = begin_ns
+        for k, (name, busy_ms) in enumerate(zip(pass_model.passes, passes, strict=True)):
+            end_ns = t_ns + round(busy_ms * 1e6)
+            events += [EngineEvent(PASS_BEGIN, name, t_ns), EngineEvent(PASS_END, name, end_ns)]
+            spans.append((name, t_ns, end_ns))
+            t_ns = end_ns + (round(gaps[k] * 1e6) if k < len(gaps) else 0)
+        events.append(EngineEvent(FRAME_END, "", t_ns))
+        deadline_ns = begin_ns + budget_ns
+        yield FrameRecord(index, frame_render_ms, begin_ns, t_ns, deadline_ns, tuple(spans)), events
+
+
+def _burn_cpu_ns(cpu_ns: int) -> None:
+    """Busy-computes until this thread has used cpu_ns of CPU time (longer wall time if shared)."""
+    stop = time.thread_time_ns() + cpu_ns
+    while time.thread_time_ns() < stop:
+        pass
+
+
+def _sleep_until_ns(t_ns: int) -> None:
+    remaining_ns = t_ns - time.monotonic_ns()
+    if remaining_ns > 0:
+        time.sleep(remaining_ns / 1e9)
+
+
+def _render_main(
+    render_ms: Sequence[float],
+    pass_model: PassModel,
+    frame_budget_ms: float,
+    start_delay_ms: float,
+    core: int | None,
+    events_out: multiprocessing.connection.Connection,
+) -> None:
+    """The render process: replays frames for real and sends events, then the frame records."""
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    budget_ns = round(frame_budget_ms * 1e6)
+    origin_ns = time.monotonic_ns() + round(start_delay_ms * 1e6)
+    events_out.send(("origin", origin_ns))
+    records = []
+    t_ns = origin_ns
+    for index, frame_render_ms in enumerate(render_ms):
+        slot_ns = next_vsync_ns(max(t_ns, time.monotonic_ns()), origin_ns, budget_ns)
+        _sleep_until_ns(slot_ns)
+        begin_ns = time.monotonic_ns()
+        events_out.send((FRAME_BEGIN, "", begin_ns))
+        passes, gaps = pass_model.split(frame_render_ms)
+        spans = []
+        for k, (name, busy_ms) in enumerate(zip(pass_model.passes, passes, strict=True)):
+            pass_begin_ns = time.monotonic_ns()
+            events_out.send((PASS_BEGIN, name, pass_begin_ns))
+            _burn_cpu_ns(round(busy_ms * 1e6))
+            pass_end_ns = time.monotonic_ns()
+            events_out.send((PASS_END, name, pass_end_ns))
+            spans.append((name, pass_begin_ns, pass_end_ns))
+            if k < len(gaps):
+                _sleep_until_ns(pass_end_ns + round(gaps[k] * 1e6))
+        t_ns = time.monotonic_ns()
+        events_out.send((FRAME_END, "", t_ns))
+        records.append((index, frame_render_ms, begin_ns, t_ns, slot_ns + budget_ns, tuple(spans)))
+    events_out.send(("records", records))
+    events_out.close()
+
+
+class RenderProcess:
+    """A separate process that replays a trace's frames as CPU work pinned to one core.
+
+    Each pass busy-burns exactly its share of the frame's render time in CPU time (so it takes
+    longer in wall time when another thread competes for the core), gaps and the wait for vsync
+    sleep. Events arrive through `events()` as EngineEvents with the render process's
+    `time.monotonic_ns()` timestamps; `origin_ns` is the first vsync tick (known once the first
+    event arrived); after the last frame `records` holds every FrameRecord.
+    """
+
+    def __init__(
+        self,
+        trace: RenderTrace,
+        frames: int | None = None,
+        pass_model: PassModel | None = None,
+        frame_budget_ms: float = FRAME_BUDGET_60FPS_MS,
+        core: int | None = None,
+        start_delay_ms: float = 50.0,
+    ) -> None:
+        self.render_ms = list(trace.render_ms[: frames or trace.frames])
+        self.pass_model = pass_model or PassModel()
+        self.frame_budget_ms = frame_budget_ms
+        self.core = core
+        self.origin_ns = 0
+        self.start_delay_ms = start_delay_ms
+        self.records: list[FrameRecord] = []
+        context = multiprocessing.get_context("spawn")
+        self._receiver, self._sender = context.Pipe(duplex=False)
+        self._context = context
+        self._process: multiprocessing.process.BaseProcess | None = None
+
+    def start(self) -> None:
+        self._process = self._context.Process(
+            target=_render_main,
+            args=(self.render_ms, self.pass_model, self.frame_budget_ms, self.start_delay_ms,
+                  self.core, self._sender),
+            daemon=True,
+        )
+        self._process.start()
+        self._sender.close()
+
+    def events(self) -> Iterator[EngineEvent]:
+        """Blocks for each next event; ends after the last frame (then `records` is filled)."""
+        while True:
+            try:
+                message = self._receiver.recv()
+            except EOFError:
+                return
+            if message[0] == "origin":
+                self.origin_ns = message[1]
+                continue
+            if message[0] == "records":
+                self.records = [FrameRecord(*record) for record in message[1]]
+                return
+            yield EngineEvent(*message)
+
+    def join(self, timeout_s: float = 10.0) -> None:
+        if self._process is not None:
+            self._process.join(timeout_s)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join(timeout_s)

@@ -1,0 +1,37 @@
+"""Engine events: what a game engine tells the runtime about its rendering, with timestamps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lego_embed.errors import InvalidEngineEventError
+
+FRAME_BEGIN = "frame_begin"
+PASS_BEGIN = "pass_begin"
+PASS_END = "pass_end"
+FRAME_END = "frame_end"
+EVENT_KINDS = (FRAME_BEGIN, PASS_BEGIN, PASS_END, FRAME_END)
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    """One rendering event reported by the engine.
+
+    `kind` is one of frame_begin, pass_begin, pass_end, frame_end; `name` names the pass (empty
+    for frame events); `t_ns` is a `time.monotonic_ns()` timestamp taken when the event happened
+    (the engine's clock, which may be another process's: CLOCK_MONOTONIC is system-wide).
+    """
+
+    kind: str
+    name: str
+    t_ns: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in EVENT_KINDS:
+            raise InvalidEngineEventError(
+                f"event kind {self.kind!r} is not one of {', '.join(EVENT_KINDS)}"
+            )
+        if not isinstance(self.t_ns, int) or isinstance(self.t_ns, bool) or self.t_ns < 0:
+            raise InvalidEngineEventError(
+                f"event t_ns {self.t_ns!r} must be a non-negative int from time.monotonic_ns()"
+            )
