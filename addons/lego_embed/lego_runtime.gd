@@ -1,0 +1,237 @@
+extends Node
+# Autoload "LegoRuntime": owns the native bridge, feeds the runtime with the engine's frame
+# events and delivers finished decisions to LegoNPC nodes once per frame.
+#
+# Events per frame (timestamps are taken in C with CLOCK_MONOTONIC):
+#   frame_begin                      first physics/process callback of a main-loop iteration
+#   pass_begin/pass_end "physics"    around each physics step (this node runs first, a marker
+#                                    child with the highest process priority runs last)
+#   pass_begin/pass_end "process"    around the idle (_process) callbacks
+#   pass_begin/pass_end "render"     VisualServer.frame_pre_draw .. frame_post_draw
+#   frame_end                        frame_post_draw
+# The gap from frame_end to the next frame_begin is the inter-frame headroom.
+
+signal runtime_ready(info)
+signal runtime_failed(reason)
+signal runtime_error(reason)
+
+const Settings = preload("res://addons/lego_embed/lego_settings.gd")
+const BRIDGE_LIBRARY = "res://addons/lego_embed/native/build/liblego_bridge.so"
+const BRIDGE_SCRIPT = "res://addons/lego_embed/native/lego_bridge.gdns"
+const FIRST = -1000000000
+const LAST = 1000000000
+
+var is_ready := false        # the model is loaded and the runtime runs
+var failure := ""            # why the runtime cannot decide ("" while fine)
+var ready_info := {}         # what the bridge reported when the model was ready
+var frames_drawn := 0        # frame_post_draw signals seen since start
+var bridge_calls := 0        # calls into the bridge from the main thread
+var bridge_usec_total := 0   # main-thread microseconds spent in bridge calls
+var frame_bridge_usec := PoolIntArray()  # bridge microseconds of each drawn frame
+
+var final_stats := {}        # stats() as they were when the runtime stopped
+var engine_frames_at_start := 0  # Engine.get_frames_drawn() when the bridge started
+
+var _bridge = null
+var _pending := {}           # request_id -> weakref(LegoNPC)
+var _frame_open := false
+var _usec_this_frame := 0
+
+
+class PassEndMarker:
+	extends Node
+	# Runs after every other node's callbacks of the same kind: closes the passes.
+	var runtime
+
+	func _ready() -> void:
+		process_priority = 1000000000
+		pause_mode = PAUSE_MODE_PROCESS
+
+	func _physics_process(_delta: float) -> void:
+		runtime._event("pass_end", "physics")
+
+	func _process(_delta: float) -> void:
+		runtime._event("pass_end", "process")
+
+
+func _ready() -> void:
+	process_priority = FIRST
+	pause_mode = PAUSE_MODE_PROCESS
+	var marker = PassEndMarker.new()
+	marker.name = "PassEndMarker"
+	marker.runtime = self
+	add_child(marker)
+	engine_frames_at_start = Engine.get_frames_drawn()
+	VisualServer.connect("frame_pre_draw", self, "_on_frame_pre_draw")
+	VisualServer.connect("frame_post_draw", self, "_on_frame_post_draw")
+	_start_bridge()
+
+
+func _start_bridge() -> void:
+	if not File.new().file_exists(BRIDGE_LIBRARY):
+		_fail("the native bridge is not built (%s is missing): run `make godot-bridge` or addons/lego_embed/native/build.sh" % BRIDGE_LIBRARY)
+		return
+	_bridge = load(BRIDGE_SCRIPT).new()
+	var t0 := OS.get_ticks_usec()
+	var result = _bridge.start(Settings.bridge_config())
+	_account(t0)
+	if result.has("error"):
+		_fail("the Python bridge did not start: %s" % result["error"])
+		_bridge = null
+
+
+func _fail(reason: String) -> void:
+	failure = reason
+	push_error("lego_embed: " + reason)
+	emit_signal("runtime_failed", reason)
+	for request_id in _pending.keys():
+		_deliver_failure(request_id, reason)
+
+
+func _account(t0_usec: int) -> void:
+	var spent := OS.get_ticks_usec() - t0_usec
+	bridge_calls += 1
+	bridge_usec_total += spent
+	_usec_this_frame += spent
+
+
+func _event(kind: String, name: String) -> void:
+	if _bridge == null:
+		return
+	var t0 := OS.get_ticks_usec()
+	_bridge.event(kind, name)
+	_account(t0)
+
+
+func _begin_frame_if_needed() -> void:
+	if not _frame_open:
+		_frame_open = true
+		_event("frame_begin", "")
+
+
+func _physics_process(_delta: float) -> void:
+	_begin_frame_if_needed()
+	_event("pass_begin", "physics")
+
+
+func _process(_delta: float) -> void:
+	_begin_frame_if_needed()
+	_poll()
+	_event("pass_begin", "process")
+
+
+func _on_frame_pre_draw() -> void:
+	_begin_frame_if_needed()
+	_event("pass_begin", "render")
+
+
+func _on_frame_post_draw() -> void:
+	_event("pass_end", "render")
+	_event("frame_end", "")
+	_frame_open = false
+	frames_drawn += 1
+	frame_bridge_usec.append(_usec_this_frame)
+	_usec_this_frame = 0
+
+
+func _poll() -> void:
+	if _bridge == null:
+		return
+	var t0 := OS.get_ticks_usec()
+	var results = _bridge.poll()
+	_account(t0)
+	if typeof(results) == TYPE_DICTIONARY:  # {"error": ...}: poll itself raised
+		emit_signal("runtime_error", results.get("error", "poll failed"))
+		return
+	for result in results:
+		match result.get("kind", ""):
+			"decision":
+				_deliver_decision(result)
+			"ready":
+				is_ready = true
+				ready_info = result
+				emit_signal("runtime_ready", result)
+			"load_failed":
+				_fail("the NPC model did not load: %s" % result.get("reason", "?"))
+			"error":
+				push_error("lego_embed: " + str(result.get("reason", "")))
+				emit_signal("runtime_error", result.get("reason", ""))
+
+
+func _deliver_decision(result: Dictionary) -> void:
+	var request_id = result.get("request_id", -1)
+	var ref = _pending.get(request_id)
+	_pending.erase(request_id)
+	var npc = ref.get_ref() if ref != null else null
+	if npc != null:
+		npc._deliver(result)
+
+
+func _deliver_failure(request_id: int, reason: String) -> void:
+	var ref = _pending.get(request_id)
+	_pending.erase(request_id)
+	var npc = ref.get_ref() if ref != null else null
+	if npc != null:
+		npc._deliver({"request_id": request_id, "error": reason})
+
+
+# Called by LegoNPC.request_decision. Returns the request id, or -1 after scheduling a
+# decision_failed on the NPC.
+func submit(npc: Node, npc_id: String, state: Dictionary, actions: Array, deadline_ms: float) -> int:
+	if _bridge == null or failure != "":
+		var reason := failure if failure != "" else "the lego_embed bridge is not running"
+		npc.call_deferred("_deliver", {"request_id": -1, "error": reason})
+		return -1
+	var t0 := OS.get_ticks_usec()
+	var result = _bridge.request(npc_id, state, actions, deadline_ms)
+	_account(t0)
+	if result.has("error"):
+		npc.call_deferred("_deliver", {"request_id": -1, "error": result["error"]})
+		return -1
+	var request_id: int = result["request_id"]
+	_pending[request_id] = weakref(npc)
+	return request_id
+
+
+# The bridge's and the runtime's counters (events by kind, decisions, runtime stats).
+func stats() -> Dictionary:
+	if _bridge == null:
+		return {}
+	var t0 := OS.get_ticks_usec()
+	var result = _bridge.stats()
+	_account(t0)
+	return result
+
+
+# Main-thread cost of the bridge per drawn frame, in microseconds.
+func bridge_cost() -> Dictionary:
+	var values := Array(frame_bridge_usec)
+	values.sort()
+	var n := values.size()
+	if n == 0:
+		return {"frames": 0, "mean_us": 0.0, "p50_us": 0, "p99_us": 0, "max_us": 0}
+	var total := 0
+	for v in values:
+		total += v
+	return {
+		"frames": n,
+		"mean_us": float(total) / n,
+		"p50_us": values[int(n * 0.5)],
+		"p99_us": values[min(n - 1, int(n * 0.99))],
+		"max_us": values[n - 1],
+	}
+
+
+# Stop the runtime's threads after they forwarded every event; returns the final stats
+# (also kept in final_stats). Called when the node leaves the tree (the game quits).
+func shutdown() -> Dictionary:
+	if _bridge != null:
+		var t0 := OS.get_ticks_usec()
+		final_stats = _bridge.stop()
+		_account(t0)
+		_bridge = null
+	return final_stats
+
+
+func _exit_tree() -> void:
+	shutdown()

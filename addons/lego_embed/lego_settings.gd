@@ -1,0 +1,67 @@
+extends Reference
+# The project settings lego_embed reads (Project > Project Settings > General > Lego Embed),
+# with their defaults. The defaults work out of the box: the bundled NPC model on the CPU, the
+# Python that the bridge was built against (or LEGO_EMBED_PYTHON).
+
+const DEFAULTS = {
+	# "bundled" (the model shipped in the lego_embed package) or a model folder (res:// or absolute).
+	"lego_embed/model/path": "bundled",
+	# torch device for the LLM: "cpu" or "cuda".
+	"lego_embed/model/device": "cpu",
+	# Python executable whose packages the bridge uses (a venv's bin/python works).
+	# Empty: $LEGO_EMBED_PYTHON, else the interpreter found by python3-config at build time.
+	"lego_embed/python/executable": "",
+	# Extra folders put first on Python's sys.path (res:// or absolute), e.g. a source checkout.
+	"lego_embed/python/sys_path": PoolStringArray(),
+	# Threads torch may use for the LLM; 1 leaves the other cores to the game.
+	"lego_embed/runtime/torch_threads": 1,
+	# Longest time (ms) the game thread can wait for Python's GIL when it calls the bridge.
+	"lego_embed/runtime/switch_interval_ms": 0.5,
+	# Extra keyword arguments for the runtime's RuntimeConfig.
+	"lego_embed/runtime/options": {},
+}
+
+
+static func register_defaults() -> void:
+	for name in DEFAULTS:
+		var value = DEFAULTS[name]
+		if not ProjectSettings.has_setting(name):
+			ProjectSettings.set_setting(name, value)
+		ProjectSettings.set_initial_value(name, value)
+		ProjectSettings.add_property_info({"name": name, "type": typeof(value)})
+
+
+static func read(name: String):
+	if ProjectSettings.has_setting(name):
+		return ProjectSettings.get_setting(name)
+	return DEFAULTS[name]
+
+
+static func global_path(path: String) -> String:
+	if path.begins_with("res://") or path.begins_with("user://"):
+		return ProjectSettings.globalize_path(path)
+	return path
+
+
+# The dictionary LegoBridge.start() takes.
+static func bridge_config() -> Dictionary:
+	var executable: String = read("lego_embed/python/executable")
+	if executable == "" and OS.has_environment("LEGO_EMBED_PYTHON"):
+		executable = OS.get_environment("LEGO_EMBED_PYTHON")
+	var sys_path := []
+	for entry in read("lego_embed/python/sys_path"):
+		sys_path.append(global_path(entry))
+	var model: String = read("lego_embed/model/path")
+	if OS.has_environment("LEGO_EMBED_MODEL"):
+		model = OS.get_environment("LEGO_EMBED_MODEL")
+	if model != "bundled":
+		model = global_path(model)
+	return {
+		"model": model,
+		"device": read("lego_embed/model/device"),
+		"python_executable": global_path(executable),
+		"sys_path": sys_path,
+		"torch_threads": int(read("lego_embed/runtime/torch_threads")),
+		"switch_interval_ms": float(read("lego_embed/runtime/switch_interval_ms")),
+		"runtime_options": read("lego_embed/runtime/options"),
+	}

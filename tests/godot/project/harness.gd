@@ -1,0 +1,154 @@
+extends Node
+# Engine-test harness: drives LegoNPC nodes through one scenario and writes what happened as
+# JSON to $LEGO_TEST_OUT, then quits. Scenarios ($LEGO_TEST_SCENARIO):
+#   decisions      three NPCs decide until >= WANT_DECISIONS decisions arrived; in between, a
+#                  faulty NPC sends malformed states and bad action lists (each must come back
+#                  as decision_failed while the game and the other NPCs keep going).
+#   missing_model  the model folder does not exist ($LEGO_EMBED_MODEL): one clear failure.
+
+const LegoNPC = preload("res://addons/lego_embed/lego_npc.gd")
+const WANT_DECISIONS = 12
+const PERSONAS = ["brute", "duelist", "coward"]
+const ENEMY_ACTIONS = ["idle", "light_attack", "heavy_windup", "heavy_attack", "block", "dodge", "heal", "shoot", "approach", "retreat"]
+
+var scenario := OS.get_environment("LEGO_TEST_SCENARIO")
+var out_path := OS.get_environment("LEGO_TEST_OUT")
+var timeout_s := 90.0
+var elapsed_s := 0.0
+var rng := RandomNumberGenerator.new()
+var npcs := []
+var faulty: Node
+var decisions := []
+var failures := []
+var faults_sent := 0
+var decisions_after_faults := 0
+var frames_at_faults := -1
+var failed_runtime := ""
+var done := false
+var runtime: Node
+
+
+func _ready() -> void:
+	rng.seed = 7
+	if OS.has_environment("LEGO_TEST_TIMEOUT_S"):
+		timeout_s = float(OS.get_environment("LEGO_TEST_TIMEOUT_S"))
+	runtime = get_node("/root/LegoRuntime")
+	runtime.connect("runtime_ready", self, "_on_runtime_ready")
+	runtime.connect("runtime_failed", self, "_on_runtime_failed")
+	for i in range(PERSONAS.size()):
+		var npc = LegoNPC.new()
+		npc.name = "Enemy%d" % i
+		npc.persona = PERSONAS[i]
+		npc.actions_per_minute = 200.0
+		npc.connect("decision_made", self, "_on_decision", [npc])
+		npc.connect("decision_failed", self, "_on_failure", [npc])
+		add_child(npc)
+		npcs.append(npc)
+	faulty = LegoNPC.new()
+	faulty.name = "Faulty"
+	faulty.connect("decision_failed", self, "_on_failure", [faulty])
+	faulty.connect("decision_made", self, "_on_decision", [faulty])
+	add_child(faulty)
+	if runtime.failure != "":
+		_on_runtime_failed(runtime.failure)
+
+
+func random_state() -> Dictionary:
+	return {
+		"hp": rng.randi_range(1, 100),
+		"enemy_hp": rng.randi_range(1, 100),
+		"distance": stepify(rng.randf_range(0.0, 20.0), 0.5),
+		"enemy_last_action": ENEMY_ACTIONS[rng.randi_range(0, ENEMY_ACTIONS.size() - 1)],
+		"cooldowns": {"dodge": rng.randi_range(0, 3), "heal": 0, "heavy": rng.randi_range(0, 3)},
+		"allies": rng.randi_range(0, 3),
+	}
+
+
+func _on_runtime_ready(_info) -> void:
+	for npc in npcs:
+		npc.request_decision(random_state())
+
+
+func _on_runtime_failed(reason: String) -> void:
+	failed_runtime = reason
+	if scenario == "missing_model":
+		npcs[0].request_decision(random_state())
+
+
+func _on_decision(action: String, info: Dictionary, npc: Node) -> void:
+	decisions.append({"npc": npc.name, "persona": npc.persona, "action": action,
+		"allowed": npc.allowed_actions, "info": info, "frame": runtime.frames_drawn})
+	if faults_sent > 0:
+		decisions_after_faults += 1
+	if decisions.size() == 3 and faults_sent == 0:
+		_send_faults()
+	if not done:
+		npc.request_decision(random_state())
+
+
+func _send_faults() -> void:
+	frames_at_faults = runtime.frames_drawn
+	var missing_hp := random_state()
+	missing_hp.erase("hp")
+	var nan_distance := random_state()
+	nan_distance["distance"] = NAN
+	var object_inside := random_state()
+	object_inside["allies"] = self
+	var wrong_type := random_state()
+	wrong_type["hp"] = "full"
+	for state in [missing_hp, nan_distance, object_inside, wrong_type]:
+		faulty.request_decision(state)
+		faults_sent += 1
+	faulty.allowed_actions = [1, 2]
+	faulty.request_decision(random_state())
+	faults_sent += 1
+	faulty.allowed_actions = []
+	faulty.request_decision(random_state())
+	faults_sent += 1
+
+
+func _on_failure(reason: String, npc: Node) -> void:
+	failures.append({"npc": npc.name, "reason": reason, "frame": runtime.frames_drawn})
+
+
+func _process(delta: float) -> void:
+	elapsed_s += delta
+	if done:
+		return
+	var finished := false
+	if scenario == "missing_model":
+		finished = failed_runtime != "" and failures.size() >= 1
+	else:
+		finished = decisions.size() >= WANT_DECISIONS and decisions_after_faults >= 3 and failures.size() >= faults_sent and faults_sent > 0
+	if finished or elapsed_s > timeout_s:
+		_finish(not finished)
+
+
+func _finish(timed_out: bool) -> void:
+	done = true
+	var frames_drawn: int = runtime.frames_drawn
+	var engine_frames: int = Engine.get_frames_drawn() - runtime.engine_frames_at_start
+	var final_stats: Dictionary = runtime.shutdown()
+	var report := {
+		"scenario": scenario,
+		"timed_out": timed_out,
+		"elapsed_s": elapsed_s,
+		"ready_info": runtime.ready_info,
+		"runtime_failure": failed_runtime,
+		"decisions": decisions,
+		"failures": failures,
+		"faults_sent": faults_sent,
+		"frames_at_faults": frames_at_faults,
+		"decisions_after_faults": decisions_after_faults,
+		"frames_drawn": frames_drawn,
+		"engine_frames": engine_frames,
+		"final_stats": final_stats,
+		"bridge_cost": runtime.bridge_cost(),
+		"bridge_calls": runtime.bridge_calls,
+		"fps": Engine.get_frames_per_second(),
+	}
+	var file := File.new()
+	file.open(out_path, File.WRITE)
+	file.store_string(to_json(report))
+	file.close()
+	get_tree().quit()
