@@ -62,6 +62,15 @@ class RequestState:
     program: list[_PlannedSubtask] | None = None
     cursor: int = 0
 
+    @property
+    def at_pass_start(self) -> bool:
+        """True between passes, where `Executor.set_layer_plan` is allowed."""
+        return self.cursor == 0
+
+    def kv_tokens(self, layer: int) -> int:
+        """How many positions decoder layer `layer` holds keys/values for (tokens)."""
+        return len(self.kv[layer])
+
 
 def _sliding_window(config, layer_idx: int) -> int | None:
     """The attention window of one layer in tokens (None: full causal attention)."""
@@ -167,7 +176,7 @@ class Executor:
 
     def set_layer_plan(self, state: RequestState, plan: LayerPlan | Sequence[LayerStep]) -> None:
         """Changes the plan between passes (between decode steps or prefill chunks)."""
-        if state.cursor != 0:
+        if not state.at_pass_start:
             raise ExecutorUsageError(
                 "the layer plan can change only between passes; step the request to the end "
                 "of its current pass (the next subtask after HEAD) first"
