@@ -34,6 +34,10 @@ class ExecutorUsageError(LegoEmbedError):
     finished request, changing the plan mid-pass, batching different subtasks)."""
 
 
+class CostProfileError(LegoEmbedError):
+    """A cost profile file is missing or malformed, or has no entry for the subtask asked for."""
+
+
 class InvalidGameStateError(LegoEmbedError):
     """A game state is missing a field, has a wrong type, or a value out of range."""
 
