@@ -1,0 +1,22 @@
+"""Fixtures for the fleet tests: the real component calibration from ../shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lego_embed.fleet.calibration import Calibration, calibrate
+
+
+@pytest.fixture(scope="session")
+def components_path(shared_dir: Path) -> Path:
+    path = shared_dir / "adapter_serving" / "components_qwen.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def calibration(components_path: Path) -> Calibration:
+    return calibrate(components_path)

@@ -1,0 +1,67 @@
+"""Calibration from the real component file: the memory, step and loading models it fits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lego_embed.errors import CalibrationError
+from lego_embed.fleet.calibration import Calibration, calibrate, load_calibration
+
+
+def test_memory_model_reproduces_the_measured_kv_capacity(components_path: Path,
+                                                          calibration: Calibration) -> None:
+    table = json.loads(components_path.read_text())["gpu_memory_vs_adapter_slots"]
+    rows = [dict(zip(table["columns"], r, strict=True)) for r in table["rows"]]
+    for row in rows:
+        fits = calibration.memory.fits(row["max_loras"], row["max_lora_rank"])
+        assert fits == (row["status"] == "ok"), row
+        if row["status"] == "ok":
+            predicted = calibration.memory.kv_cache_tokens(row["max_loras"], row["max_lora_rank"])
+            assert abs(predicted - row["kv_cache_tokens"]) < 0.05 * 700_000, row
+
+
+def test_step_and_loading_models_are_physical(calibration: Calibration) -> None:
+    step = calibration.step
+    assert 5.0 < step.c0_ms < 20.0
+    assert 0.01 < step.c_token_ms < 0.1
+    assert list(step.lora_u_points) == sorted(step.lora_u_points)
+    assert step.lora_u_ms[-1] > step.lora_u_ms[0] > 0
+    assert calibration.loading.disk_ms(32) > calibration.loading.disk_ms(8) > 0
+    assert 1.0 < calibration.loading.cpu_to_gpu_ms(16) < 10.0
+
+
+def test_a_bigger_gpu_gets_more_kv_cache(calibration: Calibration) -> None:
+    small = calibration.memory.kv_cache_tokens(64, 16)
+    big = calibration.memory.kv_cache_tokens(64, 16, gpu_memory_gib=80.0)
+    assert big > small
+    assert not calibration.memory.fits(320, 32)
+    assert calibration.memory.fits(320, 32, gpu_memory_gib=141.0)
+
+
+def test_save_and_load_round_trip(tmp_path: Path, calibration: Calibration) -> None:
+    path = tmp_path / "cal.json"
+    calibration.save(path)
+    assert load_calibration(path) == calibration
+
+
+def test_malformed_component_files_are_rejected(tmp_path: Path, components_path: Path) -> None:
+    with pytest.raises(CalibrationError, match="does not exist"):
+        calibrate(tmp_path / "missing.json")
+    data = json.loads(components_path.read_text())
+    del data["adapter_loading_time"]
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match="adapter_loading_time"):
+        calibrate(broken)
+    data = json.loads(components_path.read_text())
+    data["step_latency_benchmarks"]["columns"].remove("mean_itl_ms")
+    broken.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match="mean_itl_ms"):
+        calibrate(broken)
+    bad_calibration = tmp_path / "cal.json"
+    bad_calibration.write_text("{}")
+    with pytest.raises(CalibrationError, match="malformed"):
+        load_calibration(bad_calibration)

@@ -1,0 +1,74 @@
+"""Digital twin invariants on real-calibrated instances."""
+
+from __future__ import annotations
+
+import pytest
+
+from lego_embed.fleet.calibration import Calibration
+from lego_embed.fleet.spec import AdapterSpec
+from lego_embed.fleet.twin import InstanceConfig, StepSnapshot, simulate
+
+
+def _adapters(n: int, rate: float, ranks=(8, 16)) -> list[AdapterSpec]:
+    return [AdapterSpec(adapter_id=f"a{i}", rank=ranks[i % len(ranks)], rate_req_s=rate)
+            for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("n", "rate", "max_loras", "rank"),
+    [(8, 0.2, 8, 16), (64, 0.5, 8, 16), (128, 1.0, 32, 16), (96, 0.6, 192, 32)],
+)
+def test_every_request_is_accounted_for_and_memory_is_never_exceeded(
+        calibration: Calibration, n: int, rate: float, max_loras: int, rank: int) -> None:
+    snapshots: list[StepSnapshot] = []
+    config = InstanceConfig(max_loras=max_loras, max_cpu_loras=n, max_lora_rank=rank)
+    result = simulate(_adapters(n, rate), config, calibration, duration_s=120, seed=1,
+                      observer=snapshots.append)
+    assert not result.memory_error
+    assert snapshots
+    for s in snapshots:
+        assert s.arrived == s.dropped + s.waiting + s.running + s.finished
+        assert s.kv_used_tokens <= s.kv_capacity_tokens
+        assert s.distinct_adapters <= s.max_loras
+    assert result.completed <= result.arrived
+    assert result.max_kv_usage_frac <= 1.0
+
+
+def test_light_load_is_served_fully_and_heavy_load_starves(calibration: Calibration) -> None:
+    config = InstanceConfig(max_loras=16, max_cpu_loras=16, max_lora_rank=16)
+    light = simulate(_adapters(16, 0.1), config, calibration, duration_s=600, seed=0)
+    assert not light.starved
+    assert light.throughput_to_ideal > 0.93
+    assert light.total_throughput_tok_s == pytest.approx(
+        light.input_throughput_tok_s + light.output_throughput_tok_s)
+    heavy = simulate(_adapters(16, 5.0), config, calibration, duration_s=600, seed=0)
+    assert heavy.starved
+    assert heavy.total_throughput_tok_s > light.total_throughput_tok_s
+    assert heavy.mean_itl_ms > light.mean_itl_ms
+
+
+def test_infeasible_configurations_are_memory_errors(calibration: Calibration) -> None:
+    too_big = InstanceConfig(max_loras=256, max_cpu_loras=256, max_lora_rank=32)
+    result = simulate(_adapters(4, 0.1), too_big, calibration, duration_s=60)
+    assert result.memory_error and result.starved
+    rank_too_low = InstanceConfig(max_loras=8, max_cpu_loras=8, max_lora_rank=8)
+    assert simulate(_adapters(4, 0.1, ranks=(32,)), rank_too_low, calibration,
+                    duration_s=60).memory_error
+
+
+def test_same_seed_same_result_and_more_slots_cost_memory(calibration: Calibration) -> None:
+    adapters = _adapters(32, 0.3)
+    config = InstanceConfig(max_loras=8, max_cpu_loras=32, max_lora_rank=16)
+    a = simulate(adapters, config, calibration, duration_s=120, seed=7)
+    b = simulate(adapters, config, calibration, duration_s=120, seed=7)
+    assert a == b
+    wide = InstanceConfig(max_loras=128, max_cpu_loras=32, max_lora_rank=16)
+    assert simulate(adapters, wide, calibration, duration_s=10).kv_cache_tokens < a.kv_cache_tokens
+
+
+def test_few_slots_force_adapter_swaps(calibration: Calibration) -> None:
+    adapters = _adapters(40, 0.2)
+    few = simulate(adapters, InstanceConfig(4, 40, 16), calibration, duration_s=300, seed=2)
+    many = simulate(adapters, InstanceConfig(64, 40, 16), calibration, duration_s=300, seed=2)
+    assert few.adapter_loads > many.adapter_loads
+    assert many.adapter_loads <= 40
