@@ -3,7 +3,65 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _lengths(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from error
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
-    """Adds the model subcommands (the executor's owner fills them in)."""
+    """Adds `lego-embed profile`."""
+    parser = subcommands.add_parser(
+        "profile",
+        help="measure every subtask kind's duration and write a JSON cost profile",
+        description="Measures EMBED/ATTENTION/FFN/HEAD per prompt length and decode LAYER/HEAD "
+        "per context length with the partitioned executor; writes a JSON CostProfile.",
+    )
+    parser.add_argument("--model", required=True, help="'bundled' or a local HF model folder")
+    parser.add_argument("--out", default="cost_profile.json", help="JSON file to write")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--prompt-lengths", type=_lengths, default="16,32,64,128,256,512")
+    parser.add_argument("--context-lengths", type=_lengths, default="16,32,64,128,256,512")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per length")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per length")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.set_defaults(run=_profile)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from lego_embed.model.loading import load_model
+    from lego_embed.model.profile import measure_cost_profile
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    profile = measure_cost_profile(
+        loaded,
+        prompt_lengths=args.prompt_lengths,
+        context_lengths=args.context_lengths,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        progress=lambda message: print(f"  measuring {message}", file=sys.stderr, flush=True),
+    )
+    profile.save(args.out)
+    print(
+        f"{'kind':<10} {'phase':<8} {'tokens':>7} {'context':>8} {'median_us':>10} {'p90_us':>10}"
+    )
+    for e in profile.entries:
+        print(
+            f"{e.kind:<10} {e.phase:<8} {e.tokens:>7} {e.context_tokens:>8} "
+            f"{e.median_us:>10.1f} {e.p90_us:>10.1f}"
+        )
+    print(f"wrote {args.out}")
+    return 0

@@ -130,7 +130,8 @@ class Executor:
         prefix: PrefixCache | None = None,
     ) -> RequestState:
         """A new request; nothing runs until `step`. With `prefix`, `prompt_ids` must start with
-        `prefix.token_ids` (tokenize the static part separately and concatenate the ids)."""
+        `prefix.token_ids` (tokenize the static part separately and concatenate the ids) or be
+        a start of them; the prefix's KV is reused for all but the prompt's last token."""
         ids = [int(token) for token in prompt_ids]
         if not ids:
             raise InvalidPromptError("the prompt is empty; pass at least one token id")
@@ -151,7 +152,8 @@ class Executor:
         kv = [LayerKV.empty(self.device) for _ in range(self.num_layers)]
         position = 0
         if prefix is not None:
-            if tuple(ids[: len(prefix.token_ids)]) != prefix.token_ids:
+            shared = min(len(prefix.token_ids), len(ids))
+            if tuple(ids[:shared]) != prefix.token_ids[:shared]:
                 raise InvalidPromptError(
                     "the prompt does not start with the prefix's token ids; build it as "
                     "prefix.token_ids + suffix ids"
