@@ -24,14 +24,14 @@ def test_profile_measures_every_kind_at_every_length(model_folder, tmp_path):
         loaded, prompt_lengths=(4, 8, 500), context_lengths=(4, 12), warmup=1, repeats=2
     )
     shapes = {(e.kind, e.phase, e.tokens, e.context_tokens): e for e in profile.entries}
-    for n in (4, 8):  # 500 is beyond the 128-token context and is dropped
+    for n in (4, 8, 127):  # 500 is beyond the 128-token context: measured at 127
         for kind in ("embed", "attention", "ffn"):
             assert (kind, "prefill", n, n) in shapes
         assert ("head", "prefill", 1, n) in shapes
     for context in (4, 12):
         assert ("layer", "decode", 1, context) in shapes
         assert ("head", "decode", 1, context) in shapes
-    assert len(shapes) == 2 * 4 + 2 * 2
+    assert len(shapes) == 3 * 4 + 2 * 2
     assert shapes[("attention", "prefill", 8, 8)].samples == 2 * loaded.num_layers
     assert all(0 < e.median_us <= e.p90_us for e in profile.entries)
     profile.save(tmp_path / "p.json")

@@ -147,15 +147,15 @@ def measure_cost_profile(
     and FFN of every layer, HEAD). Decode: one prefix of the longest context is prefilled once;
     for each context length a request reuses it and runs `warmup` + `repeats` timed decode steps
     at exactly that context (LAYER of every layer, HEAD). Lengths beyond the model's context are
-    dropped.
+    replaced by the longest one it allows (max_context_tokens - 1).
     """
-    limit = loaded.max_context_tokens - 2
-    prompt_lengths = sorted({n for n in prompt_lengths if 1 <= n <= limit})
-    context_lengths = sorted({n for n in context_lengths if 2 <= n <= limit})
+    limit = loaded.max_context_tokens - 1
+    prompt_lengths = sorted({min(n, limit) for n in prompt_lengths if n >= 1})
+    context_lengths = sorted({min(n, limit) for n in context_lengths if n >= 2})
     if not prompt_lengths or not context_lengths or repeats < 1 or warmup < 0:
         raise CostProfileError(
             f"nothing to measure: prompt lengths {prompt_lengths}, context lengths "
-            f"{context_lengths} (must be within 1..{limit}), repeats {repeats} (>= 1), "
+            f"{context_lengths} (prompt >= 1, context >= 2), repeats {repeats} (>= 1), "
             f"warmup {warmup} (>= 0)"
         )
     executor = Executor(loaded)
