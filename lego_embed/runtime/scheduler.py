@@ -1,0 +1,374 @@
+"""The headroom-maximizing scheduler: EDF queue, skip-level choice and gap-fitted dispatch.
+
+It decides, and only it decides, which request runs next, at which skip level, and whether its
+next subtask may start now. It never runs anything: the Runtime's worker asks `next_dispatch`
+and runs the returned requests' next subtask through the executor, then reports the measured
+time back with `record`. Policies:
+- `lego`: subtasks start only in a gap their predicted duration (plus a margin) fits; in the
+  inter-frame gap a slice of consecutive subtasks (coarse), in intra-frame gaps one subtask (the
+  executor's finest unit: attention / FFN block in prefill, one layer in decode); the skip level
+  is the smallest whose predicted cost fits the predicted headroom before the deadline,
+  re-checked and escalated at every decode step.
+- `free`: start whenever there is work (plain co-location); full model.
+- `inter_frame`: start only between frame_end and the next frame_begin (Pilotfish-style),
+  without a fit check; full model.
+- `static_skip`: one fixed skip level; a fixed slice of compute per inter-frame gap.
+When the engine has sent no event for `engine_silence_ms`, there is no renderer to protect and
+every policy runs freely. Requests are never dropped: a request that cannot make its deadline
+even at the largest level runs anyway and is reported as a miss.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lego_embed.model.executor import Executor, RequestState
+from lego_embed.model.layer_plan import AdaptorStep, LayerPlan
+from lego_embed.model.subtask import DECODE, PREFILL, Subtask, SubtaskKind
+from lego_embed.runtime.headroom import OpenGap
+
+POLICIES = ("lego", "free", "inter_frame", "static_skip")
+COST_ALPHA = 0.2
+DEFAULT_SUBTASK_NS = 200_000
+
+
+@dataclass(frozen=True)
+class LevelOption:
+    """One skip level the scheduler may pick: its layer plan and expected decision accuracy."""
+
+    level: int
+    plan: LayerPlan
+    accuracy: float | None = None
+
+    @property
+    def skipped_layers(self) -> int:
+        return self.plan.skipped_layers
+
+
+def cost_key(subtask: Subtask) -> tuple[str, str, int]:
+    """Subtasks of one kind and phase with query tokens in the same power-of-2 bucket."""
+    return subtask.kind.value, subtask.phase, max(subtask.tokens, 1).bit_length()
+
+
+@dataclass
+class _CostEstimate:
+    mean_ns: float
+    deviation_ns: float
+
+    def update(self, duration_ns: int) -> None:
+        self.deviation_ns += COST_ALPHA * (abs(duration_ns - self.mean_ns) - self.deviation_ns)
+        self.mean_ns += COST_ALPHA * (duration_ns - self.mean_ns)
+
+
+class CostModel:
+    """Predicted duration (ns) of each subtask: the cost profile, corrected online.
+
+    Starts from a profile (`{(kind, phase, token bucket): ns}`, e.g. measured by the runtime's
+    warm-up or `lego-embed profile`) and replaces it with an EWMA of measured durations as they
+    arrive; `predict_ns` adds `deviations` times the EWMA absolute deviation, so a noisy subtask
+    is predicted conservatively. Unseen keys fall back to the same kind's nearest bucket, scaled
+    by tokens, then to DEFAULT_SUBTASK_NS.
+    """
+
+    def __init__(self, profile_ns: dict[tuple[str, str, int], float] | None = None,
+                 deviations: float = 2.0) -> None:
+        self.deviations = deviations
+        self._estimates: dict[tuple[str, str, int], _CostEstimate] = {
+            key: _CostEstimate(float(ns), 0.0) for key, ns in (profile_ns or {}).items()
+        }
+        self._cache: dict[tuple[str, str, int], float] = {}
+
+    def record(self, subtask: Subtask, duration_ns: int) -> None:
+        key = cost_key(subtask)
+        estimate = self._estimates.get(key)
+        if estimate is None:
+            self._estimates[key] = _CostEstimate(float(duration_ns), duration_ns * 0.25)
+        else:
+            estimate.update(duration_ns)
+        self._cache.pop(key, None)
+
+    def predict_ns(self, subtask: Subtask) -> float:
+        key = cost_key(subtask)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        estimate = self._estimates.get(key)
+        if estimate is not None:
+            value = estimate.mean_ns + self.deviations * estimate.deviation_ns
+        else:
+            same_kind = [(k, e) for k, e in self._estimates.items() if k[:2] == key[:2]]
+            if same_kind:
+                near_key, near = min(same_kind, key=lambda item: abs(item[0][2] - key[2]))
+                scale = 2.0 ** max(key[2] - near_key[2], 0)
+                value = (near.mean_ns + self.deviations * near.deviation_ns) * scale
+            else:
+                value = float(DEFAULT_SUBTASK_NS)
+        self._cache[key] = value
+        return value
+
+    def profile_ns(self) -> dict[str, float]:
+        """Current mean estimates, keyed `kind/phase/bucket`, for stats and reports."""
+        return {"/".join(map(str, k)): e.mean_ns for k, e in self._estimates.items()}
+
+    def pass_cost_ns(self, plan: LayerPlan, phase: str, tokens: int, context: int) -> float:
+        """Predicted duration of one whole pass (prefill chunk or decode step) under `plan`."""
+        def one(kind: SubtaskKind, first: int = -1, last: int = -1) -> float:
+            query_tokens = 1 if kind is SubtaskKind.HEAD else tokens  # the head reads one position
+            return self.predict_ns(Subtask(kind, phase, first, last, query_tokens, context))
+
+        layer_kinds = (
+            (SubtaskKind.ATTENTION, SubtaskKind.FFN) if phase == PREFILL else (SubtaskKind.LAYER,)
+        )
+        per_layer = sum(one(kind, 0, 0) for kind in layer_kinds)
+        adaptor = one(SubtaskKind.ADAPTOR, 0, 0)
+        total = one(SubtaskKind.EMBED) if phase == PREFILL else 0.0
+        total += one(SubtaskKind.HEAD)
+        for step in plan.steps:
+            total += adaptor if isinstance(step, AdaptorStep) else per_layer
+        return total
+
+
+@dataclass(eq=False)
+class ScheduledRequest:
+    """A request inside the scheduler: executor state, deadline (monotonic ns), chosen level.
+
+    `expected_tokens` is the most tokens the answer can take (the action trie's depth);
+    `payload` is whatever the runtime attaches (the prepared decision, the callback).
+    """
+
+    request_id: int
+    npc_id: str
+    state: RequestState
+    arrival_ns: int
+    deadline_ns: int
+    expected_tokens: int
+    level: int = 0
+    escalations: int = 0
+    payload: Any = None
+    started: bool = False
+
+    def __lt__(self, other: ScheduledRequest) -> bool:
+        return (self.deadline_ns, self.request_id) < (other.deadline_ns, other.request_id)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Run the next subtask of `requests` (several: one batched decode subtask), up to
+    `max_subtasks` times while the gap lasts (coarse slices in the inter-frame gap)."""
+
+    requests: tuple[ScheduledRequest, ...]
+    predicted_ns: float
+    gap_end_ns: int | None
+    max_subtasks: int = 1
+
+
+@dataclass
+class SchedulerConfig:
+    """Scheduler knobs. Times in ns unless named otherwise; fractions 0..1.
+
+    margin_ns / margin_fraction: a subtask starts only if predicted * (1 + margin_fraction) +
+    margin_ns fits the rest of the gap. usable_fraction: share of predicted headroom the
+    skip-level choice counts on (dispatch granularity wastes the rest). static_level and
+    static_slice_ns: the static_skip policy's fixed level and compute per inter-frame gap.
+    """
+
+    policy: str = "lego"
+    margin_ns: int = 150_000
+    margin_fraction: float = 0.1
+    usable_fraction: float = 0.6
+    edf: bool = True
+    batching: bool = True
+    static_level: int | None = None
+    static_slice_ns: int = 4_000_000
+    engine_silence_ns: int = 500_000_000
+
+
+class Scheduler:
+    """EDF queue + skip-level choice + gap-fit dispatch (see the module docstring).
+
+    `levels` are the available skip levels, level 0 (full model) first. Not thread-safe: the
+    runtime's worker thread owns it.
+    """
+
+    def __init__(
+        self,
+        executor: Executor,
+        levels: Sequence[LevelOption],
+        config: SchedulerConfig | None = None,
+        cost_model: CostModel | None = None,
+    ) -> None:
+        self.executor = executor
+        self.levels = list(levels)
+        self.config = config or SchedulerConfig()
+        self.cost = cost_model or CostModel()
+        self._queue: list[ScheduledRequest] = []
+        self._static_used_ns = 0
+        self._static_gap_start_ns: int | None = None
+
+    # ------------------------------------------------------------------ queue
+    @property
+    def pending(self) -> list[ScheduledRequest]:
+        return sorted(self._queue)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def admit(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> None:
+        """Queues a request and picks its skip level (smallest that fits, see module doc)."""
+        request.level = self._initial_level(request, now_ns, headroom_rate)
+        self._apply_level(request)
+        heapq.heappush(self._queue, request) if self.config.edf else self._queue.append(request)
+
+    def finish(self, request: ScheduledRequest) -> None:
+        self._queue.remove(request)
+        if self.config.edf:
+            heapq.heapify(self._queue)
+
+    def _head(self) -> ScheduledRequest | None:
+        """The request to serve first: earliest deadline (a heap) or first come (a list)."""
+        return self._queue[0] if self._queue else None
+
+    def _ahead(self, request: ScheduledRequest) -> list[ScheduledRequest]:
+        if self.config.edf:
+            return [r for r in self._queue if r < request]
+        return self._queue[: self._queue.index(request)] if request in self._queue else self._queue
+
+    # ------------------------------------------------------------------ cost
+    def remaining_cost_ns(self, request: ScheduledRequest, level: int | None = None) -> float:
+        """Predicted compute left for the request at `level` (default: its current level)."""
+        state = request.state
+        plan = self.levels[request.level if level is None else level].plan
+        cost = 0.0
+        if state.program is not None and state.cursor:
+            cost += sum(
+                self.cost.predict_ns(p.subtask) for p in state.program[state.cursor:]
+            )
+            in_prefill = state.program[0].subtask.phase == PREFILL
+        else:
+            in_prefill = bool(state.pending_ids)
+            if in_prefill:
+                tokens = len(state.pending_ids)
+                cost += self.cost.pass_cost_ns(plan, PREFILL, tokens, state.position + tokens)
+        generated = len(state.generated) + (1 if in_prefill else 0)
+        decode_steps = max(request.expected_tokens - max(generated, 1), 0)
+        if decode_steps:
+            step = self.cost.pass_cost_ns(plan, DECODE, 1, state.position + 1)
+            cost += decode_steps * step
+        return cost
+
+    def _work_ahead_ns(self, request: ScheduledRequest) -> float:
+        return sum(self.remaining_cost_ns(r) for r in self._ahead(request))
+
+    def _fit_level(self, request: ScheduledRequest, available_ns: float, start: int) -> int:
+        for level in range(start, len(self.levels)):
+            if self.remaining_cost_ns(request, level) <= available_ns:
+                return level
+        return len(self.levels) - 1
+
+    def _available_ns(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> float:
+        time_left_ns = request.deadline_ns - now_ns
+        usable = time_left_ns * headroom_rate * self.config.usable_fraction
+        return usable - self._work_ahead_ns(request)
+
+    def _initial_level(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> int:
+        policy = self.config.policy
+        if policy == "static_skip":
+            return self.static_level
+        if policy != "lego":
+            return 0
+        return self._fit_level(request, self._available_ns(request, now_ns, headroom_rate), 0)
+
+    @property
+    def static_level(self) -> int:
+        configured = self.config.static_level
+        return len(self.levels) - 1 if configured is None else min(configured, len(self.levels) - 1)
+
+    def recheck(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> bool:
+        """Between decode steps: escalates the level when the deadline is at risk (True if so)."""
+        if self.config.policy != "lego" or request.level == len(self.levels) - 1:
+            return False
+        if not request.state.at_pass_start or request.state.pending_ids:
+            return False
+        available_ns = self._available_ns(request, now_ns, headroom_rate)
+        if self.remaining_cost_ns(request) <= available_ns:
+            return False
+        level = self._fit_level(request, available_ns, request.level + 1)
+        if level == request.level:
+            return False
+        request.level = level
+        request.escalations += 1
+        self._apply_level(request)
+        return True
+
+    def _apply_level(self, request: ScheduledRequest) -> None:
+        if request.state.at_pass_start:
+            self.executor.set_layer_plan(request.state, self.levels[request.level].plan)
+
+    # ------------------------------------------------------------------ dispatch
+    def _batch(self, head: ScheduledRequest) -> tuple[ScheduledRequest, ...]:
+        subtask = self.executor.peek(head.state)
+        if not self.config.batching or subtask is None or subtask.phase != DECODE:
+            return (head,)
+        key = (subtask.kind, subtask.first_layer, subtask.last_layer)
+        batch = [head]
+        for other in self._queue:
+            if other is head or other.level != head.level:
+                continue
+            peer = self.executor.peek(other.state)
+            if peer is not None and peer.phase == DECODE and (
+                (peer.kind, peer.first_layer, peer.last_layer) == key
+            ):
+                batch.append(other)
+        return tuple(batch)
+
+    def predicted_ns(self, batch: tuple[ScheduledRequest, ...]) -> float:
+        subtask = self.executor.peek(batch[0].state)
+        assert subtask is not None
+        if len(batch) > 1:
+            subtask = Subtask(subtask.kind, subtask.phase, subtask.first_layer,
+                              subtask.last_layer, len(batch), subtask.context_tokens)
+        return self.cost.predict_ns(subtask)
+
+    def fits(self, predicted_ns: float, now_ns: int, gap_end_ns: int) -> bool:
+        """Gap-fit rule: predicted * (1 + margin_fraction) + margin_ns <= rest of the gap."""
+        needed = predicted_ns * (1.0 + self.config.margin_fraction) + self.config.margin_ns
+        return now_ns + needed <= gap_end_ns
+
+    def next_dispatch(
+        self, now_ns: int, gap: OpenGap | None, last_event_ns: int | None
+    ) -> Dispatch | None:
+        """What to run now, or None to wait for the next engine event."""
+        head = self._head()
+        if head is None:
+            return None
+        batch = self._batch(head)
+        predicted_ns = self.predicted_ns(batch)
+        policy = self.config.policy
+        engine_silent = (
+            last_event_ns is None or now_ns - last_event_ns > self.config.engine_silence_ns
+        )
+        if policy == "free" or engine_silent:
+            return Dispatch(batch, predicted_ns, None, 1)
+        if gap is None:
+            return None
+        if policy == "inter_frame":
+            return Dispatch(batch, predicted_ns, None, 1) if gap.inter_frame else None
+        if policy == "static_skip":
+            if not gap.inter_frame:
+                return None
+            if self._static_gap_start_ns != gap.start_ns:
+                self._static_gap_start_ns, self._static_used_ns = gap.start_ns, 0
+            if self._static_used_ns >= self.config.static_slice_ns:
+                return None
+            return Dispatch(batch, predicted_ns, None, 1)
+        if not self.fits(predicted_ns, now_ns, gap.end_estimate_ns):
+            return None
+        return Dispatch(batch, predicted_ns, gap.end_estimate_ns, 64 if gap.inter_frame else 1)
+
+    def record(self, subtask: Subtask, duration_ns: int) -> None:
+        """Feeds a measured subtask time back into the cost model (and the static slice)."""
+        self.cost.record(subtask, duration_ns)
+        self._static_used_ns += duration_ns

@@ -1,0 +1,197 @@
+"""Scheduler: skip-level choice, per-step escalation, gap-fit dispatch, EDF and batching."""
+
+from __future__ import annotations
+
+import pytest
+
+from lego_embed.model.executor import Executor, GreedySampler
+from lego_embed.model.layer_plan import AdaptorStep, LayerPlan
+from lego_embed.model.loading import LoadedModel
+from lego_embed.model.subtask import DECODE, PREFILL, Subtask, SubtaskKind
+from lego_embed.runtime.headroom import INTER_FRAME_SLOT, OpenGap
+from lego_embed.runtime.scheduler import (
+    CostModel,
+    LevelOption,
+    ScheduledRequest,
+    Scheduler,
+    SchedulerConfig,
+    cost_key,
+)
+from lego_embed.skip.adaptor import AdaptorShape, SpanAdaptor
+
+MS = 1_000_000
+PROMPT = [5, 6, 7, 8, 9, 10, 11, 12]
+
+
+def levels_for(loaded: LoadedModel) -> list[LevelOption]:
+    n = loaded.num_layers
+    hidden = loaded.model.config.hidden_size
+    options = [LevelOption(0, LayerPlan.full(n), 0.95)]
+    for level, skipped in ((1, 2), (2, 4), (3, 6)):
+        adaptor = SpanAdaptor(AdaptorShape(hidden, hidden))
+        first, last = 1, skipped
+        plan = LayerPlan((0, AdaptorStep(first, last, adaptor), *range(last + 1, n)))
+        options.append(LevelOption(level, plan, 0.95 - 0.05 * level))
+    return options
+
+
+def fixed_costs() -> CostModel:
+    """1 ms per prefill attention/FFN block and decode layer, 0.2 ms per adaptor/embed/head."""
+    profile_ns = {}
+    for kind, phase, tokens, ms in (
+        (SubtaskKind.ATTENTION, PREFILL, 8, 1.0), (SubtaskKind.FFN, PREFILL, 8, 1.0),
+        (SubtaskKind.EMBED, PREFILL, 8, 0.2), (SubtaskKind.HEAD, PREFILL, 1, 0.2),
+        (SubtaskKind.ADAPTOR, PREFILL, 8, 0.2), (SubtaskKind.LAYER, DECODE, 1, 1.0),
+        (SubtaskKind.ADAPTOR, DECODE, 1, 0.2), (SubtaskKind.HEAD, DECODE, 1, 0.2),
+    ):
+        profile_ns[cost_key(Subtask(kind, phase, 0, 0, tokens, tokens))] = ms * MS
+    return CostModel(profile_ns)
+
+
+def make(loaded: LoadedModel, policy: str = "lego", **config) -> Scheduler:
+    return Scheduler(Executor(loaded), levels_for(loaded), SchedulerConfig(policy=policy, **config),
+                     fixed_costs())
+
+
+def new_request(scheduler: Scheduler, request_id: int, deadline_ms: float, tokens: int = 4,
+                now_ns: int = 0) -> ScheduledRequest:
+    state = scheduler.executor.start(PROMPT, GreedySampler(None, tokens))
+    return ScheduledRequest(request_id, f"npc{request_id}", state, now_ns,
+                            now_ns + round(deadline_ms * MS), tokens)
+
+
+def test_cost_profile_predicts_a_request(npc_loaded: LoadedModel) -> None:
+    scheduler = make(npc_loaded)
+    request = new_request(scheduler, 1, 100.0, tokens=4)
+    n = npc_loaded.num_layers  # prefill: embed + 2 blocks per layer + head; 3 decode steps
+    expected_ms = 0.2 + 2 * n + 0.2 + 3 * (n + 0.2)
+    assert scheduler.remaining_cost_ns(request) / MS == pytest.approx(expected_ms, rel=1e-6)
+    assert scheduler.remaining_cost_ns(request, 3) < scheduler.remaining_cost_ns(request, 1)
+
+
+def test_skip_level_is_the_smallest_that_fits(npc_loaded: LoadedModel) -> None:
+    scheduler = make(npc_loaded, usable_fraction=1.0)
+    n = npc_loaded.num_layers
+    full_ms = 0.4 + 2 * n + 3 * (n + 0.2)
+    roomy = new_request(scheduler, 1, 2 * full_ms)
+    scheduler.admit(roomy, 0, headroom_rate=1.0)
+    assert roomy.level == 0
+    scheduler.finish(roomy)
+    # half the time is headroom: the full model no longer fits, a skip level does
+    tight = new_request(scheduler, 2, 1.5 * full_ms)
+    scheduler.admit(tight, 0, headroom_rate=0.5)
+    assert tight.level > 0
+    assert scheduler.remaining_cost_ns(tight) <= 0.75 * full_ms * MS
+    assert scheduler.remaining_cost_ns(tight, tight.level - 1) > 0.75 * full_ms * MS
+    assert tight.state.plan.skipped_layers == levels_for(npc_loaded)[tight.level].skipped_layers
+
+
+def test_impossible_deadline_runs_at_the_largest_level(npc_loaded: LoadedModel) -> None:
+    scheduler = make(npc_loaded)
+    request = new_request(scheduler, 1, 1.0)
+    scheduler.admit(request, 0, headroom_rate=0.5)
+    assert request.level == 3
+    assert len(scheduler) == 1  # queued anyway, never dropped
+
+
+def test_escalates_between_decode_steps_when_the_deadline_is_at_risk(
+    npc_loaded: LoadedModel,
+) -> None:
+    scheduler = make(npc_loaded, usable_fraction=1.0)
+    request = new_request(scheduler, 1, 1000.0, tokens=6)
+    scheduler.admit(request, 0, headroom_rate=1.0)
+    assert request.level == 0
+    executor = scheduler.executor
+    while not (request.state.at_pass_start and request.state.generated):
+        executor.step(request.state)  # finish the prefill
+    assert not scheduler.recheck(request, 10 * MS, headroom_rate=1.0)
+    # most of the time is gone: the rest only fits with layers skipped
+    remaining_full_ms = scheduler.remaining_cost_ns(request) / MS
+    now_ns = request.deadline_ns - round(0.6 * remaining_full_ms * MS)
+    assert scheduler.recheck(request, now_ns, headroom_rate=1.0)
+    assert request.level > 0 and request.escalations == 1
+    assert request.state.plan.skipped_layers > 0
+    executor.run_to_completion(request.state)
+    assert len(request.state.generated) == 6
+
+
+def test_gap_fit_dispatch(npc_loaded: LoadedModel) -> None:
+    scheduler = make(npc_loaded, margin_ns=100_000, margin_fraction=0.1)
+    request = new_request(scheduler, 1, 500.0)
+    scheduler.admit(request, 0, headroom_rate=1.0)
+    executor = scheduler.executor
+    executor.step(request.state)  # embed; next is a 1 ms attention block
+    now = 50 * MS
+    short_gap = OpenGap("after:shadow", now, now + round(1.1 * MS))
+    long_gap = OpenGap("after:shadow", now, now + round(1.3 * MS))
+    assert scheduler.next_dispatch(now, None, now) is None  # a pass is running
+    assert scheduler.next_dispatch(now, short_gap, now) is None  # 1.1 ms + 0.1 ms > 1.1 ms
+    intra = scheduler.next_dispatch(now, long_gap, now)
+    assert intra is not None and intra.max_subtasks == 1
+    inter = scheduler.next_dispatch(now, OpenGap(INTER_FRAME_SLOT, now, now + 6 * MS), now)
+    assert inter is not None and inter.max_subtasks > 1 and inter.gap_end_ns == now + 6 * MS
+    # a silent engine (no events for a while) has no rendering to protect
+    assert scheduler.next_dispatch(now + 10**9, None, now) is not None
+
+
+@pytest.mark.parametrize("policy", ["free", "inter_frame", "static_skip"])
+def test_baseline_policies(npc_loaded: LoadedModel, policy: str) -> None:
+    scheduler = make(npc_loaded, policy=policy)
+    request = new_request(scheduler, 1, 500.0)
+    scheduler.admit(request, 0, headroom_rate=0.1)
+    assert request.level == (3 if policy == "static_skip" else 0)
+    now = MS
+    intra = OpenGap("after:shadow", now, now + 50 * MS)
+    inter = OpenGap(INTER_FRAME_SLOT, now, now + 1)  # even a tiny inter-frame gap
+    assert (scheduler.next_dispatch(now, None, now) is not None) == (policy == "free")
+    assert (scheduler.next_dispatch(now, intra, now) is not None) == (policy == "free")
+    assert scheduler.next_dispatch(now, inter, now) is not None
+
+
+def test_static_skip_runs_a_fixed_slice_per_inter_frame_gap(npc_loaded: LoadedModel) -> None:
+    scheduler = make(npc_loaded, policy="static_skip", static_slice_ns=2 * MS)
+    request = new_request(scheduler, 1, 500.0)
+    scheduler.admit(request, 0, headroom_rate=1.0)
+    gap = OpenGap(INTER_FRAME_SLOT, 0, 16 * MS)
+    assert scheduler.next_dispatch(0, gap, 0) is not None
+    scheduler.record(Subtask(SubtaskKind.EMBED, PREFILL, -1, -1, 8, 8), 2 * MS)
+    assert scheduler.next_dispatch(0, gap, 0) is None  # slice used up
+    next_gap = OpenGap(INTER_FRAME_SLOT, 17 * MS, 33 * MS)
+    assert scheduler.next_dispatch(17 * MS, next_gap, 17 * MS) is not None
+
+
+def test_edf_serves_the_earliest_deadline_first(npc_loaded: LoadedModel) -> None:
+    for edf, expected_first in ((True, 2), (False, 1)):
+        scheduler = make(npc_loaded, policy="free", edf=edf)
+        scheduler.admit(new_request(scheduler, 1, 600.0), 0, 1.0)
+        scheduler.admit(new_request(scheduler, 2, 200.0), 0, 1.0)
+        dispatch = scheduler.next_dispatch(0, None, None)
+        assert dispatch is not None and dispatch.requests[0].request_id == expected_first
+
+
+def test_same_level_decode_steps_are_batched(npc_loaded: LoadedModel) -> None:
+    scheduler = make(npc_loaded, policy="free")
+    first, second = new_request(scheduler, 1, 500.0), new_request(scheduler, 2, 600.0)
+    for request in (first, second):
+        scheduler.admit(request, 0, 1.0)
+        while not request.state.generated:
+            scheduler.executor.step(request.state)  # prefill both
+    dispatch = scheduler.next_dispatch(0, None, None)
+    assert dispatch is not None and len(dispatch.requests) == 2
+    unbatched = make(npc_loaded, policy="free", batching=False)
+    for request in (first, second):
+        unbatched.admit(request, 0, 1.0)
+    single = unbatched.next_dispatch(0, None, None)
+    assert single is not None and len(single.requests) == 1
+
+
+def test_cost_model_learns_measured_times() -> None:
+    model = CostModel()
+    subtask = Subtask(SubtaskKind.LAYER, DECODE, 3, 3, 1, 20)
+    assert model.predict_ns(subtask) == 200_000  # default before any measurement
+    for _ in range(50):
+        model.record(subtask, 400_000)
+    assert model.predict_ns(subtask) == pytest.approx(400_000, rel=0.05)
+    # an unseen token bucket of the same kind is scaled from the nearest one
+    batched = Subtask(SubtaskKind.LAYER, DECODE, 3, 3, 4, 20)
+    assert model.predict_ns(batched) > model.predict_ns(subtask)
