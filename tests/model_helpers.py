@@ -34,7 +34,7 @@ COMMON = dict(
     pad_token_id=0,
 )
 CONFIGS = {
-    "llama": lambda: LlamaConfig(**COMMON),
+    "llama": lambda: LlamaConfig(**{**COMMON, "tie_word_embeddings": True}),
     "qwen2": lambda: Qwen2Config(**COMMON),
     "mistral": lambda: MistralConfig(**COMMON, sliding_window=8),
 }
