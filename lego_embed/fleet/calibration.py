@@ -99,6 +99,8 @@ class Corrections:
     lora_token_share: share of the 1-adapter LoRA overhead that scales with batch tokens (the
         rest is a per-step constant).
     lora_rank_exponent: LoRA cost scales as (max_lora_rank / reference rank) ** exponent.
+    lora_u_token_exponent: the distinct-adapter LoRA cost, measured at the sweep's batch, scales
+        as (batch tokens / sweep batch) ** exponent (0 = a per-step constant).
     waiting_scan_us: scheduler time per waiting request scanned each step (us).
     generated_to_requested: generated / requested output tokens (EOS stops some early).
     client_max_outstanding: the benchmark client's cap on requests in flight (0 = no cap).
@@ -108,7 +110,8 @@ class Corrections:
     prefill_token_factor: float = 1.0
     lora_token_share: float = 0.5
     lora_rank_exponent: float = 0.0
-    waiting_scan_us: float = 1.0
+    lora_u_token_exponent: float = 0.0
+    waiting_scan_us: float = 0.0
     generated_to_requested: float = 0.955
     client_max_outstanding: int = 27000
 

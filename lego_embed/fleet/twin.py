@@ -19,6 +19,7 @@ advanced in one jump (aggregated token accounting), so an hour of serving takes 
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -158,6 +159,8 @@ class _StepLatency:
         beyond = np.arange(max_u + 1) > step.lora_u_points[-1]
         extra[beyond] += slope * (np.arange(max_u + 1)[beyond] - step.lora_u_points[-1])
         self.lora_u = (rank_scale * np.maximum(extra, 0.0)).tolist()
+        self.u_token_exponent = corr.lora_u_token_exponent
+        self.ref_batch = float(step.lora_ref_batch)
         self.scan_ms = corr.waiting_scan_us / 1000.0
 
     def ms(self, decode_tokens: int, prefill_tokens: int, context_tokens: int,
@@ -166,8 +169,10 @@ class _StepLatency:
         base = self.c0 + self.c_token * tokens + self.c_context * context_tokens
         lora = 0.0
         if distinct_adapters > 0:
-            lora = self.lora_per_token * tokens + self.lora_fixed + \
-                self.lora_u[min(distinct_adapters, len(self.lora_u) - 1)]
+            u_ms = self.lora_u[min(distinct_adapters, len(self.lora_u) - 1)]
+            if self.u_token_exponent:
+                u_ms *= (max(tokens, 1.0) / self.ref_batch) ** self.u_token_exponent
+            lora = self.lora_per_token * tokens + self.lora_fixed + u_ms
         return self.scale * (base + lora) + self.scan_ms * waiting
 
 
@@ -380,9 +385,11 @@ class _Engine:
             # --- arrivals up to now join the waiting queue (the client cap drops the excess)
             while ai < n_req and arr_t[ai] <= t:
                 if waiting.count + len(preempted) + len(running) >= self.client_cap:
-                    dropped += 1
-                else:
-                    waiting.push(ai, arr_adapter[ai])
+                    upto = bisect.bisect_right(arr_t, t, ai)
+                    dropped += upto - ai
+                    ai = upto
+                    break
+                waiting.push(ai, arr_adapter[ai])
                 ai += 1
 
             budget = budget_max

@@ -154,32 +154,32 @@ def validate(runs: Sequence[RealRun], calibration: Calibration, duration_s: floa
 
 
 CORRECTION_GRID = {
-    "step_scale": (0.6, 0.7, 0.8, 0.9, 1.0, 1.1),
-    "prefill_token_factor": (0.2, 0.35, 0.5, 0.7, 1.0),
-    "lora_token_share": (0.3, 0.5, 0.7, 0.9, 1.0),
-    "lora_rank_exponent": (0.0, 0.15, 0.3, 0.5),
-    "waiting_scan_us": (0.0, 0.25, 0.5, 1.0),
+    "lora_u_token_exponent": (0.0, 0.5, 0.75, 1.0),
+    "lora_token_share": (0.3, 0.6, 0.9),
+    "prefill_token_factor": (0.2, 0.4, 0.7, 1.0),
+    "step_scale": (0.7, 0.8, 0.9, 1.0, 1.1),
+    "lora_rank_exponent": (0.0, 0.2, 0.4),
+    "waiting_scan_us": (0.0, 0.25),
 }
-FITTED_FIELDS = ("step_scale", "prefill_token_factor", "lora_token_share", "lora_rank_exponent",
-                 "waiting_scan_us")
+FITTED_FIELDS = tuple(CORRECTION_GRID)
 
 
-def fit_corrections(runs: Sequence[RealRun], calibration: Calibration, duration_s: float = 1200.0,
-                    subsample: int = 3, rounds: int = 2,
-                    log: Callable[[str], None] | None = None) -> Calibration:
+def fit_corrections(runs: Sequence[RealRun], calibration: Calibration, duration_s: float = 1500.0,
+                    rounds: int = 1, log: Callable[[str], None] | None = None) -> Calibration:
     """Coordinate search of the global corrections minimising throughput MAPE on `runs`, which
-    must come from calibration_runs.csv only. Every `subsample`-th ok run, simulated for
-    `duration_s` seconds, keeps the search affordable on a laptop CPU."""
-    ok_runs = [r for r in runs if r.ok][::subsample]
+    must come from calibration_runs.csv only. To keep it affordable on a laptop CPU it uses every
+    3rd starved run and every 6th other `ok` run, simulated for `duration_s` seconds."""
+    ok_runs = [r for r in runs if r.ok]
+    chosen = [r for r in ok_runs if r.starved][::3] + [r for r in ok_runs if not r.starved][::6]
     current = calibration.corrections
 
     def score(corrections: Corrections) -> float:
-        return validate(ok_runs, calibration.with_corrections(corrections),
+        return validate(chosen, calibration.with_corrections(corrections),
                         duration_s=duration_s).throughput_mape
 
     best = score(current)
     if log is not None:
-        log(f"start: mape {best:.4f} on {len(ok_runs)} runs")
+        log(f"start: mape {best:.4f} on {len(chosen)} runs")
     for _ in range(rounds):
         for name in FITTED_FIELDS:
             for value in CORRECTION_GRID[name]:
