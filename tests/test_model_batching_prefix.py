@@ -108,3 +108,36 @@ def test_prompt_must_start_with_the_prefix(loaded):
     prefix = executor.prefill_prefix([5, 6, 7, 8])
     with pytest.raises(InvalidPromptError, match="does not start with the prefix"):
         executor.start([5, 6, 9, 8, 10], GreedySampler(None, 2), prefix=prefix)
+
+
+def test_prefix_from_a_finished_request_equals_prefill_prefix(loaded):
+    executor = Executor(loaded["qwen2"], prefill_chunk_tokens=3)
+    static = random_prompt(7, seed=21)
+    first, _ = run_greedy(executor, static + random_prompt(4, seed=22), 3)
+    prefix = executor.prefix_from(first, len(static))
+    reference = executor.prefill_prefix(static)
+    assert prefix.token_ids == reference.token_ids
+    for ours, theirs in zip(prefix.layers, reference.layers, strict=True):
+        torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-5, rtol=0)
+    prompt = static + random_prompt(3, seed=23)
+    assert run_greedy(executor, prompt, 4, prefix=prefix)[0].generated == (
+        run_greedy(executor, prompt, 4)[0].generated
+    )
+    skipped = executor.start(
+        static, GreedySampler(None, 1), layer_plan=[0, AdaptorStep(1, 3, torch.nn.Identity())]
+    )
+    executor.run_to_completion(skipped)
+    with pytest.raises(ExecutorUsageError, match="skipped layers"):
+        executor.prefix_from(skipped, len(static))
+
+
+def test_remaining_pass_lists_the_rest_of_the_pass(loaded):
+    executor = Executor(loaded["qwen2"], prefill_chunk_tokens=4)
+    state = executor.start(random_prompt(6, seed=24), GreedySampler(None, 2))
+    assert state.prefill_tokens_left == 6
+    rest = executor.remaining_pass(state)
+    assert [s.kind.value for s in rest[:3]] == ["embed", "attention", "ffn"] and len(rest) == 9
+    executor.step(state)
+    assert state.prefill_tokens_left == 2 and executor.remaining_pass(state) == rest[1:]
+    executor.run_to_completion(state)
+    assert executor.remaining_pass(state) == []

@@ -67,6 +67,11 @@ class RequestState:
         """True between passes, where `Executor.set_layer_plan` is allowed."""
         return self.cursor == 0
 
+    @property
+    def prefill_tokens_left(self) -> int:
+        """Prompt tokens not yet embedded (0 once the last prefill chunk started)."""
+        return len(self.pending_ids)
+
     def kv_tokens(self, layer: int) -> int:
         """How many positions decoder layer `layer` holds keys/values for (tokens)."""
         return len(self.kv[layer])
@@ -175,6 +180,28 @@ class Executor:
         while self.peek(state).kind is not SubtaskKind.HEAD:
             self.step(state)
         return PrefixCache(state.prompt_ids, tuple(state.kv))
+
+    def prefix_from(self, state: RequestState, num_tokens: int) -> PrefixCache:
+        """The KV of a request's first `num_tokens` prompt tokens as a reusable PrefixCache (for
+        example a persona prompt, after a full-model request). Every layer must hold them all."""
+        if not 1 <= num_tokens <= len(state.prompt_ids):
+            raise ExecutorUsageError(
+                f"num_tokens={num_tokens}; a prefix is 1..{len(state.prompt_ids)} prompt tokens"
+            )
+        layers = tuple(kv.truncated(num_tokens) for kv in state.kv)
+        if any(len(layer) != num_tokens for layer in layers):
+            raise ExecutorUsageError(
+                f"the request's layers hold {[len(layer) for layer in layers]} of the first "
+                f"{num_tokens} positions (skipped layers or an unfinished prefill); use a "
+                "request prefilled with all layers"
+            )
+        return PrefixCache(state.prompt_ids[:num_tokens], layers)
+
+    def remaining_pass(self, state: RequestState) -> list[Subtask]:
+        """The subtasks left in the request's current pass, next first ([] when finished)."""
+        if self.peek(state) is None:
+            return []
+        return [planned.subtask for planned in state.program[state.cursor :]]
 
     def set_layer_plan(self, state: RequestState, plan: LayerPlan | Sequence[LayerStep]) -> None:
         """Changes the plan between passes (between decode steps or prefill chunks)."""
