@@ -28,6 +28,7 @@ var frames_drawn := 0        # frame_post_draw signals seen since start
 var bridge_calls := 0        # calls into the bridge from the main thread
 var bridge_usec_total := 0   # main-thread microseconds spent in bridge calls
 var frame_bridge_usec := PoolIntArray()  # bridge microseconds of each drawn frame
+var usec_by_call := {}       # main-thread microseconds per bridge method (start/stop included)
 
 var final_stats := {}        # stats() as they were when the runtime stopped
 var engine_frames_at_start := 0  # Engine.get_frames_drawn() when the bridge started
@@ -68,13 +69,16 @@ func _ready() -> void:
 
 
 func _start_bridge() -> void:
+	if not Settings.enabled():
+		failure = "lego_embed is disabled (lego_embed/runtime/enabled or LEGO_EMBED_ENABLED=0)"
+		return
 	if not File.new().file_exists(BRIDGE_LIBRARY):
 		_fail("the native bridge is not built (%s is missing): run `make godot-bridge` or addons/lego_embed/native/build.sh" % BRIDGE_LIBRARY)
 		return
 	_bridge = load(BRIDGE_SCRIPT).new()
 	var t0 := OS.get_ticks_usec()
 	var result = _bridge.start(Settings.bridge_config())
-	_account(t0)
+	_account(t0, "start")
 	if result.has("error"):
 		_fail("the Python bridge did not start: %s" % result["error"])
 		_bridge = null
@@ -88,11 +92,15 @@ func _fail(reason: String) -> void:
 		_deliver_failure(request_id, reason)
 
 
-func _account(t0_usec: int) -> void:
+# Books the main-thread time of one bridge call. start/stop are one-off (model load, shutdown)
+# and stay out of the per-frame numbers.
+func _account(t0_usec: int, method: String) -> void:
 	var spent := OS.get_ticks_usec() - t0_usec
 	bridge_calls += 1
-	bridge_usec_total += spent
-	_usec_this_frame += spent
+	usec_by_call[method] = usec_by_call.get(method, 0) + spent
+	if method != "start" and method != "stop":
+		bridge_usec_total += spent
+		_usec_this_frame += spent
 
 
 func _event(kind: String, name: String) -> void:
@@ -100,7 +108,7 @@ func _event(kind: String, name: String) -> void:
 		return
 	var t0 := OS.get_ticks_usec()
 	_bridge.event(kind, name)
-	_account(t0)
+	_account(t0, "event")
 
 
 func _begin_frame_if_needed() -> void:
@@ -139,7 +147,7 @@ func _poll() -> void:
 		return
 	var t0 := OS.get_ticks_usec()
 	var results = _bridge.poll()
-	_account(t0)
+	_account(t0, "poll")
 	if typeof(results) == TYPE_DICTIONARY:  # {"error": ...}: poll itself raised
 		emit_signal("runtime_error", results.get("error", "poll failed"))
 		return
@@ -184,7 +192,7 @@ func submit(npc: Node, npc_id: String, state: Dictionary, actions: Array, deadli
 		return -1
 	var t0 := OS.get_ticks_usec()
 	var result = _bridge.request(npc_id, state, actions, deadline_ms)
-	_account(t0)
+	_account(t0, "request")
 	if result.has("error"):
 		npc.call_deferred("_deliver", {"request_id": -1, "error": result["error"]})
 		return -1
@@ -199,7 +207,7 @@ func stats() -> Dictionary:
 		return {}
 	var t0 := OS.get_ticks_usec()
 	var result = _bridge.stats()
-	_account(t0)
+	_account(t0, "stats")
 	return result
 
 
@@ -209,7 +217,7 @@ func bridge_cost() -> Dictionary:
 	values.sort()
 	var n := values.size()
 	if n == 0:
-		return {"frames": 0, "mean_us": 0.0, "p50_us": 0, "p99_us": 0, "max_us": 0}
+		return {"frames": 0, "mean_us": 0.0, "p50_us": 0, "p99_us": 0, "max_us": 0, "by_call_us": usec_by_call}
 	var total := 0
 	for v in values:
 		total += v
@@ -219,6 +227,7 @@ func bridge_cost() -> Dictionary:
 		"p50_us": values[int(n * 0.5)],
 		"p99_us": values[min(n - 1, int(n * 0.99))],
 		"max_us": values[n - 1],
+		"by_call_us": usec_by_call,
 	}
 
 
@@ -228,7 +237,7 @@ func shutdown() -> Dictionary:
 	if _bridge != null:
 		var t0 := OS.get_ticks_usec()
 		final_stats = _bridge.stop()
-		_account(t0)
+		_account(t0, "stop")
 		_bridge = null
 	return final_stats
 

@@ -4,12 +4,16 @@ extends Reference
 # Python that the bridge was built against (or LEGO_EMBED_PYTHON).
 
 const DEFAULTS = {
-	# "bundled" (the model shipped in the lego_embed package) or a model folder (res:// or absolute).
+	# false: LegoRuntime starts no Python at all (every request fails with a clear reason);
+	# the environment variable LEGO_EMBED_ENABLED=0 does the same for one run.
+	"lego_embed/runtime/enabled": true,
+	# "bundled" (the model shipped in the lego_embed package) or a model folder (res:// or
+	# absolute). $LEGO_EMBED_MODEL overrides it.
 	"lego_embed/model/path": "bundled",
 	# torch device for the LLM: "cpu" or "cuda".
 	"lego_embed/model/device": "cpu",
-	# Python executable whose packages the bridge uses (a venv's bin/python works).
-	# Empty: $LEGO_EMBED_PYTHON, else the interpreter found by python3-config at build time.
+	# Python executable whose packages the bridge uses (a venv's bin/python works). Empty: the
+	# interpreter found by python3-config at build time. $LEGO_EMBED_PYTHON overrides it.
 	"lego_embed/python/executable": "",
 	# Extra folders put first on Python's sys.path (res:// or absolute), e.g. a source checkout.
 	"lego_embed/python/sys_path": PoolStringArray(),
@@ -37,6 +41,12 @@ static func read(name: String):
 	return DEFAULTS[name]
 
 
+static func enabled() -> bool:
+	if OS.has_environment("LEGO_EMBED_ENABLED"):
+		return not (OS.get_environment("LEGO_EMBED_ENABLED") in ["0", "false", "off", "no"])
+	return bool(read("lego_embed/runtime/enabled"))
+
+
 static func global_path(path: String) -> String:
 	if path.begins_with("res://") or path.begins_with("user://"):
 		return ProjectSettings.globalize_path(path)
@@ -46,7 +56,7 @@ static func global_path(path: String) -> String:
 # The dictionary LegoBridge.start() takes.
 static func bridge_config() -> Dictionary:
 	var executable: String = read("lego_embed/python/executable")
-	if executable == "" and OS.has_environment("LEGO_EMBED_PYTHON"):
+	if OS.has_environment("LEGO_EMBED_PYTHON"):
 		executable = OS.get_environment("LEGO_EMBED_PYTHON")
 	var sys_path := []
 	for entry in read("lego_embed/python/sys_path"):

@@ -97,6 +97,7 @@ class GodotSession:
         self._load_error: str | None = None
         self._stopping = threading.Event()
         self._event_counts = dict.fromkeys(EVENT_KINDS, 0)
+        self._forwarded_counts = dict.fromkeys(EVENT_KINDS, 0)
         self._event_errors = 0
         self._decisions_delivered = 0
         self._started_ns = time.monotonic_ns()
@@ -123,19 +124,22 @@ class GodotSession:
             self._load_error = f"{type(exc).__name__}: {exc}"
             self._push({"kind": "load_failed", "reason": self._load_error})
 
+    def _forward(self, batch: list[tuple[str, str, int]]) -> None:
+        runtime = self._runtime
+        for kind, name, t_ns in batch:
+            try:
+                event = event_from_godot(kind, name, t_ns)
+                self._event_counts[event.kind] += 1
+                if runtime is not None:
+                    runtime.on_event(event)
+                    self._forwarded_counts[event.kind] += 1
+            except Exception as exc:  # a bad event must not stop the pump
+                self._event_errors += 1
+                self._push({"kind": "error", "reason": f"{type(exc).__name__}: {exc}"})
+
     def _pump_events(self) -> None:
         while not self._stopping.is_set():
-            batch = self._wait_events(EVENT_WAIT_S)
-            runtime = self._runtime
-            for kind, name, t_ns in batch:
-                try:
-                    event = event_from_godot(kind, name, t_ns)
-                    self._event_counts[event.kind] += 1
-                    if runtime is not None:
-                        runtime.on_event(event)
-                except Exception as exc:  # a bad event must not stop the pump
-                    self._event_errors += 1
-                    self._push({"kind": "error", "reason": f"{type(exc).__name__}: {exc}"})
+            self._forward(self._wait_events(EVENT_WAIT_S))
 
     def _on_decision(self, decision: Any) -> None:
         self._decisions_delivered += 1
@@ -166,9 +170,11 @@ class GodotSession:
         return out
 
     def stats(self) -> dict[str, Any]:
-        """Counters of the bridge (events by kind, decisions) and the Runtime's stats()."""
+        """Counters of the bridge (events received from the engine and forwarded to the Runtime,
+        by kind; decisions) and the Runtime's stats()."""
         result: dict[str, Any] = {
             "events": dict(self._event_counts),
+            "events_forwarded": dict(self._forwarded_counts),
             "event_errors": self._event_errors,
             "decisions_delivered": self._decisions_delivered,
             "model_ready": self._runtime is not None,
@@ -183,15 +189,10 @@ class GodotSession:
         waits at most a few seconds for each thread. Returns the final stats()."""
         self._stopping.set()
         self._pump.join(STOP_JOIN_S)
-        runtime = self._runtime
-        for kind, name, t_ns in self._wait_events(0.0):
-            event = event_from_godot(kind, name, t_ns)
-            self._event_counts[event.kind] += 1
-            if runtime is not None:
-                runtime.on_event(event)
+        self._forward(self._wait_events(0.0))
         final = self.stats()
-        if runtime is not None:
-            runtime.stop()
+        if self._runtime is not None:
+            self._runtime.stop()
         return final
 
 

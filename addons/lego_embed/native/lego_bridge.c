@@ -9,7 +9,8 @@
  *    GIL is never held while control is in the engine.
  *  - event(kind, name) never touches Python: it stamps CLOCK_MONOTONIC (the clock behind Python's
  *    time.monotonic_ns) and pushes into a mutex-protected ring that a Python pump thread drains
- *    through the built-in module _lego_bridge (wait_events releases the GIL while it waits).
+ *    through the built-in module _lego_bridge (wait_events releases the GIL and polls the ring
+ *    every PUMP_POLL_NS, so the engine thread never makes a wake-up syscall).
  *  - poll() takes the GIL only when Python has announced finished results (notify_results),
  *    so a frame without news costs one atomic load.
  *  - Every Python exception is caught here: the caller gets {"error": message} and Godot's output
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <gdnative_api_struct.gen.h>
 
@@ -38,6 +40,7 @@
 #define EVENT_RING_CAPACITY 8192
 #define EVENT_NAME_BYTES 48
 #define ERROR_BYTES 2048
+#define PUMP_POLL_NS 250000 /* the pump looks at the ring every 0.25 ms */
 
 static const godot_gdnative_core_api_struct *api = NULL;
 static const godot_gdnative_ext_nativescript_api_struct *nativescript_api = NULL;
@@ -55,8 +58,8 @@ static size_t ring_head = 0; /* next slot to read */
 static size_t ring_count = 0;
 static uint64_t events_pushed = 0;
 static uint64_t events_dropped = 0;
+static int64_t event_call_ns = 0; /* main-thread time inside event(), for the cost report */
 static pthread_mutex_t ring_mutex = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t ring_cond = PTHREAD_COND_INITIALIZER;
 
 static int results_pending = 0; /* set by Python (atomic), cleared by poll() */
 static int python_ready = 0;    /* Python initialised and the engine module imported */
@@ -82,7 +85,6 @@ static void push_event(const char *kind, const char *name, int64_t t_ns) {
 	slot->t_ns = t_ns;
 	ring_count++;
 	events_pushed++;
-	pthread_cond_signal(&ring_cond);
 	pthread_mutex_unlock(&ring_mutex);
 }
 
@@ -96,16 +98,18 @@ static PyObject *bridge_wait_events(PyObject *self, PyObject *args) {
 	}
 	static engine_event batch[EVENT_RING_CAPACITY];
 	size_t n = 0;
+	int64_t give_up_ns = monotonic_ns() + (int64_t)(timeout_s * 1e9);
 	Py_BEGIN_ALLOW_THREADS;
-	pthread_mutex_lock(&ring_mutex);
-	if (ring_count == 0 && timeout_s > 0) {
-		struct timespec deadline;
-		clock_gettime(CLOCK_REALTIME, &deadline);
-		int64_t wake_ns = (int64_t)deadline.tv_nsec + (int64_t)(timeout_s * 1e9);
-		deadline.tv_sec += wake_ns / 1000000000LL;
-		deadline.tv_nsec = wake_ns % 1000000000LL;
-		pthread_cond_timedwait(&ring_cond, &ring_mutex, &deadline);
+	for (;;) {
+		/* Poll instead of waiting on a condition variable: signalling a waiter from event()
+		 * would put a futex wake-up (and often a preemption) on the engine's main thread. */
+		if (__atomic_load_n(&ring_count, __ATOMIC_ACQUIRE) > 0 || monotonic_ns() >= give_up_ns) {
+			break;
+		}
+		struct timespec nap = { 0, PUMP_POLL_NS };
+		nanosleep(&nap, NULL);
 	}
+	pthread_mutex_lock(&ring_mutex);
 	while (ring_count > 0) {
 		batch[n++] = event_ring[ring_head];
 		ring_head = (ring_head + 1) % EVENT_RING_CAPACITY;
@@ -141,17 +145,19 @@ static PyObject *bridge_event_counts(PyObject *self, PyObject *args) {
 	pthread_mutex_lock(&ring_mutex);
 	unsigned long long pushed = events_pushed, dropped = events_dropped;
 	pthread_mutex_unlock(&ring_mutex);
-	return Py_BuildValue("{sKsK}", "pushed", pushed, "dropped", dropped);
+	long long call_ns = __atomic_load_n(&event_call_ns, __ATOMIC_RELAXED);
+	return Py_BuildValue("{sKsKsL}", "pushed", pushed, "dropped", dropped, "event_call_ns", call_ns);
 }
 
 static PyMethodDef bridge_methods[] = {
 	{ "wait_events", bridge_wait_events, METH_VARARGS,
 			"wait_events(timeout_s) -> list of (kind, name, t_ns): engine events since the last call; "
-			"waits up to timeout_s seconds (GIL released) when there are none." },
+			"waits up to timeout_s seconds (GIL released, polling every 0.25 ms) when there are none." },
 	{ "notify_results", bridge_notify_results, METH_NOARGS,
 			"Tell the engine side that poll() has results; call after queueing them." },
 	{ "event_counts", bridge_event_counts, METH_NOARGS,
-			"{'pushed': n, 'dropped': n}: engine events pushed into the ring and dropped on overflow." },
+			"{'pushed', 'dropped', 'event_call_ns'}: engine events pushed into the ring, dropped on "
+			"overflow, and the engine thread's total time inside event() in ns." },
 	{ NULL, NULL, 0, NULL }
 };
 
@@ -413,9 +419,8 @@ static int python_to_variant(PyObject *obj, godot_variant *out, int depth) {
 	return 0;
 }
 
-/* {"error": message} as a Variant, and the same message as an error line in Godot's output. */
-static godot_variant error_result(const char *message, const char *where) {
-	print_godot_error(message, where);
+/* {"error": message} as a Variant. */
+static godot_variant error_dict(const char *message) {
 	godot_dictionary dict;
 	api->godot_dictionary_new(&dict);
 	godot_variant key, value;
@@ -428,6 +433,12 @@ static godot_variant error_result(const char *message, const char *where) {
 	api->godot_variant_new_dictionary(&out, &dict);
 	api->godot_dictionary_destroy(&dict);
 	return out;
+}
+
+/* {"error": message} as a Variant, and the same message as an error line in Godot's output. */
+static godot_variant error_result(const char *message, const char *where) {
+	print_godot_error(message, where);
+	return error_dict(message);
 }
 
 /*
@@ -550,11 +561,19 @@ static godot_variant method_start(godot_object *obj, void *md, void *ud, int num
 				: strdup("");
 		api->godot_variant_destroy(&key);
 		api->godot_variant_destroy(&value);
-		int rc = start_python(executable, message, sizeof(message));
+		int rc = -1;
+		if (executable[0] && access(executable, X_OK) != 0) {
+			snprintf(message, sizeof(message), "Python executable '%s' not found; set the project "
+					"setting lego_embed/python/executable (or LEGO_EMBED_PYTHON) to a python, e.g. a "
+					"venv's bin/python with lego_embed installed, or leave it empty for %s",
+					executable, LEGO_FALLBACK_PYTHON);
+		} else {
+			rc = start_python(executable, message, sizeof(message));
+		}
 		free(executable);
 		if (rc < 0) {
 			api->godot_dictionary_destroy(&config);
-			return error_result(message, "start");
+			return error_dict(message);
 		}
 		PyEval_SaveThread(); /* from here on the engine never holds the GIL between calls */
 	}
@@ -563,7 +582,7 @@ static godot_variant method_start(godot_object *obj, void *md, void *ud, int num
 	api->godot_dictionary_destroy(&config);
 	if (py_config == NULL) {
 		take_python_error(message, sizeof(message));
-		out = error_result(message, "start");
+		out = error_dict(message);
 	} else {
 		PyObject *paths = PyDict_GetItemString(py_config, "sys_path"); /* borrowed */
 		if (paths != NULL && PyList_Check(paths)) {
@@ -583,7 +602,7 @@ static godot_variant method_start(godot_object *obj, void *md, void *ud, int num
 			snprintf(full, sizeof(full), "cannot import %s (%s); is lego_embed installed in that "
 					"Python, or its folder listed in lego_embed/python/sys_path?", ENGINE_MODULE, message);
 			full[ERROR_BYTES - 1] = '\0';
-			out = error_result(full, "start");
+			out = error_dict(full);
 		} else {
 			python_ready = 1;
 			out = call_engine("start", py_config);
@@ -609,6 +628,7 @@ static godot_variant method_event(godot_object *obj, void *md, void *ud, int num
 	push_event(kind, name, t_ns);
 	free(kind);
 	free(name);
+	__atomic_add_fetch(&event_call_ns, monotonic_ns() - t_ns, __ATOMIC_RELAXED);
 	api->godot_variant_new_nil(&out);
 	return out;
 }

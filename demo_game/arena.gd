@@ -1,0 +1,325 @@
+extends Spatial
+# The combat demo: a 3D arena, a player (keyboard, or a bot when LEGO_DEMO_BOT=1) and three
+# enemies with different personas whose every move comes from the NPC LLM through LegoNPC at
+# 200 actions per minute. A HUD shows FPS, a frame-time graph, LLM latency p50/p99, the skip
+# level and decisions per minute; each enemy shows its current action above its head.
+#
+# Environment: LEGO_DEMO_SECONDS (stop after that long and write the report; 0 = run until the
+# window closes), LEGO_DEMO_REPORT (report.json path), LEGO_DEMO_SCREENSHOT (png path, taken
+# near the end), LEGO_EMBED_ENABLED=0 (LLM off: enemies use rules, no Python starts).
+
+const Player = preload("res://player.gd")
+const Enemy = preload("res://enemy.gd")
+const FrameGraph = preload("res://frame_graph.gd")
+const ENEMY_SPECS = [
+	{"persona": "brute", "color": Color(0.9, 0.2, 0.15), "at": Vector3(-6, 0, -6)},
+	{"persona": "duelist", "color": Color(1.0, 0.65, 0.1), "at": Vector3(6, 0, -6)},
+	{"persona": "coward", "color": Color(0.7, 0.3, 0.9), "at": Vector3(0, 0, -9)},
+]
+const RECENT_DECISIONS = 200
+
+var player: Spatial
+var enemies := []
+var camera: Camera
+var runtime: Node
+var llm_enabled := true
+var duration_s := 0.0
+var report_path := ""
+var screenshot_path := ""
+var elapsed_s := 0.0
+var started := false
+var frame_usec := 0
+var frame_times_ms := PoolRealArray()
+var latencies_ms := PoolRealArray()
+var decision_times_s := []
+var decisions := 0
+var invalid_actions := 0
+var deadline_met := 0
+var failures := 0
+var failure_reasons := {}
+var skip_levels := {}
+var current_skip_level := 0
+var screenshot_taken := false
+var finished := false
+
+var hud_label: Label
+var hud_status: Label
+var graph: Control
+var action_labels := {}
+
+
+func _ready() -> void:
+	llm_enabled = not (OS.get_environment("LEGO_EMBED_ENABLED") in ["0", "false", "off", "no"])
+	duration_s = float(OS.get_environment("LEGO_DEMO_SECONDS")) if OS.has_environment("LEGO_DEMO_SECONDS") else 0.0
+	report_path = OS.get_environment("LEGO_DEMO_REPORT")
+	screenshot_path = OS.get_environment("LEGO_DEMO_SCREENSHOT")
+	runtime = get_node("/root/LegoRuntime")
+	_build_world()
+	_build_hud()
+	player = Player.new()
+	player.name = "Player"
+	player.arena = self
+	player.use_bot = OS.get_environment("LEGO_DEMO_BOT") == "1"
+	player.translation = Vector3(0, 0, 4)
+	add_child(player)
+	for spec in ENEMY_SPECS:
+		var enemy = Enemy.new()
+		enemy.name = spec["persona"].capitalize()
+		enemy.persona = spec["persona"]
+		enemy.color = spec["color"]
+		enemy.translation = spec["at"]
+		enemy.arena = self
+		enemy.llm_enabled = llm_enabled
+		enemy.set_process(not llm_enabled)  # with the LLM, enemies start once the model is ready
+		enemy.connect("acted", self, "_on_enemy_acted")
+		enemy.connect("failed", self, "_on_enemy_failed")
+		add_child(enemy)
+		enemies.append(enemy)
+		var label := Label.new()
+		label.align = Label.ALIGN_CENTER
+		label.add_color_override("font_color", spec["color"].lightened(0.4))
+		label.add_color_override("font_color_shadow", Color.black)
+		$HUD.add_child(label)
+		action_labels[enemy] = label
+	runtime.connect("runtime_ready", self, "_on_runtime_ready")
+	runtime.connect("runtime_failed", self, "_on_runtime_failed")
+	VisualServer.connect("frame_post_draw", self, "_on_frame_post_draw")
+	started = not llm_enabled
+
+
+func _build_world() -> void:
+	var floor_mesh := MeshInstance.new()
+	var plane := PlaneMesh.new()
+	plane.size = Vector2(24, 24)
+	floor_mesh.mesh = plane
+	var floor_material := SpatialMaterial.new()
+	floor_material.albedo_color = Color(0.32, 0.3, 0.27)
+	floor_mesh.material_override = floor_material
+	add_child(floor_mesh)
+	var wall_material := SpatialMaterial.new()
+	wall_material.albedo_color = Color(0.45, 0.42, 0.38)
+	for wall in [[Vector3(0, 1, -12.5), Vector3(25, 2, 1)], [Vector3(0, 1, 12.5), Vector3(25, 2, 1)],
+			[Vector3(-12.5, 1, 0), Vector3(1, 2, 25)], [Vector3(12.5, 1, 0), Vector3(1, 2, 25)]]:
+		var box := MeshInstance.new()
+		var cube := CubeMesh.new()
+		cube.size = wall[1]
+		box.mesh = cube
+		box.translation = wall[0]
+		box.material_override = wall_material
+		add_child(box)
+	for pillar in [Vector3(-7, 1.5, 3), Vector3(7, 1.5, 3), Vector3(0, 1.5, -3)]:
+		var column := MeshInstance.new()
+		var cylinder := CylinderMesh.new()
+		cylinder.height = 3.0
+		column.mesh = cylinder
+		column.translation = pillar
+		column.material_override = wall_material
+		add_child(column)
+	var sun := DirectionalLight.new()
+	sun.rotation_degrees = Vector3(-55, -30, 0)
+	sun.light_energy = 1.1
+	add_child(sun)
+	var environment := Environment.new()
+	environment.background_mode = Environment.BG_COLOR
+	environment.background_color = Color(0.08, 0.09, 0.12)
+	environment.ambient_light_color = Color(0.55, 0.55, 0.6)
+	environment.ambient_light_energy = 0.6
+	var world_environment := WorldEnvironment.new()
+	world_environment.environment = environment
+	add_child(world_environment)
+	camera = Camera.new()
+	camera.translation = Vector3(0, 17, 15)
+	camera.rotation_degrees = Vector3(-50, 0, 0)
+	camera.current = true
+	add_child(camera)
+
+
+func _build_hud() -> void:
+	var hud := CanvasLayer.new()
+	hud.name = "HUD"
+	add_child(hud)
+	var panel := ColorRect.new()
+	panel.color = Color(0, 0, 0, 0.55)
+	panel.rect_position = Vector2(8, 8)
+	panel.rect_size = Vector2(330, 150)
+	hud.add_child(panel)
+	hud_label = Label.new()
+	hud_label.rect_position = Vector2(16, 12)
+	hud.add_child(hud_label)
+	hud_status = Label.new()
+	hud_status.rect_position = Vector2(16, 500)
+	hud_status.add_color_override("font_color", Color(1, 0.85, 0.4))
+	hud.add_child(hud_status)
+	graph = FrameGraph.new()
+	graph.rect_position = Vector2(620, 8)
+	graph.rect_size = Vector2(330, 110)
+	hud.add_child(graph)
+	var graph_title := Label.new()
+	graph_title.text = "frame time (ms, 0-50; line = 16.7)"
+	graph_title.rect_position = Vector2(626, 120)
+	hud.add_child(graph_title)
+
+
+func _on_runtime_ready(info: Dictionary) -> void:
+	hud_status.text = "NPC model ready: %s (%d layers)" % [str(info.get("model", "?")).get_file(), info.get("num_layers", 0)]
+	started = true
+	for enemy in enemies:
+		enemy.set_process(true)
+
+
+func _on_runtime_failed(reason: String) -> void:
+	if llm_enabled:
+		hud_status.text = "LLM unavailable: " + reason
+
+
+func _on_enemy_acted(enemy: Node, action: String, info: Dictionary) -> void:
+	if not llm_enabled:
+		return
+	decisions += 1
+	decision_times_s.append(elapsed_s)
+	if not (action in enemy.npc.allowed_actions):
+		invalid_actions += 1
+	latencies_ms.append(float(info.get("latency_ms", 0.0)))
+	if info.get("deadline_met", false):
+		deadline_met += 1
+	current_skip_level = int(info.get("skip_level", 0))
+	var key := str(current_skip_level)
+	skip_levels[key] = skip_levels.get(key, 0) + 1
+
+
+func _on_enemy_failed(_enemy: Node, reason: String) -> void:
+	failures += 1
+	failure_reasons[reason] = failure_reasons.get(reason, 0) + 1
+
+
+func nearest_enemy(from: Vector3) -> Spatial:
+	var best: Spatial = null
+	for enemy in enemies:
+		if best == null or enemy.translation.distance_to(from) < best.translation.distance_to(from):
+			best = enemy
+	return best
+
+
+func _on_frame_post_draw() -> void:
+	var now := OS.get_ticks_usec()
+	if frame_usec > 0:
+		var ms := (now - frame_usec) / 1000.0
+		graph.push(ms)
+		if started and not finished:
+			frame_times_ms.append(ms)
+	frame_usec = now
+
+
+static func percentile(values: Array, q: float) -> float:
+	if values.empty():
+		return 0.0
+	var sorted := values.duplicate()
+	sorted.sort()
+	return float(sorted[min(sorted.size() - 1, int(floor(q * sorted.size())))])
+
+
+func _process(delta: float) -> void:
+	if started:
+		elapsed_s += delta
+	_update_hud()
+	if duration_s > 0.0 and not finished:
+		if not screenshot_taken and elapsed_s >= duration_s - 1.0:
+			_take_screenshot()
+		if elapsed_s >= duration_s:
+			_finish()
+
+
+func _update_hud() -> void:
+	var recent := Array(latencies_ms)
+	if recent.size() > RECENT_DECISIONS:
+		recent = recent.slice(recent.size() - RECENT_DECISIONS, recent.size() - 1)
+	var per_minute := 0
+	for t in decision_times_s:
+		if t >= elapsed_s - 60.0:
+			per_minute += 1
+	var window_s: float = min(max(elapsed_s, 1.0), 60.0)
+	hud_label.text = "FPS %d    LLM %s\nLLM latency p50 %.0f ms   p99 %.0f ms\nskip level %d\ndecisions/min %.0f   (3 NPCs x 200 APM)\ndeadline met %d / %d   failed %d\nplayer HP %d   %s" % [
+		Engine.get_frames_per_second(), "on" if llm_enabled else "OFF (rules)",
+		percentile(recent, 0.5), percentile(recent, 0.99), current_skip_level,
+		per_minute * 60.0 / window_s, deadline_met, decisions, failures,
+		int(player.hp), "bot" if player.use_bot else "keyboard: WASD J K L H"]
+	for enemy in enemies:
+		var label: Label = action_labels[enemy]
+		var head: Vector3 = enemy.global_transform.origin + Vector3(0, 2.8, 0)
+		var at := camera.unproject_position(head)
+		label.text = "%s: %s\nHP %d" % [enemy.persona, enemy.action, int(enemy.hp)]
+		label.rect_position = at - Vector2(label.rect_size.x / 2.0, label.rect_size.y)
+
+
+func _take_screenshot() -> void:
+	screenshot_taken = true
+	if screenshot_path == "":
+		return
+	var image := get_viewport().get_texture().get_data()
+	image.flip_y()
+	Directory.new().make_dir_recursive(screenshot_path.get_base_dir())
+	image.save_png(screenshot_path)
+
+
+func report() -> Dictionary:
+	var frames := Array(frame_times_ms)
+	var fps := []
+	for ms in frames:
+		fps.append(1000.0 / max(ms, 0.001))
+	var latencies := Array(latencies_ms)
+	var slo_total := decisions + failures
+	return {
+		"llm": llm_enabled,
+		"duration_s": elapsed_s,
+		"frames": frames.size(),
+		"fps_mean": frames.size() / max(elapsed_s, 0.001),
+		"fps_p50": percentile(fps, 0.5),
+		"fps_p1": percentile(fps, 0.01),
+		"p50_frame_ms": percentile(frames, 0.5),
+		"p99_frame_ms": percentile(frames, 0.99),
+		"frames_over_budget": _count_over(frames, 1000.0 / 60.0 * 1.5),
+		"decisions": decisions,
+		"decision_failures": failures,
+		"failure_reasons": failure_reasons,
+		"invalid_actions": invalid_actions,
+		"p50_action_ms": percentile(latencies, 0.5),
+		"p99_action_ms": percentile(latencies, 0.99),
+		"slo_ms": 60000.0 / 200.0,
+		"slo_attainment": float(deadline_met) / slo_total if slo_total > 0 else 0.0,
+		"skip_levels": skip_levels,
+		"npcs": enemies.size(),
+		"apm_per_npc": 200,
+		"bridge_main_thread_us_per_frame": runtime.bridge_cost(),
+		"runtime_stats": runtime.final_stats,
+		"model": runtime.ready_info,
+		"renderer": "GLES2 " + VisualServer.get_video_adapter_name(),
+		"window": [OS.window_size.x, OS.window_size.y],
+	}
+
+
+static func _count_over(values: Array, limit: float) -> int:
+	var n := 0
+	for v in values:
+		if v > limit:
+			n += 1
+	return n
+
+
+func _notification(what: int) -> void:
+	if what == MainLoop.NOTIFICATION_WM_QUIT_REQUEST and not finished:
+		_finish()  # window closed: write the report of what ran
+
+
+func _finish() -> void:
+	finished = true
+	if not screenshot_taken:
+		_take_screenshot()
+	if llm_enabled:
+		runtime.shutdown()
+	if report_path != "":
+		Directory.new().make_dir_recursive(report_path.get_base_dir())
+		var file := File.new()
+		file.open(report_path, File.WRITE)
+		file.store_string(JSON.print(report(), "  ", true))
+		file.close()
+	get_tree().quit()

@@ -1,0 +1,125 @@
+"""Engine tests: real Godot 3 (Debian's godot3) under Xvfb, with the real bridge and model.
+
+One Godot run drives three LegoNPC nodes until they made >= 12 decisions, sends malformed
+states and bad action lists in between, and quits; the tests below read its report. Two short
+runs check the failures a developer meets first: a missing model and a missing Python.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from godot_run import GodotRun, run_scenario
+
+pytestmark = [pytest.mark.godot, pytest.mark.slow]
+
+BUNDLED = Path(__file__).resolve().parents[2] / "lego_embed" / "assets" / "npc_model"
+
+
+@pytest.fixture(scope="module")
+def decisions_run(tmp_path_factory: pytest.TempPathFactory) -> GodotRun:
+    if not (BUNDLED / "config.json").is_file():
+        pytest.skip(f"the bundled model is not built yet ({BUNDLED}); `make train-model`")
+    run = run_scenario("decisions", tmp_path_factory.mktemp("godot"))
+    assert run.report is not None, f"the harness wrote no report; Godot said:\n{run.output[-4000:]}"
+    return run
+
+
+def test_bridge_loads_python_and_the_bundled_model(decisions_run: GodotRun) -> None:
+    info = decisions_run.report["ready_info"]
+    assert info["kind"] == "ready"
+    assert Path(info["model"]).resolve() == BUNDLED.resolve()
+    assert info["num_layers"] >= 16
+
+
+def test_at_least_ten_decisions_all_in_the_allowed_set(decisions_run: GodotRun) -> None:
+    report = decisions_run.report
+    assert not report["timed_out"], report
+    made = [d for d in report["decisions"] if d["npc"] != "Faulty"]
+    assert len(made) >= 10
+    for decision in made:
+        assert decision["action"] in decision["allowed"], decision
+        info = decision["info"]
+        assert info["latency_ms"] > 0
+        assert isinstance(info["deadline_met"], bool)
+        assert info["skip_level"] >= 0
+        assert info["deadline_ms"] == pytest.approx(300.0)
+
+
+def _reasons(run: GodotRun) -> list[str]:
+    return [f["reason"] for f in run.report["failures"] if f["npc"] == "Faulty"]
+
+
+def test_malformed_states_fail_with_a_message_and_the_game_keeps_running(
+    decisions_run: GodotRun,
+) -> None:
+    report = decisions_run.report
+    reasons = _reasons(decisions_run)
+    assert any("'hp'" in r and "missing" in r for r in reasons), reasons
+    assert any("'distance'" in r and "finite" in r for r in reasons), reasons
+    assert any("'hp'" in r and "expected a number" in r for r in reasons), reasons
+    assert report["decisions_after_faults"] >= 3
+    assert report["frames_drawn"] > report["frames_at_faults"] >= 0
+
+
+def test_python_exceptions_become_decision_failed_and_error_lines(decisions_run: GodotRun) -> None:
+    reasons = _reasons(decisions_run)
+    assert len(reasons) == decisions_run.report["faults_sent"] == 6
+    assert any(r.startswith("TypeError:") and "Node" in r for r in reasons), reasons
+    assert any(r.startswith("EngineBridgeError:") for r in reasons), reasons
+    assert any(r.startswith("InvalidActionSetError:") for r in reasons), reasons
+    for reason in reasons:
+        assert f"ERROR: request: {reason}" in decisions_run.output
+
+
+def test_quitting_ends_the_process_cleanly(decisions_run: GodotRun) -> None:
+    assert decisions_run.returncode == 0, decisions_run.output[-4000:]
+    assert "Exception" not in decisions_run.output.replace("decision_failed", "")
+
+
+def test_frame_events_reach_the_runtime(decisions_run: GodotRun) -> None:
+    report = decisions_run.report
+    stats = report["final_stats"]
+    frames = report["frames_drawn"]
+    assert frames == report["engine_frames"] > 0
+    assert stats["events"]["frame_end"] == frames
+    assert stats["events"]["frame_begin"] == frames + 1  # the quitting frame has begun
+    assert stats["ring"]["dropped"] == 0
+    assert stats["ring"]["pushed"] == sum(stats["events"].values())
+    forwarded = stats["events_forwarded"]
+    assert 0 < forwarded["frame_end"] <= frames
+    runtime_frames = stats["runtime"]["frames_seen"]
+    assert forwarded["frame_begin"] - 5 <= runtime_frames <= forwarded["frame_begin"]
+
+
+def test_bridge_main_thread_cost_is_measured_per_frame(decisions_run: GodotRun) -> None:
+    cost = decisions_run.report["bridge_cost"]
+    assert cost["frames"] == decisions_run.report["frames_drawn"]
+    assert 0 <= cost["p50_us"] <= cost["p99_us"] <= cost["max_us"]
+    assert math.isfinite(cost["mean_us"])
+    assert {"event", "poll", "request"} <= set(cost["by_call_us"])
+    print(f"bridge main-thread cost per frame: {cost}")
+
+
+def test_a_missing_model_gives_one_clear_error(tmp_path: Path) -> None:
+    run = run_scenario(
+        "missing_model", tmp_path, {"LEGO_EMBED_MODEL": str(tmp_path / "no_such_model")}, 90.0
+    )
+    assert run.returncode == 0, run.output[-4000:]
+    assert run.report is not None and not run.report["timed_out"]
+    failure = run.report["runtime_failure"]
+    assert "ModelNotFoundError" in failure and "no_such_model" in failure
+    assert run.output.count("the NPC model did not load") == 1
+    assert run.report["failures"][0]["reason"] == failure
+
+
+def test_a_missing_python_gives_one_clear_error(tmp_path: Path) -> None:
+    run = run_scenario(
+        "missing_model", tmp_path, {"LEGO_EMBED_PYTHON": str(tmp_path / "bin" / "python")}, 60.0
+    )
+    assert run.returncode == 0, run.output[-4000:]
+    failure = run.report["runtime_failure"]
+    assert "Python executable" in failure and "not found" in failure
+    assert run.output.count("Python executable") == 1
