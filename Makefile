@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint train-model eval
+.PHONY: setup demo test lint train-model eval godot-bridge godot-compare
 
 # torch==2.13.0 first: pip takes the CPU wheel on disk instead of pulling CUDA wheels.
 $(STAMP): pyproject.toml
@@ -13,17 +13,26 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-setup: $(STAMP)
+# Godot 3, Xvfb, Mesa and a C toolchain (apt, only when missing), GDNative headers from
+# Debian's godot source package, and the bridge compiled against the venv's Python.
+godot-bridge: $(STAMP)
+	addons/lego_embed/native/build.sh $(PY)
+
+setup: $(STAMP) godot-bridge
 
 demo: setup
 	$(VENV)/bin/lego-embed decide --model bundled --samples
 
 test: setup
-	$(PY) -m ruff check lego_embed tests tools
+	$(PY) -m ruff check lego_embed tests tools addons
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check lego_embed tests tools
+	$(PY) -m ruff check lego_embed tests tools addons
+
+# The Godot demo with the LLM off, then on (60 s each, headless): the FPS cost a player feels.
+godot-compare: setup
+	demo_game/run_demo.sh --compare
 
 train-model: setup
 	$(PY) tools/train_npc_model.py
