@@ -125,6 +125,7 @@ class Executor:
         self.windows = [_sliding_window(self.config, i) for i in range(self.num_layers)]
         self.boolean_mask = self.config._attn_implementation == "sdpa"
         self.timer = SubtaskTimer(self.device)
+        self._rope_cache: tuple | None = None
 
     # ----------------------------------------------------------------- requests
     def start(
@@ -355,36 +356,18 @@ class Executor:
             [torch.arange(s.position, s.position + tokens, device=self.device) for s in states]
         )
         past = max(len(cache) for cache in caches)
-        if past == 0:
-            keys = values = None
-            key_pos, key_valid = query_pos, torch.ones_like(query_pos, dtype=torch.bool)
-        else:
-            if len(states) == 1:
-                keys, values, past_pos = caches[0].keys, caches[0].values, caches[0].positions[None]
-            else:
-                template = next(c.keys for c in caches if c.keys is not None)
-                keys = _padded([c.keys for c in caches], past, template)
-                values = _padded([c.values for c in caches], past, template)
-                past_pos = torch.stack([F.pad(c.positions, (0, past - len(c))) for c in caches])
-            past_valid = torch.stack(
-                [torch.arange(past, device=self.device) < len(c) for c in caches]
-            )
-            key_pos = torch.cat([past_pos, query_pos], dim=1)
-            key_valid = torch.cat([past_valid, torch.ones_like(query_pos, dtype=torch.bool)], 1)
-        allowed = key_valid[:, None, :] & (key_pos[:, None, :] <= query_pos[:, :, None])
-        window = self.windows[layer_idx]
-        if window is not None:
-            allowed &= key_pos[:, None, :] > query_pos[:, :, None] - window
-        mask = allowed[:, None]
-        if not self.boolean_mask:
-            mask = torch.zeros(mask.shape, dtype=hidden.dtype, device=self.device).masked_fill(
-                ~mask, torch.finfo(hidden.dtype).min
-            )
+        keys = values = None
+        if len(states) == 1:
+            keys, values = caches[0].keys, caches[0].values
+        elif past:
+            template = next(c.keys for c in caches if c.keys is not None)
+            keys = _padded([c.keys for c in caches], past, template)
+            values = _padded([c.values for c in caches], past, template)
         cache_call = BatchCacheCall(keys, values)
         attention, _ = layer.self_attn(
             hidden_states=layer.input_layernorm(hidden),
-            position_embeddings=self.rotary_emb(hidden, query_pos),
-            attention_mask=mask,
+            position_embeddings=self._rope(hidden, query_pos),
+            attention_mask=self._mask(caches, query_pos, past, self.windows[layer_idx], hidden),
             past_key_values=cache_call,
         )
         for row, (state, cache) in enumerate(zip(states, caches, strict=True)):
@@ -394,6 +377,42 @@ class Executor:
                 query_pos[row],
             )
         return hidden + attention
+
+    def _rope(self, hidden: torch.Tensor, query_pos: torch.Tensor):
+        """(cos, sin) for the query positions, computed once per pass, not once per layer."""
+        key = (tuple(query_pos[:, 0].tolist()), query_pos.shape[1], hidden.dtype)
+        if self._rope_cache is None or self._rope_cache[0] != key:
+            self._rope_cache = (key, self.rotary_emb(hidden, query_pos))
+        return self._rope_cache[1]
+
+    def _mask(
+        self,
+        caches: list[LayerKV],
+        query_pos: torch.Tensor,
+        past: int,
+        window: int | None,
+        hidden: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """Which keys each query may attend to, shape (batch, 1, tokens, past + tokens): causal by
+        absolute position, inside the sliding window, not padding. None where plain causal
+        attention over everything is exact (one request, no past or one query, window not hit)."""
+        batch, tokens = query_pos.shape
+        last_query = int(query_pos[0, -1]) if batch == 1 else 0
+        if batch == 1 and (past == 0 or tokens == 1) and (window is None or last_query < window):
+            return None
+        past_pos = torch.stack([F.pad(c.positions, (0, past - len(c))) for c in caches])
+        past_valid = torch.arange(past, device=self.device)[None, :] < torch.tensor(
+            [[len(c)] for c in caches], device=self.device
+        )
+        key_pos = torch.cat([past_pos, query_pos], dim=1)
+        key_valid = torch.cat([past_valid, torch.ones_like(query_pos, dtype=torch.bool)], dim=1)
+        allowed = key_valid[:, None, :] & (key_pos[:, None, :] <= query_pos[:, :, None])
+        if window is not None:
+            allowed &= key_pos[:, None, :] > query_pos[:, :, None] - window
+        if self.boolean_mask:
+            return allowed[:, None]
+        additive = torch.zeros(allowed.shape, dtype=hidden.dtype, device=self.device)
+        return additive.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[:, None]
 
     def _head(self, hidden: torch.Tensor, states: list[RequestState]) -> None:
         """Final norm + lm_head on the last position, sampling, and embedding the new token."""
