@@ -1,0 +1,84 @@
+"""CLI commands about NPC decisions: `decide` and `eval`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from lego_embed.errors import InvalidGameStateError
+
+DEFAULT_EVAL_OUT = Path("docs/benchmarks/npc_model_eval.json")
+
+
+def register(subcommands: argparse._SubParsersAction) -> None:
+    decide = subcommands.add_parser("decide", help="print NPC decisions for combat states")
+    decide.add_argument("--model", default="bundled", help="'bundled' or a local HF model folder")
+    source = decide.add_mutually_exclusive_group(required=True)
+    source.add_argument("--samples", action="store_true", help="the built-in sample situations")
+    source.add_argument("--state", help="one game state as JSON")
+    decide.add_argument("--actions", help="comma-separated allowed actions (default: all)")
+    decide.set_defaults(run=_decide)
+
+    evaluate = subcommands.add_parser("eval", help="held-out agreement with the expert policy")
+    evaluate.add_argument("--model", default="bundled")
+    evaluate.add_argument("--states", type=int, default=2000, help="held-out states to decide")
+    evaluate.add_argument("--out", type=Path, default=DEFAULT_EVAL_OUT)
+    evaluate.set_defaults(run=_evaluate)
+
+
+def _decide(args: argparse.Namespace) -> int:
+    from lego_embed.model.loading import load_model
+    from lego_embed.npc.combat_task import ACTIONS, SAMPLE_SITUATIONS, expert_action
+    from lego_embed.npc.decider import NpcDecider
+    from lego_embed.npc.state import validate_state
+
+    if args.samples:
+        situations = list(SAMPLE_SITUATIONS)
+    else:
+        try:
+            situations = [("state", json.loads(args.state))]
+        except json.JSONDecodeError as error:
+            raise InvalidGameStateError("<state>", f"--state is not valid JSON: {error}") from error
+    actions = tuple(a.strip() for a in args.actions.split(",")) if args.actions else ACTIONS
+    decider = NpcDecider(load_model(args.model))
+    decider.decide(situations[0][1], actions)
+    for label, state in situations:
+        decision = decider.decide(state, actions)
+        expert = expert_action(validate_state(state))
+        print(
+            f"{label:50s} -> {decision.action:14s} (expert: {expert:14s}) "
+            f"{decision.latency_ms:6.1f} ms, {decision.prompt_tokens} prompt tokens, "
+            f"{decision.generated_tokens} generated"
+        )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from lego_embed.model.loading import load_model
+    from lego_embed.npc.decider import NpcDecider
+    from lego_embed.npc.evaluation import expert_agreement
+
+    loaded = load_model(args.model)
+    decider = NpcDecider(loaded)
+    latencies: list[float] = []
+
+    def decide(state: dict, actions: tuple[str, ...]) -> str:
+        decision = decider.decide(state, actions)
+        latencies.append(decision.latency_ms)
+        return decision.action
+
+    result = expert_agreement(decide, args.states)
+    report = {
+        "model": str(loaded.path),
+        "n_layers": loaded.num_layers,
+        "size_bytes": sum(f.stat().st_size for f in loaded.path.glob("*.safetensors")),
+        "heldout_agreement": round(result.agreement, 4),
+        "heldout_states": result.states,
+        "p50_decision_ms_cpu": round(statistics.median(latencies), 2),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
