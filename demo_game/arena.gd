@@ -70,7 +70,7 @@ func _ready() -> void:
 		enemy.translation = spec["at"]
 		enemy.arena = self
 		enemy.llm_enabled = llm_enabled
-		enemy.set_process(not llm_enabled)  # with the LLM, enemies start once the model is ready
+		enemy.active = not llm_enabled  # with the LLM, enemies start once the model is ready
 		enemy.connect("acted", self, "_on_enemy_acted")
 		enemy.connect("failed", self, "_on_enemy_failed")
 		add_child(enemy)
@@ -164,7 +164,7 @@ func _on_runtime_ready(info: Dictionary) -> void:
 	hud_status.text = "NPC model ready: %s (%d layers)" % [str(info.get("model", "?")).get_file(), info.get("num_layers", 0)]
 	started = true
 	for enemy in enemies:
-		enemy.set_process(true)
+		enemy.active = true
 
 
 func _on_runtime_failed(reason: String) -> void:

@@ -22,6 +22,7 @@ var since_request_s := 0.0
 var cooldowns := {"dodge": 0.0, "heal": 0.0, "heavy": 0.0}
 var npc: Node
 var llm_enabled := true
+var active := false          # false until the model is ready (LLM on) or from the start (off)
 var arena: Node
 var rng := RandomNumberGenerator.new()
 var dodge_dir := Vector3.ZERO
@@ -88,6 +89,8 @@ func take_damage(amount: float) -> void:
 
 
 func _process(delta: float) -> void:
+	if not active:
+		return
 	for key in cooldowns:
 		cooldowns[key] = max(0.0, cooldowns[key] - delta)
 	since_request_s += delta

@@ -66,12 +66,12 @@ func _deliver(result: Dictionary) -> void:
 		return
 	last_action = result.get("action", "")
 	var info := {
-		"latency_ms": result.get("latency_ms", 0.0),
-		"skip_level": result.get("skip_level", 0),
-		"deadline_met": result.get("deadline_met", false),
-		"deadline_ms": result.get("deadline_ms", get_deadline_ms()),
-		"skipped_layers": result.get("skipped_layers", 0),
-		"tokens": result.get("tokens", 0),
-		"request_id": result.get("request_id", -1),
+		"latency_ms": float(result.get("latency_ms", 0.0)),
+		"skip_level": int(result.get("skip_level", 0)),
+		"deadline_met": bool(result.get("deadline_met", false)),
+		"deadline_ms": float(result.get("deadline_ms", get_deadline_ms())),
+		"skipped_layers": int(result.get("skipped_layers", 0)),
+		"tokens": int(result.get("tokens", 0)),
+		"request_id": int(result.get("request_id", -1)),
 	}
 	emit_signal("decision_made", last_action, info)

@@ -77,7 +77,7 @@ func _start_bridge() -> void:
 		return
 	_bridge = load(BRIDGE_SCRIPT).new()
 	var t0 := OS.get_ticks_usec()
-	var result = _bridge.start(Settings.bridge_config())
+	var result = _parse(_bridge.start(Settings.bridge_config()))
 	_account(t0, "start")
 	if result.has("error"):
 		_fail("the Python bridge did not start: %s" % result["error"])
@@ -146,12 +146,10 @@ func _poll() -> void:
 	if _bridge == null:
 		return
 	var t0 := OS.get_ticks_usec()
-	var results = _bridge.poll()
+	var texts: Array = _bridge.poll()
 	_account(t0, "poll")
-	if typeof(results) == TYPE_DICTIONARY:  # {"error": ...}: poll itself raised
-		emit_signal("runtime_error", results.get("error", "poll failed"))
-		return
-	for result in results:
+	for text in texts:
+		var result := _parse(text)
 		match result.get("kind", ""):
 			"decision":
 				_deliver_decision(result)
@@ -166,8 +164,20 @@ func _poll() -> void:
 				emit_signal("runtime_error", result.get("reason", ""))
 
 
+# JSON text from the bridge as a Dictionary ({"error": ...} if it is not a JSON object).
+static func _parse(text: String) -> Dictionary:
+	var parsed := JSON.parse(text)
+	if parsed.error != OK or typeof(parsed.result) != TYPE_DICTIONARY:
+		return {"error": "unreadable bridge result: %s" % text}
+	return parsed.result
+
+
 func _deliver_decision(result: Dictionary) -> void:
-	var request_id = result.get("request_id", -1)
+	var request_id := int(result.get("request_id", -1))
+	result["request_id"] = request_id
+	var error = result.get("error")
+	if error != null:
+		push_error("lego_embed: decision failed for %s: %s" % [result.get("npc_id", "?"), error])
 	var ref = _pending.get(request_id)
 	_pending.erase(request_id)
 	var npc = ref.get_ref() if ref != null else null
@@ -186,14 +196,17 @@ func _deliver_failure(request_id: int, reason: String) -> void:
 # Called by LegoNPC.request_decision. Returns the request id, or -1 after scheduling a
 # decision_failed on the NPC.
 func submit(npc: Node, npc_id: String, state: Dictionary, actions: Array, deadline_ms: float) -> int:
-	if _bridge == null or failure != "":
-		var reason := failure if failure != "" else "the lego_embed bridge is not running"
+	if _bridge == null or failure != "" or not is_ready:
+		var reason := failure
+		if reason == "":
+			reason = "the NPC model is still loading; wait for LegoRuntime's runtime_ready signal" if _bridge != null else "the lego_embed bridge is not running"
 		npc.call_deferred("_deliver", {"request_id": -1, "error": reason})
 		return -1
 	var t0 := OS.get_ticks_usec()
 	var result = _bridge.request(npc_id, state, actions, deadline_ms)
 	_account(t0, "request")
 	if result.has("error"):
+		push_error("lego_embed: decision failed for %s: %s" % [npc_id, result["error"]])
 		npc.call_deferred("_deliver", {"request_id": -1, "error": result["error"]})
 		return -1
 	var request_id: int = result["request_id"]
@@ -206,7 +219,7 @@ func stats() -> Dictionary:
 	if _bridge == null:
 		return {}
 	var t0 := OS.get_ticks_usec()
-	var result = _bridge.stats()
+	var result := _parse(_bridge.stats())
 	_account(t0, "stats")
 	return result
 
@@ -236,7 +249,7 @@ func bridge_cost() -> Dictionary:
 func shutdown() -> Dictionary:
 	if _bridge != null:
 		var t0 := OS.get_ticks_usec()
-		final_stats = _bridge.stop()
+		final_stats = _parse(_bridge.stop())
 		_account(t0, "stop")
 		_bridge = null
 	return final_stats

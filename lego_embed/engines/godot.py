@@ -1,23 +1,25 @@
 """The Python side of the Godot bridge (addons/lego_embed/native/lego_bridge.c forwards here).
 
-The C bridge embeds CPython in the Godot process and calls the module-level functions below from
-the engine's main thread, always holding the GIL only for the duration of the call:
+The engine's main thread never runs Python after start(): the C bridge stamps engine events
+and serialises decision requests to JSON into queues, and hands the engine the JSON results
+that this module queues. Here, one pump thread (``GodotSession``):
 
-- ``start(config)`` loads the model and starts the Runtime on a background thread and returns at
-  once; ``poll()`` later reports ``{"kind": "ready"}`` or ``{"kind": "load_failed"}``.
-- ``request(npc_id, state, actions, deadline_ms)`` validates the state synchronously (a malformed
-  state raises InvalidGameStateError, which the bridge turns into ``decision_failed``) and queues
-  the request; inference runs on the Runtime's worker thread, never on the game thread.
-- ``poll()`` returns the finished decisions and status reports as plain dicts (Godot
-  Dictionaries on the other side). The C side calls it only after ``notify_results``.
-- Engine events never enter Python on the game thread: the C side stamps and rings them, and the
-  pump thread here drains the ring (``_lego_bridge.wait_events``) into ``Runtime.on_event``.
+- drains the C queues (``_lego_bridge.wait_engine``, which waits with the GIL released),
+- turns each event into an ``EngineEvent`` for ``Runtime.on_event``,
+- turns each request into a state dict and submits it with ``Runtime.request``; a malformed
+  state or action list (InvalidGameStateError, InvalidActionSetError, any exception) becomes a
+  failed decision carrying ``"Type: message"``, which LegoNPC emits as ``decision_failed``,
+- queues every finished decision (``_lego_bridge.push_result``) for the engine's next poll().
+
+The model loads on another thread after ``start``; ``{"kind": "ready"}`` or
+``{"kind": "load_failed", "reason": ...}`` tells the game how it went. The module-level
+functions take and return JSON text, the only currency between C and Python.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
+import json
 import sys
 import threading
 import time
@@ -29,8 +31,10 @@ from typing import Any
 from lego_embed.errors import EngineBridgeError
 from lego_embed.runtime.events import EVENT_KINDS, EngineEvent
 
-EVENT_WAIT_S = 0.05
+ENGINE_WAIT_S = 0.05
 STOP_JOIN_S = 5.0
+
+EngineBatch = tuple[list[tuple[str, str, int]], list[tuple[int, str]]]
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,8 @@ class BridgeConfig:
 
     model: "bundled" or a model folder. device: torch device ("cpu", "cuda").
     torch_threads: intra-op threads for the LLM (1 leaves the other cores to the game).
-    switch_interval_ms: Python's GIL switch interval, the longest the game thread can wait for
-    the GIL when it calls in while a Python thread runs (Python's default is 5 ms).
+    switch_interval_ms: Python's GIL switch interval; a short one keeps the pump thread (which
+    forwards engine events) from waiting long behind the runtime's worker.
     runtime_options: keyword arguments for the Runtime's RuntimeConfig.
     """
 
@@ -55,128 +59,147 @@ class BridgeConfig:
         """Read the keys this class knows from the dict LegoRuntime sends (others are the C
         side's: python_executable, sys_path)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {key: config[key] for key in known if key in config}
-        result = cls(**values)
+        result = cls(**{key: config[key] for key in known if key in config})
         if not isinstance(result.model, str) or not result.model:
             raise EngineBridgeError("lego_embed/model/path must be a non-empty string ('bundled')")
         if not isinstance(result.torch_threads, int) or result.torch_threads < 1:
             raise EngineBridgeError("lego_embed/runtime/torch_threads must be an int >= 1")
+        if not result.switch_interval_ms > 0:
+            raise EngineBridgeError("lego_embed/runtime/switch_interval_ms must be > 0")
         if not isinstance(result.runtime_options, dict):
             raise EngineBridgeError("lego_embed/runtime/options must be a Dictionary")
         return result
 
 
-def decision_to_dict(decision: Any) -> dict[str, Any]:
-    """A Runtime Decision as the Dictionary LegoRuntime dispatches (kind "decision")."""
-    return {"kind": "decision", **dataclasses.asdict(decision)}
+def parse_request(text: str) -> tuple[str, dict[str, Any], list[str], float]:
+    """The JSON array the C bridge wrote for request(npc_id, state, actions, deadline_ms)."""
+    npc_id, state, actions, deadline_ms = json.loads(text)
+    if not isinstance(state, dict):
+        raise EngineBridgeError(f"the state must be a Dictionary, got {state!r}")
+    if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
+        raise EngineBridgeError(f"allowed actions must be an Array of Strings, got {actions!r}")
+    if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int | float):
+        raise EngineBridgeError(f"deadline_ms must be a number, got {deadline_ms!r}")
+    return str(npc_id), state, actions, float(deadline_ms)
 
 
-def event_from_godot(kind: str, name: str, t_ns: int) -> EngineEvent:
-    """An event from the C ring (CLOCK_MONOTONIC ns, the clock of time.monotonic_ns)."""
-    return EngineEvent(kind=kind, name=name, t_ns=int(t_ns))
+def decision_result(bridge_request_id: int, decision: Any) -> dict[str, Any]:
+    """A Runtime Decision as the result LegoRuntime dispatches (kind "decision"), under the id
+    the bridge gave the request."""
+    fields = dataclasses.asdict(decision)
+    fields["runtime_request_id"] = fields.pop("request_id")
+    return {"kind": "decision", "request_id": bridge_request_id, **fields}
+
+
+def failed_result(bridge_request_id: int, npc_id: str, error: BaseException) -> dict[str, Any]:
+    """A request that failed before inference (bad state, bad actions, no model)."""
+    return {
+        "kind": "decision", "request_id": bridge_request_id, "npc_id": npc_id, "action": None,
+        "error": f"{type(error).__name__}: {error}",
+    }
 
 
 class GodotSession:
-    """One running game: the Runtime, the event pump thread and the queue poll() drains.
-
-    ``notify`` tells the engine side that results are queued (the C side's notify_results);
-    ``wait_events(timeout_s)`` returns the engine's events as (kind, name, t_ns) tuples.
-    """
+    """One running game: loads the model, then pumps events and requests into the Runtime and
+    results back. ``wait_engine(timeout_s)`` returns (events, requests) from the engine;
+    ``push_result(json_text)`` queues one result for the engine's next poll()."""
 
     def __init__(
         self,
         config: BridgeConfig,
-        notify: Callable[[], None],
-        wait_events: Callable[[float], list[tuple[str, str, int]]],
+        wait_engine: Callable[[float], EngineBatch],
+        push_result: Callable[[str], None],
     ) -> None:
         self.config = config
-        self._notify = notify
-        self._wait_events = wait_events
-        self._results: collections.deque[dict[str, Any]] = collections.deque()
+        self._wait_engine = wait_engine
+        self._push_text = push_result
         self._runtime: Any = None
         self._load_error: str | None = None
         self._stopping = threading.Event()
         self._event_counts = dict.fromkeys(EVENT_KINDS, 0)
         self._forwarded_counts = dict.fromkeys(EVENT_KINDS, 0)
-        self._event_errors = 0
-        self._decisions_delivered = 0
+        self._requests = 0
+        self._decisions = 0
+        self._failed = 0
         self._started_ns = time.monotonic_ns()
         self._loader = threading.Thread(target=self._load, name="lego-embed-load", daemon=True)
-        self._pump = threading.Thread(
-            target=self._pump_events, name="lego-embed-events", daemon=True
-        )
+        self._pump = threading.Thread(target=self._run_pump, name="lego-embed-pump", daemon=True)
         self._loader.start()
         self._pump.start()
 
     def _push(self, result: dict[str, Any]) -> None:
-        self._results.append(result)
-        self._notify()
+        self._push_text(json.dumps(result))
 
     def _load(self) -> None:
         try:
+            load_start_ns = time.monotonic_ns()
             runtime, info = build_runtime(self.config)
-            if self._stopping.is_set():
-                runtime.stop()
-                return
-            self._runtime = runtime
-            self._push({"kind": "ready", **info})
+            info["load_s"] = (time.monotonic_ns() - load_start_ns) / 1e9
         except Exception as exc:  # every failure reaches the game as one clear message
             self._load_error = f"{type(exc).__name__}: {exc}"
             self._push({"kind": "load_failed", "reason": self._load_error})
+            return
+        if self._stopping.is_set():
+            runtime.stop()
+            return
+        self._runtime = runtime
+        self._push({"kind": "ready", **info})
 
-    def _forward(self, batch: list[tuple[str, str, int]]) -> None:
+    def _forward_events(self, events: list[tuple[str, str, int]]) -> None:
         runtime = self._runtime
-        for kind, name, t_ns in batch:
+        for kind, name, t_ns in events:
             try:
-                event = event_from_godot(kind, name, t_ns)
-                self._event_counts[event.kind] += 1
-                if runtime is not None:
-                    runtime.on_event(event)
-                    self._forwarded_counts[event.kind] += 1
+                event = EngineEvent(kind=kind, name=name, t_ns=int(t_ns))
             except Exception as exc:  # a bad event must not stop the pump
-                self._event_errors += 1
+                self._push({"kind": "error", "reason": f"{type(exc).__name__}: {exc}"})
+                continue
+            self._event_counts[event.kind] += 1
+            if runtime is not None:
+                runtime.on_event(event)
+                self._forwarded_counts[event.kind] += 1
+
+    def _submit(self, bridge_request_id: int, text: str) -> None:
+        self._requests += 1
+        npc_id = "?"
+        try:
+            npc_id, state, actions, deadline_ms = parse_request(text)
+            if self._runtime is None:
+                raise EngineBridgeError(
+                    f"the NPC model failed to load: {self._load_error}" if self._load_error
+                    else "the NPC model is still loading; wait for LegoRuntime's runtime_ready"
+                )
+
+            def deliver(decision: Any) -> None:
+                self._decisions += 1
+                self._push(decision_result(bridge_request_id, decision))
+
+            self._runtime.request(npc_id, state, actions, deadline_ms, callback=deliver)
+        except Exception as exc:  # the game hears about it through decision_failed
+            self._failed += 1
+            self._push(failed_result(bridge_request_id, npc_id, exc))
+
+    def _pump_once(self, timeout_s: float) -> None:
+        events, requests = self._wait_engine(timeout_s)
+        self._forward_events(events)
+        for bridge_request_id, text in requests:
+            self._submit(bridge_request_id, text)
+
+    def _run_pump(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._pump_once(ENGINE_WAIT_S)
+            except Exception as exc:  # keep pumping; tell the game
                 self._push({"kind": "error", "reason": f"{type(exc).__name__}: {exc}"})
 
-    def _pump_events(self) -> None:
-        while not self._stopping.is_set():
-            self._forward(self._wait_events(EVENT_WAIT_S))
-
-    def _on_decision(self, decision: Any) -> None:
-        self._decisions_delivered += 1
-        self._push(decision_to_dict(decision))
-
-    def request(self, npc_id: str, state: dict, actions: list, deadline_ms: float) -> int:
-        """Validate and queue one decision; returns the request id."""
-        if self._runtime is None:
-            if self._load_error is not None:
-                raise EngineBridgeError(f"the NPC model failed to load: {self._load_error}")
-            from lego_embed.npc.state import validate_state
-
-            validate_state(state)
-            raise EngineBridgeError(
-                "the NPC model is still loading; wait for LegoRuntime's runtime_ready signal"
-            )
-        if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
-            raise EngineBridgeError(f"allowed actions must be an Array of Strings, got {actions!r}")
-        return self._runtime.request(
-            str(npc_id), state, actions, float(deadline_ms), callback=self._on_decision
-        )
-
-    def poll(self) -> list[dict[str, Any]]:
-        """Everything finished since the last poll, oldest first."""
-        out = []
-        while self._results:
-            out.append(self._results.popleft())
-        return out
-
     def stats(self) -> dict[str, Any]:
-        """Counters of the bridge (events received from the engine and forwarded to the Runtime,
-        by kind; decisions) and the Runtime's stats()."""
+        """Counters of the bridge (events received from the engine and forwarded to the
+        Runtime, by kind; requests, decisions, failures) and the Runtime's stats()."""
         result: dict[str, Any] = {
             "events": dict(self._event_counts),
             "events_forwarded": dict(self._forwarded_counts),
-            "event_errors": self._event_errors,
-            "decisions_delivered": self._decisions_delivered,
+            "requests": self._requests,
+            "decisions": self._decisions,
+            "failed_requests": self._failed,
             "model_ready": self._runtime is not None,
             "uptime_s": (time.monotonic_ns() - self._started_ns) / 1e9,
         }
@@ -185,11 +208,11 @@ class GodotSession:
         return result
 
     def stop(self) -> dict[str, Any]:
-        """Stop the pump (after it forwarded every event the engine sent) and the Runtime;
+        """Stop the pump (after it forwarded everything the engine queued) and the Runtime;
         waits at most a few seconds for each thread. Returns the final stats()."""
         self._stopping.set()
         self._pump.join(STOP_JOIN_S)
-        self._forward(self._wait_events(0.0))
+        self._pump_once(0.0)
         final = self.stats()
         if self._runtime is not None:
             self._runtime.stop()
@@ -221,7 +244,9 @@ def build_runtime(config: BridgeConfig) -> tuple[Any, dict[str, Any]]:
         "family": loaded.family,
         "num_layers": loaded.num_layers,
         "device": str(loaded.device),
-        "skip_levels": 0 if bundle is None else len(bundle.levels),
+        "skip_levels": [level.level for level in runtime.levels],
+        "python": sys.version.split()[0],
+        "prefix": sys.prefix,
     }
     return runtime, info
 
@@ -229,52 +254,38 @@ def build_runtime(config: BridgeConfig) -> tuple[Any, dict[str, Any]]:
 _session: GodotSession | None = None
 
 
-def _session_or_raise() -> GodotSession:
-    if _session is None:
-        raise EngineBridgeError("the Godot bridge is not started; LegoRuntime calls start() first")
-    return _session
-
-
-def start(config: dict) -> dict:
-    """Start (or restart) the session for this game; returns {"ok": True} at once."""
-    global _session
+def _with_counters(result: dict[str, Any]) -> str:
     import _lego_bridge  # the C bridge's built-in module; exists only inside Godot
 
-    bridge_config = BridgeConfig.from_mapping(config)
-    sys.setswitchinterval(bridge_config.switch_interval_ms / 1000.0)
+    result["bridge"] = _lego_bridge.counters()
+    return json.dumps(result)
+
+
+def start(config_json: str) -> str:
+    """Start (or restart) the session for this game; returns {"ok": true} at once."""
+    global _session
+    import _lego_bridge
+
+    config = BridgeConfig.from_mapping(json.loads(config_json))
+    sys.setswitchinterval(config.switch_interval_ms / 1000.0)
     if _session is not None:
         _session.stop()
-    _session = GodotSession(bridge_config, _lego_bridge.notify_results, _lego_bridge.wait_events)
-    return {"ok": True, "python": sys.version.split()[0], "prefix": sys.prefix}
+    _session = GodotSession(config, _lego_bridge.wait_engine, _lego_bridge.push_result)
+    return json.dumps({"ok": True, "python": sys.version.split()[0], "prefix": sys.prefix})
 
 
-def request(npc_id: str, state: dict, actions: list, deadline_ms: float) -> dict:
-    """Queue one decision: {"request_id": n}; bad input raises (the bridge reports it)."""
-    return {"request_id": _session_or_raise().request(npc_id, state, actions, deadline_ms)}
+def stats() -> str:
+    """The session's counters, the Runtime's stats and the C side's counters, as JSON."""
+    if _session is None:
+        raise EngineBridgeError("the Godot bridge is not started; LegoRuntime calls start() first")
+    return _with_counters(_session.stats())
 
 
-def poll() -> list[dict[str, Any]]:
-    """Finished decisions and status reports since the last poll."""
-    return _session_or_raise().poll()
-
-
-def stats() -> dict[str, Any]:
-    """The session's counters, plus the C ring's pushed/dropped event counts."""
-    import _lego_bridge
-
-    result = _session_or_raise().stats()
-    result["ring"] = _lego_bridge.event_counts()
-    return result
-
-
-def stop() -> dict[str, Any]:
-    """Stop the session's threads (the game is quitting); returns the final stats()."""
+def stop() -> str:
+    """Stop the session's threads (the game is quitting); returns the final stats as JSON."""
     global _session
     if _session is None:
-        return {}
-    import _lego_bridge
-
+        return json.dumps({})
     final = _session.stop()
-    final["ring"] = _lego_bridge.event_counts()
     _session = None
-    return final
+    return _with_counters(final)

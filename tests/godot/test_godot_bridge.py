@@ -71,7 +71,7 @@ def test_python_exceptions_become_decision_failed_and_error_lines(decisions_run:
     assert any(r.startswith("EngineBridgeError:") for r in reasons), reasons
     assert any(r.startswith("InvalidActionSetError:") for r in reasons), reasons
     for reason in reasons:
-        assert f"ERROR: request: {reason}" in decisions_run.output
+        assert f"/Faulty: {reason}" in decisions_run.output  # LegoRuntime's push_error line
 
 
 def test_quitting_ends_the_process_cleanly(decisions_run: GodotRun) -> None:
@@ -86,8 +86,9 @@ def test_frame_events_reach_the_runtime(decisions_run: GodotRun) -> None:
     assert frames == report["engine_frames"] > 0
     assert stats["events"]["frame_end"] == frames
     assert stats["events"]["frame_begin"] == frames + 1  # the quitting frame has begun
-    assert stats["ring"]["dropped"] == 0
-    assert stats["ring"]["pushed"] == sum(stats["events"].values())
+    assert stats["bridge"]["events_dropped"] == 0
+    assert stats["bridge"]["events_pushed"] == sum(stats["events"].values())
+    assert stats["bridge"]["requests"] == stats["requests"]
     forwarded = stats["events_forwarded"]
     assert 0 < forwarded["frame_end"] <= frames
     runtime_frames = stats["runtime"]["frames_seen"]
