@@ -33,6 +33,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--prompt-lengths", type=_lengths, default="16,32,64,128,256,512")
     parser.add_argument("--context-lengths", type=_lengths, default="16,32,64,128,256,512")
+    parser.add_argument(
+        "--batch-sizes", type=_lengths, default="2,4", help="decode batch sizes besides 1"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per length")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per length")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -50,6 +53,7 @@ def _profile(args: argparse.Namespace) -> int:
         loaded,
         prompt_lengths=args.prompt_lengths,
         context_lengths=args.context_lengths,
+        batch_sizes=args.batch_sizes,
         warmup=args.warmup,
         repeats=args.repeats,
         progress=lambda message: print(f"  measuring {message}", file=sys.stderr, flush=True),

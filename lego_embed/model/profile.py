@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from lego_embed.errors import CostProfileError
-from lego_embed.model.executor import Executor, GreedySampler
+from lego_embed.model.executor import Executor, GreedySampler, PrefixCache, RequestState
 from lego_embed.model.loading import LoadedModel
 from lego_embed.model.subtask import SubtaskKind
 
 DEFAULT_LENGTHS = (16, 32, 64, 128, 256, 512)
+DEFAULT_BATCH_SIZES = (2, 4)
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ class CostProfile:
     """The cost of every subtask kind of one model on one device (microseconds).
 
     Prefill entries are measured per prompt length (tokens == context_tokens, one chunk);
-    decode entries per context length (one query token). ADAPTOR costs depend on the adaptor
-    module and are not part of a model's profile.
+    decode entries per context length and batch size (tokens = requests batched). ADAPTOR
+    costs depend on the adaptor module and are not part of a model's profile.
     """
 
     model: str
@@ -85,9 +86,13 @@ class CostProfile:
     def cost_us(
         self, kind: SubtaskKind | str, phase: str, tokens: int, context_tokens: int
     ) -> float:
-        """Predicted median duration in microseconds, interpolated linearly between measured
-        lengths (prefill: along tokens; decode: along context_tokens) and extrapolated linearly
-        past the longest one. Decode LAYER and HEAD with tokens > 1 (a batch) scale linearly."""
+        """Predicted median duration in microseconds.
+
+        Entries are grouped by `tokens` (prompt length, or decode batch size); within a group
+        the cost is interpolated along `context_tokens`, then across groups along `tokens`:
+        linearly between measured points, flat below the smallest, linearly extrapolated past
+        the largest (proportionally when only one `tokens` value was measured).
+        """
         kind = SubtaskKind(kind).value
         entries = [e for e in self.entries if e.kind == kind and e.phase == phase]
         if not entries:
@@ -95,16 +100,17 @@ class CostProfile:
                 f"the profile of {self.model} has no {phase} {kind} entries; "
                 f"it has {sorted({(e.phase, e.kind) for e in self.entries})}"
             )
-        along_tokens = len({e.tokens for e in entries}) > 1
-        points = sorted(
-            (e.tokens if along_tokens else e.context_tokens, e.median_us) for e in entries
-        )
-        x = tokens if along_tokens else context_tokens
-        scale = 1.0 if along_tokens else max(tokens, 1) / entries[0].tokens
-        return scale * _interpolate(points, x)
+        groups: dict[int, list[tuple[int, float]]] = defaultdict(list)
+        for e in entries:
+            groups[e.tokens].append((e.context_tokens, e.median_us))
+        by_tokens = sorted((n, _interpolate(sorted(g), context_tokens)) for n, g in groups.items())
+        if len(by_tokens) == 1 and tokens > by_tokens[0][0]:
+            return by_tokens[0][1] * tokens / by_tokens[0][0]
+        return _interpolate(by_tokens, tokens)
 
 
 def _interpolate(points: list[tuple[int, float]], x: float) -> float:
+    """Piecewise-linear through sorted (x, y) points; flat left, linear (never falling) right."""
     xs = [p[0] for p in points]
     ys = [p[1] for p in points]
     if len(points) == 1 or x <= xs[0]:
@@ -133,10 +139,20 @@ def _summarise(samples: dict[tuple[str, str, int, int], list[int]]) -> list[Cost
     return entries
 
 
+def _ready_to_decode(executor: Executor, prompt: list[int], prefix: PrefixCache) -> RequestState:
+    """A request for one decode step whose prefill (all but the last prompt token reused from
+    `prefix`) has already run."""
+    state = executor.start(prompt, GreedySampler(None, 2), prefix=prefix)
+    while executor.peek(state).phase == "prefill":
+        executor.step(state)
+    return state
+
+
 def measure_cost_profile(
     loaded: LoadedModel,
     prompt_lengths: Sequence[int] = DEFAULT_LENGTHS,
     context_lengths: Sequence[int] = DEFAULT_LENGTHS,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
     warmup: int = 2,
     repeats: int = 5,
     progress: Callable[[str], None] | None = None,
@@ -146,12 +162,14 @@ def measure_cost_profile(
     Prefill: for each prompt length, `warmup` + `repeats` one-chunk prefills (EMBED, ATTENTION
     and FFN of every layer, HEAD). Decode: one prefix of the longest context is prefilled once;
     for each context length a request reuses it and runs `warmup` + `repeats` timed decode steps
-    at exactly that context (LAYER of every layer, HEAD). Lengths beyond the model's context are
+    at exactly that context (LAYER of every layer, HEAD), alone and batched with `step_batch`
+    in `batch_sizes` requests (tokens = batch size). Lengths beyond the model's context are
     replaced by the longest one it allows (max_context_tokens - 1).
     """
     limit = loaded.max_context_tokens - 1
     prompt_lengths = sorted({min(n, limit) for n in prompt_lengths if n >= 1})
     context_lengths = sorted({min(n, limit) for n in context_lengths if n >= 2})
+    batch_sizes = sorted({n for n in batch_sizes if n >= 2})
     if not prompt_lengths or not context_lengths or repeats < 1 or warmup < 0:
         raise CostProfileError(
             f"nothing to measure: prompt lengths {prompt_lengths}, context lengths "
@@ -181,12 +199,14 @@ def measure_cost_profile(
     for context in context_lengths:
         if progress:
             progress(f"decode at context {context}")
-        for run in range(warmup + repeats):
-            # context - 1 cached/prompt tokens, so the first decode step attends `context`.
-            state = executor.start(longest[: context - 1], GreedySampler(None, 2), prefix=prefix)
-            while executor.peek(state).phase == "prefill":
-                executor.step(state)
-            record(executor.run_to_completion(state), keep=run >= warmup)
+        for batch in (1, *batch_sizes):
+            for run in range(warmup + repeats):
+                # context - 1 prompt tokens, so the first decode step attends `context`.
+                states = [
+                    _ready_to_decode(executor, longest[: context - 1], prefix) for _ in range(batch)
+                ]
+                while executor.peek(states[0]) is not None:
+                    record([executor.step_batch(states)], keep=run >= warmup)
 
     return CostProfile(
         model=str(loaded.path),
