@@ -355,6 +355,7 @@ class Executor:
         query_pos = torch.stack(
             [torch.arange(s.position, s.position + tokens, device=self.device) for s in states]
         )
+        starts = tuple(s.position for s in states)
         past = max(len(cache) for cache in caches)
         keys = values = None
         if len(states) == 1:
@@ -366,8 +367,8 @@ class Executor:
         cache_call = BatchCacheCall(keys, values)
         attention, _ = layer.self_attn(
             hidden_states=layer.input_layernorm(hidden),
-            position_embeddings=self._rope(hidden, query_pos),
-            attention_mask=self._mask(caches, query_pos, past, self.windows[layer_idx], hidden),
+            position_embeddings=self._rope(hidden, query_pos, starts),
+            attention_mask=self._mask(caches, query_pos, starts, past, layer_idx, hidden),
             past_key_values=cache_call,
         )
         for row, (state, cache) in enumerate(zip(states, caches, strict=True)):
@@ -378,9 +379,9 @@ class Executor:
             )
         return hidden + attention
 
-    def _rope(self, hidden: torch.Tensor, query_pos: torch.Tensor):
+    def _rope(self, hidden: torch.Tensor, query_pos: torch.Tensor, starts: tuple[int, ...]):
         """(cos, sin) for the query positions, computed once per pass, not once per layer."""
-        key = (tuple(query_pos[:, 0].tolist()), query_pos.shape[1], hidden.dtype)
+        key = (starts, query_pos.shape[1], hidden.dtype)
         if self._rope_cache is None or self._rope_cache[0] != key:
             self._rope_cache = (key, self.rotary_emb(hidden, query_pos))
         return self._rope_cache[1]
@@ -389,15 +390,17 @@ class Executor:
         self,
         caches: list[LayerKV],
         query_pos: torch.Tensor,
+        starts: tuple[int, ...],
         past: int,
-        window: int | None,
+        layer_idx: int,
         hidden: torch.Tensor,
     ) -> torch.Tensor | None:
         """Which keys each query may attend to, shape (batch, 1, tokens, past + tokens): causal by
         absolute position, inside the sliding window, not padding. None where plain causal
         attention over everything is exact (one request, no past or one query, window not hit)."""
         batch, tokens = query_pos.shape
-        last_query = int(query_pos[0, -1]) if batch == 1 else 0
+        window = self.windows[layer_idx]
+        last_query = starts[0] + tokens - 1
         if batch == 1 and (past == 0 or tokens == 1) and (window is None or last_query < window):
             return None
         past_pos = torch.stack([F.pad(c.positions, (0, past - len(c))) for c in caches])
