@@ -33,6 +33,7 @@ from lego_embed.runtime.events import EVENT_KINDS, EngineEvent
 
 ENGINE_WAIT_S = 0.05
 STOP_JOIN_S = 5.0
+LOADER_JOIN_S = 1.0
 
 EngineBatch = tuple[list[tuple[str, str, int]], list[tuple[int, str]]]
 
@@ -102,15 +103,18 @@ def failed_result(bridge_request_id: int, npc_id: str, error: BaseException) -> 
 class GodotSession:
     """One running game: loads the model, then pumps events and requests into the Runtime and
     results back. ``wait_engine(timeout_s)`` returns (events, requests) from the engine;
-    ``push_result(json_text)`` queues one result for the engine's next poll()."""
+    ``push_result(json_text)`` queues one result for the engine's next poll();
+    ``on_unstoppable()`` is called by stop() when the loading thread cannot be joined."""
 
     def __init__(
         self,
         config: BridgeConfig,
         wait_engine: Callable[[float], EngineBatch],
         push_result: Callable[[str], None],
+        on_unstoppable: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        self._on_unstoppable = on_unstoppable
         self._wait_engine = wait_engine
         self._push_text = push_result
         self._runtime: Any = None
@@ -216,6 +220,9 @@ class GodotSession:
         final = self.stats()
         if self._runtime is not None:
             self._runtime.stop()
+        self._loader.join(LOADER_JOIN_S)
+        if self._loader.is_alive() and self._on_unstoppable is not None:
+            self._on_unstoppable()  # the model is still loading: exit must not wait for it
         return final
 
 
@@ -270,7 +277,10 @@ def start(config_json: str) -> str:
     sys.setswitchinterval(config.switch_interval_ms / 1000.0)
     if _session is not None:
         _session.stop()
-    _session = GodotSession(config, _lego_bridge.wait_engine, _lego_bridge.push_result)
+    _session = GodotSession(
+        config, _lego_bridge.wait_engine, _lego_bridge.push_result,
+        _lego_bridge.exit_without_destructors,
+    )
     return json.dumps({"ok": True, "python": sys.version.split()[0], "prefix": sys.prefix})
 
 

@@ -124,3 +124,11 @@ def test_a_missing_python_gives_one_clear_error(tmp_path: Path) -> None:
     failure = run.report["runtime_failure"]
     assert "Python executable" in failure and "not found" in failure
     assert run.output.count("Python executable") == 1
+
+
+def test_quitting_while_the_model_loads_exits_with_code_zero(tmp_path: Path) -> None:
+    run = run_scenario("quit_early", tmp_path, {}, 90.0)
+    assert run.returncode == 0, run.output[-4000:]
+    assert run.report is not None and not run.report["timed_out"]
+    assert run.report["ready_info"] == {}  # it really quit before the model was ready
+    assert "Segmentation fault" not in run.output

@@ -85,6 +85,7 @@ static int64_t next_request_id = 1;
 
 static int64_t engine_call_ns = 0; /* main-thread time inside event()/request()/poll() */
 static int python_ready = 0;       /* Python initialised and the engine module imported */
+static int exit_without_destructors = 0; /* a Python thread may still run native code at exit */
 static PyObject *engine_module = NULL;
 
 static void queue_append(text_queue *queue, text_message *message) {
@@ -481,6 +482,13 @@ static PyObject *bridge_counters(PyObject *self, PyObject *args) {
 			"requests", requests, "engine_call_ns", call_ns);
 }
 
+static PyObject *bridge_exit_without_destructors(PyObject *self, PyObject *args) {
+	(void)self;
+	(void)args;
+	__atomic_store_n(&exit_without_destructors, 1, __ATOMIC_RELEASE);
+	Py_RETURN_NONE;
+}
+
 static PyMethodDef bridge_methods[] = {
 	{ "wait_engine", bridge_wait_engine, METH_VARARGS,
 			"wait_engine(timeout_s) -> (events, requests): engine events [(kind, name, t_ns)] and "
@@ -492,6 +500,10 @@ static PyMethodDef bridge_methods[] = {
 			"{'events_pushed', 'events_dropped', 'requests', 'engine_call_ns'}: engine events pushed "
 			"and dropped on ring overflow, requests queued, and the engine thread's total time "
 			"inside event()/request()/poll() in ns." },
+	{ "exit_without_destructors", bridge_exit_without_destructors, METH_NOARGS,
+			"A Python thread cannot be stopped (e.g. the model is still loading): when Godot "
+			"shuts the library down, end the process with Godot's exit code at once, before C++ "
+			"static destructors (torch's) run under that thread's feet." },
 	{ NULL, NULL, 0, NULL }
 };
 
@@ -787,7 +799,20 @@ void GDN_EXPORT godot_gdnative_init(godot_gdnative_init_options *options) {
 void GDN_EXPORT godot_gdnative_terminate(godot_gdnative_terminate_options *options) {
 	(void)options;
 	/* Python is deliberately not finalised: the library is load_once and non-reloadable, and
-	 * finalising with torch's threads alive can hang the exit. stop() ends our own threads. */
+	 * finalising with torch's threads alive can hang the exit. stop() ends our own threads; if
+	 * one could not be stopped, leave now with the game's exit code (see
+	 * _lego_bridge.exit_without_destructors). */
+	if (__atomic_load_n(&exit_without_destructors, __ATOMIC_ACQUIRE)) {
+		int64_t exit_code = 0;
+		godot_method_bind *get_exit_code = api->godot_method_bind_get_method("_OS", "get_exit_code");
+		godot_object *os = api->godot_global_get_singleton((char *)"OS");
+		if (get_exit_code != NULL && os != NULL) {
+			api->godot_method_bind_ptrcall(get_exit_code, os, NULL, &exit_code);
+		}
+		fflush(stdout);
+		fflush(stderr);
+		_exit((int)exit_code);
+	}
 }
 
 static void register_method(void *handle, const char *name,

@@ -5,9 +5,11 @@ extends Node
 #                  faulty NPC sends malformed states and bad action lists (each must come back
 #                  as decision_failed while the game and the other NPCs keep going).
 #   missing_model  the model folder does not exist ($LEGO_EMBED_MODEL): one clear failure.
+#   quit_early     quits after QUIT_EARLY_FRAMES frames, while the model is still loading.
 
 const LegoNPC = preload("res://addons/lego_embed/lego_npc.gd")
 const WANT_DECISIONS = 12
+const QUIT_EARLY_FRAMES = 30
 const PERSONAS = ["brute", "duelist", "coward"]
 const ENEMY_ACTIONS = ["idle", "light_attack", "heavy_windup", "heavy_attack", "block", "dodge", "heal", "shoot", "approach", "retreat"]
 
@@ -118,6 +120,8 @@ func _process(delta: float) -> void:
 	var finished := false
 	if scenario == "missing_model":
 		finished = failed_runtime != "" and failures.size() >= 1
+	elif scenario == "quit_early":
+		finished = runtime.frames_drawn >= QUIT_EARLY_FRAMES
 	else:
 		finished = decisions.size() >= WANT_DECISIONS and decisions_after_faults >= 3 and failures.size() >= faults_sent and faults_sent > 0
 	if finished or elapsed_s > timeout_s:
