@@ -35,8 +35,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                        help="numbers of layers to skip, one level each")
     build.add_argument("--out", type=Path, help="bundle folder (default MODEL/skip_bundle)")
     build.add_argument("--intermediate", type=int, help="adaptor width (default hidden size)")
-    build.add_argument("--mse-steps", type=int, default=3000)
-    build.add_argument("--kl-steps", type=int, default=300)
+    build.add_argument("--mse-steps", type=int, help="stage-1 steps (default: DistillConfig's)")
+    build.add_argument("--kl-steps", type=int, help="stage-2 steps (default: DistillConfig's)")
     build.add_argument("--heldout", type=int, default=1000,
                        help="held-out situations for the manifest's accuracy and perplexity")
     build.set_defaults(run=_build)
@@ -52,7 +52,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="bundled", help="'bundled' or a local HF model folder")
-    parser.add_argument("--calibration", type=int, default=2000,
+    parser.add_argument("--calibration", type=int, default=1500,
                         help="calibration situations (prompt + expert answer)")
     parser.add_argument("--batch", type=int, default=64, help="sequences per calibration batch")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -97,18 +97,16 @@ def _calibration_batches(loaded, args: argparse.Namespace):
 
 
 def _heldout(loaded, count: int, batch: int):
-    """Held-out decision cases, the action sampler, and perplexity batches."""
+    """Held-out prompt + expert answer batches and the constrained action sampler."""
     from lego_embed.npc.actions import ActionTrie, ConstrainedActionSampler
     from lego_embed.npc.combat_task import ACTIONS
     from lego_embed.npc.evaluation import heldout_situations
     from lego_embed.skip.calibration import make_batches
-    from lego_embed.skip.evaluate import DecisionCase
 
     tokenizer = loaded.tokenizer
-    examples, experts = task_sequences(tokenizer, heldout_situations(count))
-    cases = [DecisionCase(e.prompt_ids, x) for e, x in zip(examples, experts, strict=True)]
+    examples, _ = task_sequences(tokenizer, heldout_situations(count))
     sampler = ConstrainedActionSampler(ActionTrie(tokenizer, ACTIONS, tokenizer.eos_token_id))
-    return cases, sampler, make_batches(examples, batch, tokenizer.pad_token_id)
+    return make_batches(examples, batch, tokenizer.pad_token_id), sampler
 
 
 def _model_name(loaded, requested: str) -> str:
@@ -141,10 +139,9 @@ def _heatmap(args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     from lego_embed.errors import SkipBundleError
-    from lego_embed.model.layer_plan import LayerPlan
     from lego_embed.skip.build import build_bundle
     from lego_embed.skip.distill import DistillConfig
-    from lego_embed.skip.evaluate import decision_accuracy, perplexity
+    from lego_embed.skip.evaluate import score_plan
 
     loaded = _load(args)
     if any(not 1 <= k < loaded.num_layers for k in args.budgets):
@@ -152,8 +149,9 @@ def _build(args: argparse.Namespace) -> int:
             f"--budgets must lie in 1..{loaded.num_layers - 1} for this "
             f"{loaded.num_layers}-layer model (layer 0 always runs)")
     batches, examples = _calibration_batches(loaded, args)
-    config = DistillConfig(intermediate_size=args.intermediate, mse_steps=args.mse_steps,
-                           kl_steps=args.kl_steps)
+    given = {"intermediate_size": args.intermediate, "mse_steps": args.mse_steps,
+             "kl_steps": args.kl_steps}
+    config = DistillConfig(**{k: v for k, v in given.items() if v is not None})
     started = time.perf_counter()
 
     def report(result) -> None:
@@ -162,26 +160,21 @@ def _build(args: argparse.Namespace) -> int:
               f"final, {result.seconds:.1f} s", flush=True)
 
     facts = {"situations": args.calibration, "seed": CALIBRATION_SEED,
-             "tokens": sum(b.real_tokens for b in batches), "mse_steps": args.mse_steps,
-             "kl_steps": args.kl_steps, "threads": args.threads}
+             "tokens": sum(b.real_tokens for b in batches), "mse_steps": config.mse_steps,
+             "kl_steps": config.kl_steps, "kl_batches": config.kl_batches,
+             "threads": args.threads}
     built = build_bundle(loaded, batches, args.budgets, config, examples[0].prompt_ids,
                          facts, on_distilled=report)
     bundle = built.bundle
-    cases, sampler, heldout = _heldout(loaded, args.heldout, args.batch)
-    pad = loaded.tokenizer.pad_token_id
-    full = LayerPlan.full(loaded.num_layers)
-    bundle.full_model = {
-        "accuracy": round(decision_accuracy(loaded.model, full, cases, sampler, pad), 4),
-        "perplexity": round(perplexity(loaded.model, full, heldout), 4),
-        "heldout_situations": len(cases),
-    }
+    heldout, sampler = _heldout(loaded, args.heldout, args.batch)
+    full = score_plan(loaded.model, None, heldout, sampler)
+    bundle.full_model = {"accuracy": round(full.accuracy, 4),
+                         "perplexity": round(full.perplexity, 4),
+                         "heldout_situations": full.decisions}
     for lv in list(bundle.levels):
-        plan = bundle.plan(lv.level)
-        bundle = bundle.with_measurements(
-            lv.level,
-            accuracy=round(decision_accuracy(loaded.model, plan, cases, sampler, pad), 4),
-            perplexity=round(perplexity(loaded.model, plan, heldout), 4),
-        )
+        score = score_plan(loaded.model, bundle.plan(lv.level), heldout, sampler)
+        bundle = bundle.with_measurements(lv.level, accuracy=round(score.accuracy, 4),
+                                          perplexity=round(score.perplexity, 4))
     out = _bundle_dir(loaded, args.out)
     bundle.save(out)
     print(json.dumps(bundle.manifest()["levels"], indent=1))
@@ -199,9 +192,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     bundle = SkipBundle.load(_bundle_dir(loaded, args.bundle), loaded)
     batches, _ = _calibration_batches(loaded, args)
     similarity = compute_similarity(loaded.model, batches)
-    cases, sampler, heldout = _heldout(loaded, args.heldout, args.batch)
-    evaluation = evaluate_bundle(loaded.model, bundle, similarity, cases, sampler, heldout,
-                                 loaded.tokenizer.pad_token_id, _model_name(loaded, args.model))
+    heldout, sampler = _heldout(loaded, args.heldout, args.batch)
+
+    def progress(level: int, method: str, score) -> None:
+        print(f"level {level} {method}: accuracy {score.accuracy:.4f}, "
+              f"perplexity {score.perplexity:.4f}", flush=True)
+
+    evaluation = evaluate_bundle(loaded.model, bundle, similarity, heldout, sampler,
+                                 _model_name(loaded, args.model), on_scored=progress)
     report = evaluation.to_json()
     report["adaptor_bytes"] = {lv.level: lv.adaptor_bytes for lv in bundle.levels}
     report["total_resident_bytes"] = bundle.manifest()["total_resident_bytes"]

@@ -41,8 +41,8 @@ def build_bundle(
         raise ValueError("give at least one skip budget (number of layers to skip)")
     similarity = compute_similarity(loaded.model, batches)
     spans = choose_spans(similarity, budgets)
-    distilled = distill_spans(loaded.model, batches, [spans[k] for k in budgets], config,
-                              on_done=on_distilled)
+    distilled, teacher = distill_spans(loaded.model, batches, [spans[k] for k in budgets],
+                                       config, on_done=on_distilled)
     levels = []
     adaptors = {}
     for number, result in enumerate(distilled, start=1):
@@ -55,6 +55,7 @@ def build_bundle(
             adaptor_bytes=adaptor.shape.parameter_count * 4,
             distill={
                 "seconds": round(result.seconds, 2),
+                "teacher_pass_seconds": round(teacher.seconds, 2),
                 "unexplained_after_mse": round(result.unexplained_after_mse, 4),
                 "unexplained_final": round(result.unexplained_final, 4),
                 "final_kl": None if result.final_kl is None else round(result.final_kl, 5),

@@ -1,16 +1,19 @@
 """Distilling a span adaptor from the full model, on CPU, in seconds to minutes.
 
-Two stages per span, both against the unmodified model as teacher:
+One teacher pass over the calibration batches records, with the unmodified model, the hidden
+states entering and leaving every span to distil, and the next-token log-probabilities of the
+batches stage 2 uses. Then, per span:
 
-1. **Hidden-state regression (MSE).** The teacher's hidden states entering the span (input)
-   and leaving it (target) are recorded for every real calibration token; the adaptor is fitted
-   to map one to the other by mean squared error with Adam on random token minibatches. Only
-   the adaptor runs, so thousands of steps take seconds. Because layers before the span are
-   untouched, the recorded input is exactly what the adaptor sees at run time.
-2. **Logit matching (KL, optional).** The adaptor is then fine-tuned inside the whole skipped
-   model: KL(teacher || student) of the next-token distributions (answer positions weighted
-   like the model's own training), plus the stage-1 MSE as an anchor. Gradients reach only the
-   adaptor; the model's weights stay frozen.
+1. **Hidden-state regression (MSE).** The adaptor is fitted to map the recorded span input to
+   the recorded span output, per token, by mean squared error with Adam on random token
+   minibatches. Only the adaptor runs, so thousands of steps take seconds. Layers before the
+   span are untouched at run time, so the recorded input is exactly what the adaptor will see.
+2. **Logit matching (KL, optional).** The adaptor is fine-tuned inside the skipped model:
+   KL(teacher || student) of the next-token distributions (answer positions weighted like the
+   model's own training), plus the stage-1 MSE as an anchor. The unchanged layers before the
+   span are not recomputed: a replay step feeds the recorded span input in their place, so a
+   step costs the adaptor and the layers after the span, forward and backward. Gradients reach
+   only the adaptor; the model's weights stay frozen.
 
 The quality number reported is the *unexplained fraction* on held-out calibration tokens:
 ``mean |adaptor(x) - y|^2 / mean |x - y|^2`` (x: span input, y: span output). Plain skipping
@@ -19,6 +22,7 @@ The quality number reported is the *unexplained fraction* on held-out calibratio
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,10 +30,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lego_embed.model.layer_plan import AdaptorStep, LayerPlan
 from lego_embed.skip.adaptor import AdaptorShape, SpanAdaptor
 from lego_embed.skip.calibration import CalibrationBatch
-from lego_embed.skip.reference import decoder_layers, plan_logits, skip_plan
-from lego_embed.skip.similarity import LayerInputRecorder, record_states
+from lego_embed.skip.reference import decoder_layers, plan_logits
+from lego_embed.skip.similarity import LayerInputRecorder
 from lego_embed.skip.spans import Span
 
 ANSWER_WEIGHT = 4.0
@@ -42,15 +47,19 @@ class DistillConfig:
 
     intermediate_size: adaptor width (None: the model's hidden size, expansion 1x).
     mse_steps / mse_batch_tokens: stage-1 Adam steps and tokens per minibatch.
-    kl_steps: stage-2 steps, one calibration batch each (0: MSE only).
-    kl_weight / mse_anchor_weight: stage-2 loss = kl_weight * KL + mse_anchor_weight * MSE/|x-y|^2.
-    learning_rate: Adam peak learning rate, cosine-decayed to 10% over each stage.
+    kl_steps: stage-2 steps, one calibration batch each (0: MSE only); kl_batches: how many
+    calibration batches (the first ones) stage 2 draws from (their teacher log-probabilities
+    are kept in memory). kl_weight / mse_anchor_weight: stage-2 loss =
+    kl_weight * KL + mse_anchor_weight * MSE / mean |x - y|^2.
+    learning_rate: stage-1 Adam peak learning rate (stage 2 uses a quarter of it), cosine-decayed
+    to 10% over each stage.
     """
 
     intermediate_size: int | None = None
-    mse_steps: int = 3000
+    mse_steps: int = 2000
     mse_batch_tokens: int = 1024
-    kl_steps: int = 300
+    kl_steps: int = 100
+    kl_batches: int = 8
     kl_weight: float = 1.0
     mse_anchor_weight: float = 0.1
     learning_rate: float = 2e-3
@@ -63,7 +72,7 @@ class DistilledAdaptor:
 
     unexplained_after_mse / unexplained_final: held-out unexplained fraction (see module doc,
     1.0 = plain skip); final_kl: mean stage-2 KL in nats/token over the last tenth of its steps
-    (None without stage 2); seconds: wall time of both stages."""
+    (None without stage 2); seconds: wall time of both stages (not the shared teacher pass)."""
 
     span: Span
     adaptor: SpanAdaptor
@@ -74,30 +83,48 @@ class DistilledAdaptor:
 
 
 @dataclass(frozen=True)
-class _TokenPairs:
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+class TeacherRecord:
+    """What the unmodified model computed on the calibration batches.
+
+    states: per layer-input index, one (batch, tokens, hidden) tensor per batch (padding
+    included). log_probs: next-token log-probabilities (batch, tokens, vocab) of the first
+    batches (as many as stage 2 uses). seconds: wall time of the recording pass."""
+
+    batches: list[CalibrationBatch]
+    states: dict[int, list[torch.Tensor]]
+    log_probs: list[torch.Tensor]
+    seconds: float
+
+    def real_tokens(self, state: int) -> torch.Tensor:
+        """The recorded state's real (non-padding) tokens, concatenated: (tokens, hidden)."""
+        return torch.cat([
+            hidden[batch.attention_mask.bool()]
+            for hidden, batch in zip(self.states[state], self.batches, strict=True)
+        ])
 
 
-def record_token_states(
-    model: nn.Module, batches: Sequence[CalibrationBatch], states: Sequence[int]
-) -> dict[int, torch.Tensor]:
-    """The teacher's hidden states at ``states`` (layer-input indices) for every real token of
-    every batch, concatenated: {state: (tokens, hidden)}."""
-    collected: dict[int, list[torch.Tensor]] = {s: [] for s in states}
-    for batch in batches:
-        for state, hidden in record_states(model, batch, states).items():
-            collected[state].append(hidden)
-    return {state: torch.cat(parts) for state, parts in collected.items()}
-
-
-def _split(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> _TokenPairs:
-    order = torch.randperm(x.shape[0], generator=generator)
-    held_out = max(1, int(x.shape[0] * HELD_OUT_TOKEN_FRACTION))
-    test, train = order[:held_out], order[held_out:]
-    return _TokenPairs(x[train], y[train], x[test], y[test])
+@torch.no_grad()
+def record_teacher(
+    model: nn.Module, batches: Sequence[CalibrationBatch], states: Sequence[int],
+    log_prob_batches: int,
+) -> TeacherRecord:
+    """One full-model pass over ``batches`` keeping the hidden states at ``states`` and the
+    log-probabilities of the first ``log_prob_batches`` batches."""
+    started = time.perf_counter()
+    kept: dict[int, list[torch.Tensor]] = {s: [] for s in states}
+    log_probs = []
+    for index, batch in enumerate(batches):
+        recorder = LayerInputRecorder(model, states)
+        try:
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           use_cache=False).logits
+        finally:
+            recorder.remove()
+        for state in states:
+            kept[state].append(recorder.captured[state].float())
+        if index < log_prob_batches:
+            log_probs.append(torch.log_softmax(logits.float(), dim=-1))
+    return TeacherRecord(list(batches), kept, log_probs, time.perf_counter() - started)
 
 
 @torch.no_grad()
@@ -108,26 +135,37 @@ def unexplained_fraction(adaptor: nn.Module, x: torch.Tensor, y: torch.Tensor) -
     return float(residual / skip)
 
 
-def _cosine_lr(optimizer: torch.optim.Optimizer, peak: float, step: int, steps: int) -> None:
+def _set_cosine_lr(optimizer: torch.optim.Optimizer, peak: float, step: int, steps: int) -> None:
     progress = step / max(1, steps - 1)
-    lr = peak * (0.1 + 0.9 * 0.5 * (1.0 + torch.cos(torch.tensor(progress * torch.pi)).item()))
+    lr = peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
     for group in optimizer.param_groups:
         group["lr"] = lr
 
 
-def _fit_mse(adaptor: SpanAdaptor, pairs: _TokenPairs, config: DistillConfig,
+def _fit_mse(adaptor: SpanAdaptor, x: torch.Tensor, y: torch.Tensor, config: DistillConfig,
              generator: torch.Generator) -> None:
     optimizer = torch.optim.Adam(adaptor.parameters(), lr=config.learning_rate)
-    scale = (pairs.train_x - pairs.train_y).pow(2).sum(-1).mean().clamp_min(1e-12)
-    tokens = pairs.train_x.shape[0]
+    scale = (x - y).pow(2).sum(-1).mean().clamp_min(1e-12)
+    tokens = x.shape[0]
     for step in range(config.mse_steps):
         rows = torch.randint(0, tokens, (min(config.mse_batch_tokens, tokens),),
                              generator=generator)
-        loss = (adaptor(pairs.train_x[rows]) - pairs.train_y[rows]).pow(2).sum(-1).mean() / scale
-        _cosine_lr(optimizer, config.learning_rate, step, config.mse_steps)
+        loss = (adaptor(x[rows]) - y[rows]).pow(2).sum(-1).mean() / scale
+        _set_cosine_lr(optimizer, config.learning_rate, step, config.mse_steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+
+class _Replay(nn.Module):
+    """Stands in for the unchanged layers before a span: returns the recorded span input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.hidden
 
 
 class _OutputRecorder(nn.Module):
@@ -152,37 +190,36 @@ def _position_weights(batch: CalibrationBatch) -> torch.Tensor:
     return weights + (ANSWER_WEIGHT - 1.0) * batch.answer_mask.float()
 
 
-def _fit_kl(model: nn.Module, adaptor: SpanAdaptor, span: Span,
-            batches: Sequence[CalibrationBatch], config: DistillConfig,
-            generator: torch.Generator) -> float:
+def _fit_kl(model: nn.Module, adaptor: SpanAdaptor, span: Span, teacher: TeacherRecord,
+            config: DistillConfig, generator: torch.Generator) -> float:
     num_layers = len(decoder_layers(model))
+    replay = _Replay()
     recorder = _OutputRecorder(adaptor)
-    plan = skip_plan(num_layers, span.layers(), recorder)
-    optimizer = torch.optim.Adam(adaptor.parameters(), lr=config.learning_rate * 0.25)
-    states = (span.first_layer, span.last_layer + 1)
+    plan = LayerPlan((
+        AdaptorStep(0, span.first_layer - 1, replay),
+        AdaptorStep(span.first_layer, span.last_layer, recorder),
+        *range(span.last_layer + 1, num_layers),
+    )).validate(num_layers)
+    peak = config.learning_rate * 0.25
+    optimizer = torch.optim.Adam(adaptor.parameters(), lr=peak)
     kl_tail: list[float] = []
     for step in range(config.kl_steps):
-        batch = batches[int(torch.randint(0, len(batches), (1,), generator=generator))]
-        real = batch.attention_mask.bool()
-        with torch.no_grad():
-            teacher_states = LayerInputRecorder(model, states)
-            try:
-                teacher_logits = model(input_ids=batch.input_ids,
-                                       attention_mask=batch.attention_mask, use_cache=False).logits
-            finally:
-                teacher_states.remove()
-            teacher_logp = torch.log_softmax(teacher_logits, dim=-1)
+        index = int(torch.randint(0, len(teacher.log_probs), (1,), generator=generator))
+        batch = teacher.batches[index]
+        x = teacher.states[span.first_layer][index]
+        y = teacher.states[span.last_layer + 1][index]
+        replay.hidden = x
         student_logp = torch.log_softmax(
-            plan_logits(model, batch.input_ids, batch.attention_mask, plan), dim=-1)
+            plan_logits(model, batch.input_ids, batch.attention_mask, plan).float(), dim=-1)
+        teacher_logp = teacher.log_probs[index]
         weights = _position_weights(batch)
         kl_per_position = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
         kl = (kl_per_position * weights).sum() / weights.sum()
-        x = teacher_states.captured[span.first_layer][real]
-        y = teacher_states.captured[span.last_layer + 1][real]
-        produced = recorder.output[real]
-        anchor = (produced - y).pow(2).sum(-1).mean() / (x - y).pow(2).sum(-1).mean()
+        real = batch.attention_mask.bool()
+        anchor = ((recorder.output[real] - y[real]).pow(2).sum(-1).mean()
+                  / (x[real] - y[real]).pow(2).sum(-1).mean().clamp_min(1e-12))
         loss = config.kl_weight * kl + config.mse_anchor_weight * anchor
-        _cosine_lr(optimizer, config.learning_rate * 0.25, step, config.kl_steps)
+        _set_cosine_lr(optimizer, peak, step, config.kl_steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -192,41 +229,38 @@ def _fit_kl(model: nn.Module, adaptor: SpanAdaptor, span: Span,
 
 
 def distill_adaptor(
-    model: nn.Module,
-    batches: Sequence[CalibrationBatch],
-    span: Span,
-    config: DistillConfig,
-    token_states: dict[int, torch.Tensor] | None = None,
+    model: nn.Module, teacher: TeacherRecord, span: Span, config: DistillConfig
 ) -> DistilledAdaptor:
-    """Trains the adaptor for ``span`` against the frozen ``model`` on the calibration batches.
-
-    ``token_states`` may carry already recorded teacher states (from record_token_states) so
-    several spans share one recording pass."""
+    """Trains the adaptor for ``span`` against the frozen ``model``, from a teacher record
+    holding the span's input and output states (see record_teacher)."""
     started = time.perf_counter()
     num_layers = len(decoder_layers(model))
     if span.first_layer < 1 or span.last_layer >= num_layers:
         raise ValueError(f"span {span} must lie within layers 1..{num_layers - 1}")
-    needed = (span.first_layer, span.last_layer + 1)
-    if token_states is None or any(s not in token_states for s in needed):
-        token_states = record_token_states(model, batches, needed)
+    missing = {span.first_layer, span.last_layer + 1} - set(teacher.states)
+    if missing:
+        raise ValueError(f"the teacher record lacks states {sorted(missing)} of span {span}")
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    pairs = _split(token_states[needed[0]], token_states[needed[1]], generator)
-    config_params = model.config
+    x, y = teacher.real_tokens(span.first_layer), teacher.real_tokens(span.last_layer + 1)
+    order = torch.randperm(x.shape[0], generator=generator)
+    held_out = max(1, int(x.shape[0] * HELD_OUT_TOKEN_FRACTION))
+    test, train = order[:held_out], order[held_out:]
+    model_config = model.config
     shape = AdaptorShape(
-        hidden_size=int(config_params.hidden_size),
-        intermediate_size=config.intermediate_size or int(config_params.hidden_size),
-        rms_norm_eps=float(getattr(config_params, "rms_norm_eps", 1e-6)),
+        hidden_size=int(model_config.hidden_size),
+        intermediate_size=config.intermediate_size or int(model_config.hidden_size),
+        rms_norm_eps=float(getattr(model_config, "rms_norm_eps", 1e-6)),
     )
     adaptor = SpanAdaptor(shape).float()
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)
     try:
-        _fit_mse(adaptor, pairs, config, generator)
-        after_mse = unexplained_fraction(adaptor, pairs.test_x, pairs.test_y)
+        _fit_mse(adaptor, x[train], y[train], config, generator)
+        after_mse = unexplained_fraction(adaptor, x[test], y[test])
         final_kl = None
-        if config.kl_steps > 0:
-            final_kl = _fit_kl(model, adaptor, span, batches, config, generator)
+        if config.kl_steps > 0 and teacher.log_probs:
+            final_kl = _fit_kl(model, adaptor, span, teacher, config, generator)
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(requires_grad[name])
@@ -235,7 +269,7 @@ def distill_adaptor(
         span=span,
         adaptor=adaptor,
         unexplained_after_mse=after_mse,
-        unexplained_final=unexplained_fraction(adaptor, pairs.test_x, pairs.test_y),
+        unexplained_final=unexplained_fraction(adaptor, x[test], y[test]),
         final_kl=final_kl,
         seconds=time.perf_counter() - started,
     )
@@ -247,14 +281,16 @@ def distill_spans(
     spans: Sequence[Span],
     config: DistillConfig,
     on_done: Callable[[DistilledAdaptor], None] | None = None,
-) -> list[DistilledAdaptor]:
-    """distill_adaptor for each span, recording the teacher's states once for all of them."""
+) -> tuple[list[DistilledAdaptor], TeacherRecord]:
+    """distill_adaptor for each span from one shared teacher pass; returns the results (in
+    ``spans`` order) and the teacher record."""
     states = sorted({s.first_layer for s in spans} | {s.last_layer + 1 for s in spans})
-    token_states = record_token_states(model, batches, states)
+    log_prob_batches = config.kl_batches if config.kl_steps > 0 else 0
+    teacher = record_teacher(model, batches, states, log_prob_batches)
     results = []
     for span in spans:
-        result = distill_adaptor(model, batches, span, config, token_states)
+        result = distill_adaptor(model, teacher, span, config)
         results.append(result)
         if on_done is not None:
             on_done(result)
-    return results
+    return results, teacher

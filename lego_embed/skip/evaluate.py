@@ -10,8 +10,11 @@ Methods, for a skip budget of k layers:
 
 Decision accuracy is the share of held-out situations where the model's constrained greedy
 answer equals the expert policy's action. Perplexity is exp(mean next-token cross-entropy) over
-every real token of held-out prompt + answer sequences. Both use whole-sequence passes of the
-plan (``reference.plan_logits``); the executor produces the same logits (tests check this).
+every real token of held-out prompt + answer sequences. Both come from one whole-sequence pass
+of the plan per batch over prompt + expert answer (``reference.plan_logits``): with the expert's
+tokens in place, the logits at each answer position are what constrained decoding sees as long
+as it follows the expert, so agreement is exact (tests compare it with the executor-run NPC
+decider).
 
 Loss reduction versus plain skipping at one level: 1 - (full - adaptor) / (full - plain_skip)
 on accuracy; the reported value averages it over the levels that skip at most a quarter of the
@@ -22,7 +25,7 @@ The same formula on perplexity (plain_skip - full in the denominator) is reporte
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -42,22 +45,23 @@ SKIPPING_METHODS = METHODS[1:]
 
 
 class ActionSampler(Protocol):
-    """A TokenSampler that can also name the action its tokens spell (the NPC package's
-    ConstrainedActionSampler)."""
+    """The constrained decoder of NPC decisions (the NPC package's ConstrainedActionSampler):
+    picks the next token among those that continue an allowed action."""
 
     def next_token(self, logits: torch.Tensor, generated: Sequence[int]) -> int: ...
 
     def finished(self, generated: Sequence[int]) -> bool: ...
 
-    def action(self, generated: Sequence[int]) -> str | None: ...
-
 
 @dataclass(frozen=True)
-class DecisionCase:
-    """One held-out situation: its prompt's token ids and the expert's action."""
+class PlanScore:
+    """One plan on held-out data: accuracy = share of decisions equal to the expert's (0..1),
+    perplexity per token; decisions and tokens counted."""
 
-    prompt_ids: tuple[int, ...]
-    expected_action: str
+    accuracy: float
+    perplexity: float
+    decisions: int
+    tokens: int
 
 
 @dataclass(frozen=True)
@@ -163,99 +167,77 @@ def method_plans(bundle: SkipBundle, similarity: SimilarityMap, level: int) -> d
     }
 
 
-@torch.no_grad()
-def decide_batch(
-    model: nn.Module,
-    plan: LayerPlan,
-    prompts: Sequence[Sequence[int]],
-    sampler: ActionSampler,
-    pad_token_id: int,
-    max_new_tokens: int = 8,
-) -> list[str | None]:
-    """Constrained greedy decisions for many prompts at once (right-padded, recomputed from
-    scratch each token, so no KV cache is involved); None where no action was completed."""
-    generated: list[list[int]] = [[] for _ in prompts]
-    active = list(range(len(prompts)))
-    for _ in range(max_new_tokens):
-        if not active:
-            break
-        rows = [list(prompts[i]) + generated[i] for i in active]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, row in enumerate(rows):
-            ids[j, : len(row)] = torch.tensor(row)
-            mask[j, : len(row)] = 1
-        logits = plan_logits(model, ids, mask, plan).float()
-        still = []
-        for j, i in enumerate(active):
-            token = sampler.next_token(logits[j, len(rows[j]) - 1], generated[i])
-            generated[i].append(int(token))
-            if not sampler.finished(generated[i]):
-                still.append(i)
-        active = still
-    return [sampler.action(g) if sampler.finished(g) else None for g in generated]
+def _agrees_with_expert(
+    logits: torch.Tensor, ids: torch.Tensor, answer_positions: list[int], sampler: ActionSampler
+) -> bool:
+    """Whether constrained greedy decoding would produce the expert answer of one sequence.
 
-
-def decision_accuracy(
-    model: nn.Module,
-    plan: LayerPlan,
-    cases: Sequence[DecisionCase],
-    sampler: ActionSampler,
-    pad_token_id: int,
-    batch_size: int = 128,
-) -> float:
-    """Share of ``cases`` whose constrained greedy decision equals the expert's action."""
-    if not cases:
-        raise ValueError("no decision cases to evaluate")
-    hits = 0
-    for start in range(0, len(cases), batch_size):
-        group = cases[start : start + batch_size]
-        actions = decide_batch(model, plan, [c.prompt_ids for c in group], sampler, pad_token_id)
-        hits += sum(a == c.expected_action for a, c in zip(actions, group, strict=True))
-    return hits / len(cases)
+    The sequence holds the expert's answer tokens (teacher forcing), so the logits at each
+    answer position are exactly what the decoder would see as long as it has followed the
+    expert so far: it agrees iff every choice up to the point where the action is decided
+    equals the expert's token."""
+    generated: list[int] = []
+    for position in answer_positions:
+        token = sampler.next_token(logits[position], generated)
+        if token != int(ids[position + 1]):
+            return False
+        generated.append(token)
+        if sampler.finished(generated):
+            return True
+    return False
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, plan: LayerPlan, batches: Sequence[CalibrationBatch]) -> float:
-    """exp(mean next-token cross-entropy) over every real token that has a real successor."""
-    total_nll = 0.0
-    count = 0
+def score_plan(
+    model: nn.Module, plan: LayerPlan | None, batches: Sequence[CalibrationBatch],
+    sampler: ActionSampler,
+) -> PlanScore:
+    """Decision agreement and perplexity of ``plan`` on held-out batches of prompt + expert
+    answer sequences, from one whole-sequence pass per batch.
+
+    Perplexity is exp(mean next-token cross-entropy) over every real token that has a real
+    successor. A sequence counts as a decision when it has answer positions."""
+    total_nll, tokens, hits, decisions = 0.0, 0, 0, 0
     for batch in batches:
-        logits = plan_logits(model, batch.input_ids, batch.attention_mask, plan)[:, :-1].float()
+        logits = plan_logits(model, batch.input_ids, batch.attention_mask, plan).float()
         targets = batch.input_ids[:, 1:]
         valid = batch.attention_mask[:, 1:].bool()
-        nll = nn.functional.cross_entropy(logits[valid], targets[valid], reduction="sum")
-        total_nll += float(nll)
-        count += int(valid.sum())
-    if count == 0:
-        raise ValueError("held-out batches hold no predictable tokens")
-    return math.exp(total_nll / count)
+        total_nll += float(nn.functional.cross_entropy(
+            logits[:, :-1][valid], targets[valid], reduction="sum"))
+        tokens += int(valid.sum())
+        for row in range(batch.input_ids.shape[0]):
+            positions = batch.answer_mask[row].nonzero().flatten().tolist()
+            if positions:
+                decisions += 1
+                hits += _agrees_with_expert(logits[row], batch.input_ids[row], positions, sampler)
+    if tokens == 0 or decisions == 0:
+        raise ValueError("held-out batches hold no predictable tokens or no answers")
+    return PlanScore(hits / decisions, math.exp(total_nll / tokens), decisions, tokens)
 
 
 def evaluate_bundle(
     model: nn.Module,
     bundle: SkipBundle,
     similarity: SimilarityMap,
-    cases: Sequence[DecisionCase],
-    sampler: ActionSampler,
     heldout_batches: Sequence[CalibrationBatch],
-    pad_token_id: int,
+    sampler: ActionSampler,
     model_name: str,
+    on_scored: Callable[[int, str, PlanScore], None] | None = None,
 ) -> SkipEvaluation:
-    """Every method at every level of ``bundle`` (full model evaluated once)."""
-    full_plan = LayerPlan.full(bundle.identity.num_layers)
-    full_accuracy = decision_accuracy(model, full_plan, cases, sampler, pad_token_id)
-    full_perplexity = perplexity(model, full_plan, heldout_batches)
+    """Every method at every level of ``bundle`` (the full model scored once)."""
+    full = score_plan(model, LayerPlan.full(bundle.identity.num_layers), heldout_batches, sampler)
+    if on_scored is not None:
+        on_scored(0, "full", full)
     levels = []
     for lv in bundle.levels:
         plans = method_plans(bundle, similarity, lv.level)
-        accuracy = {"full": full_accuracy}
-        ppl = {"full": full_perplexity}
+        accuracy = {"full": full.accuracy}
+        ppl = {"full": full.perplexity}
         for method in SKIPPING_METHODS:
-            accuracy[method] = decision_accuracy(model, plans[method], cases, sampler,
-                                                 pad_token_id)
-            ppl[method] = perplexity(model, plans[method], heldout_batches)
+            score = score_plan(model, plans[method], heldout_batches, sampler)
+            accuracy[method], ppl[method] = score.accuracy, score.perplexity
+            if on_scored is not None:
+                on_scored(lv.level, method, score)
         levels.append(LevelEvaluation(
             level=lv.level,
             skipped_layers=lv.skipped_layers,
@@ -268,8 +250,8 @@ def evaluate_bundle(
     return SkipEvaluation(
         model=model_name,
         num_layers=bundle.identity.num_layers,
-        decision_cases=len(cases),
-        heldout_tokens=sum(b.real_tokens for b in heldout_batches),
+        decision_cases=full.decisions,
+        heldout_tokens=full.tokens,
         levels=levels,
     )
 
