@@ -122,3 +122,16 @@ def test_context_limit_ends_generation(loaded):
     state = Executor(model).start(random_prompt(120, seed=7), Endless())
     Executor(model).run_to_completion(state)
     assert len(state.generated) == 128 - 120
+
+
+def test_eager_attention_with_additive_masks_equals_hf(tmp_path):
+    """The executor also runs models set to eager attention (float masks, not boolean)."""
+    model = load_model(save_tiny_model(tmp_path, "mistral", seed=4))
+    model.model.set_attn_implementation("eager")
+    prompt = random_prompt(12, seed=10)
+    expected_tokens, expected_logits = hf_greedy_reference(model.model, prompt, 6)
+    executor = Executor(model, prefill_chunk_tokens=5)
+    assert not executor.boolean_mask
+    state, logits = run_greedy(executor, prompt, 6)
+    assert state.generated == expected_tokens
+    torch.testing.assert_close(logits, expected_logits, atol=1e-5, rtol=0)

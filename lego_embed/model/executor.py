@@ -397,11 +397,14 @@ class Executor:
     ) -> torch.Tensor | None:
         """Which keys each query may attend to, shape (batch, 1, tokens, past + tokens): causal by
         absolute position, inside the sliding window, not padding. None where plain causal
-        attention over everything is exact (one request, no past or one query, window not hit)."""
+        attention over everything is exact (one request, one query or an SDPA prefill with no
+        past, window not reached)."""
         batch, tokens = query_pos.shape
         window = self.windows[layer_idx]
         last_query = starts[0] + tokens - 1
-        if batch == 1 and (past == 0 or tokens == 1) and (window is None or last_query < window):
+        # SDPA applies the causal mask itself when given none (HF passes is_causal); eager not.
+        causal_by_itself = tokens == 1 or (past == 0 and self.boolean_mask)
+        if batch == 1 and causal_by_itself and (window is None or last_query < window):
             return None
         past_pos = torch.stack([F.pad(c.positions, (0, past - len(c))) for c in caches])
         past_valid = torch.arange(past, device=self.device)[None, :] < torch.tensor(
