@@ -1,0 +1,1 @@
+"""The model layer: loading local HF models, the partitioned executor, subtask cost profiles."""
