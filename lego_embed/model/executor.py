@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from lego_embed.errors import ExecutorUsageError, InvalidPromptError, PromptTooLongError
+from lego_embed.errors import (
+    ExecutorUsageError,
+    InvalidPromptError,
+    PromptTooLongError,
+    UnsupportedArchitectureError,
+)
 from lego_embed.model.kv_cache import BatchCacheCall, LayerKV, PrefixCache
 from lego_embed.model.layer_plan import AdaptorStep, LayerPlan, LayerStep, as_layer_plan
 from lego_embed.model.loading import LoadedModel
@@ -123,7 +128,13 @@ class Executor:
         self.num_layers = len(self.layers)
         self.vocab_size = int(self.embed_tokens.num_embeddings)
         self.windows = [_sliding_window(self.config, i) for i in range(self.num_layers)]
-        self.boolean_mask = self.config._attn_implementation == "sdpa"
+        attention = self.config._attn_implementation
+        if attention not in ("sdpa", "eager"):
+            raise UnsupportedArchitectureError(
+                f"the model uses '{attention}' attention; the executor needs 'sdpa' or 'eager' "
+                "(load it with lego_embed.model.loading.load_model, which picks 'sdpa')"
+            )
+        self.boolean_mask = attention == "sdpa"
         self.timer = SubtaskTimer(self.device)
         self._rope_cache: tuple | None = None
 
