@@ -32,8 +32,9 @@ def quantize_cooldown(seconds: float) -> int:
 
 
 def persona_prefix(persona: str) -> str:
-    """The static start of every prompt of an NPC with this persona."""
-    return f"persona {_word(persona)}{SEPARATOR}"
+    """The static start of every prompt of an NPC with this persona (no trailing space, so
+    that it tokenizes exactly as the start of the full prompt)."""
+    return f"persona {_word(persona)}{SEPARATOR.rstrip()}"
 
 
 def build_prompt(state: GameState) -> str:
@@ -49,4 +50,4 @@ def build_prompt(state: GameState) -> str:
         for name, seconds in sorted(state.cooldowns.items())
     ]
     parts += [f"allies {state.allies}", "action"]
-    return persona_prefix(state.persona) + SEPARATOR.join(parts)
+    return f"{persona_prefix(state.persona)} {SEPARATOR.join(parts)}"
