@@ -85,6 +85,8 @@ func _ready() -> void:
 	runtime.connect("runtime_failed", self, "_on_runtime_failed")
 	VisualServer.connect("frame_post_draw", self, "_on_frame_post_draw")
 	started = not llm_enabled
+	if llm_enabled and runtime.failure != "":
+		_on_runtime_failed(runtime.failure)
 
 
 func _build_world() -> void:
@@ -170,6 +172,8 @@ func _on_runtime_ready(info: Dictionary) -> void:
 func _on_runtime_failed(reason: String) -> void:
 	if llm_enabled:
 		hud_status.text = "LLM unavailable: " + reason
+		failure_reasons[reason] = failure_reasons.get(reason, 0) + 1
+		started = true  # the timed run (and its report) go on, showing the failure
 
 
 func _on_enemy_acted(enemy: Node, action: String, info: Dictionary) -> void:

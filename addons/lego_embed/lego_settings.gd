@@ -21,7 +21,8 @@ const DEFAULTS = {
 	"lego_embed/runtime/torch_threads": 1,
 	# Longest time (ms) the game thread can wait for Python's GIL when it calls the bridge.
 	"lego_embed/runtime/switch_interval_ms": 0.5,
-	# Extra keyword arguments for the runtime's RuntimeConfig.
+	# Extra keyword arguments for the runtime's RuntimeConfig ($LEGO_EMBED_RUNTIME_OPTIONS, a JSON
+	# object, overrides it).
 	"lego_embed/runtime/options": {},
 }
 
@@ -73,5 +74,15 @@ static func bridge_config() -> Dictionary:
 		"sys_path": sys_path,
 		"torch_threads": int(read("lego_embed/runtime/torch_threads")),
 		"switch_interval_ms": float(read("lego_embed/runtime/switch_interval_ms")),
-		"runtime_options": read("lego_embed/runtime/options"),
+		"runtime_options": runtime_options(),
 	}
+
+
+# lego_embed/runtime/options, or $LEGO_EMBED_RUNTIME_OPTIONS (a JSON object) when set.
+static func runtime_options() -> Dictionary:
+	if OS.has_environment("LEGO_EMBED_RUNTIME_OPTIONS"):
+		var parsed := JSON.parse(OS.get_environment("LEGO_EMBED_RUNTIME_OPTIONS"))
+		if parsed.error == OK and typeof(parsed.result) == TYPE_DICTIONARY:
+			return parsed.result
+		push_error("lego_embed: LEGO_EMBED_RUNTIME_OPTIONS is not a JSON object; using the project setting")
+	return read("lego_embed/runtime/options")

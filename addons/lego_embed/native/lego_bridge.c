@@ -42,7 +42,7 @@
 #define EVENT_NAME_BYTES 48
 #define ERROR_BYTES 2048
 #define MAX_JSON_DEPTH 32
-#define PUMP_POLL_NS 250000 /* the pump looks at the queues every 0.25 ms */
+#define PUMP_POLL_NS 1000000 /* the pump looks at the queues every 1 ms */
 
 static const godot_gdnative_core_api_struct *api = NULL;
 static const godot_gdnative_ext_nativescript_api_struct *nativescript_api = NULL;
@@ -493,7 +493,7 @@ static PyMethodDef bridge_methods[] = {
 	{ "wait_engine", bridge_wait_engine, METH_VARARGS,
 			"wait_engine(timeout_s) -> (events, requests): engine events [(kind, name, t_ns)] and "
 			"requests [(request_id, json_text)] since the last call; waits up to timeout_s seconds "
-			"(GIL released, polling every 0.25 ms) while both are empty." },
+			"(GIL released, polling every 1 ms) while both are empty." },
 	{ "push_result", bridge_push_result, METH_VARARGS,
 			"push_result(json_text): queue one result (a JSON object) for the engine's next poll()." },
 	{ "counters", bridge_counters, METH_NOARGS,
