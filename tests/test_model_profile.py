@@ -100,9 +100,12 @@ def test_cli_writes_a_profile(model_folder, tmp_path, capsys):
             "0",
             "--repeats",
             "1",
+            "--plot",
+            str(tmp_path / "profile.png"),
         ]
     )
     assert code == 0
+    assert (tmp_path / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert CostProfile.load(out).num_layers == 4
     assert "attention" in capsys.readouterr().out
 

@@ -29,6 +29,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, help="'bundled' or a local HF model folder")
     parser.add_argument("--out", default="cost_profile.json", help="JSON file to write")
+    parser.add_argument("--plot", default=None, help="also write a PNG chart here")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--prompt-lengths", type=_lengths, default="16,32,64,128,256,512")
@@ -59,6 +60,10 @@ def _profile(args: argparse.Namespace) -> int:
         progress=lambda message: print(f"  measuring {message}", file=sys.stderr, flush=True),
     )
     profile.save(args.out)
+    if args.plot:
+        from lego_embed.model.profile_plot import plot_cost_profile
+
+        plot_cost_profile(profile, args.plot)
     print(
         f"{'kind':<10} {'phase':<8} {'tokens':>7} {'context':>8} {'median_us':>10} {'p90_us':>10}"
     )
