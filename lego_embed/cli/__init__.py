@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lego_embed.cli import bench_commands, fleet_commands, model_commands, skip_commands
+from lego_embed.cli import (
+    bench_commands,
+    fleet_commands,
+    model_commands,
+    npc_commands,
+    skip_commands,
+)
 from lego_embed.errors import LegoEmbedError
 
-COMMAND_MODULES = (model_commands, bench_commands, skip_commands, fleet_commands)
+COMMAND_MODULES = (npc_commands, model_commands, bench_commands, skip_commands, fleet_commands)
 
 
 def main(argv: list[str] | None = None) -> int:
