@@ -71,7 +71,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     result = expert_agreement(decide, args.states)
     report = {
-        "model": str(loaded.path),
+        "model": args.model,
         "n_layers": loaded.num_layers,
         "size_bytes": sum(f.stat().st_size for f in loaded.path.glob("*.safetensors")),
         "heldout_agreement": round(result.agreement, 4),
