@@ -19,6 +19,7 @@ frame's end and must end before the next tick (its vsync deadline); otherwise it
 from __future__ import annotations
 
 import csv
+import ctypes
 import io
 import math
 import multiprocessing
@@ -39,7 +40,7 @@ from lego_embed.runtime.events import (
 )
 
 FRAME_BUDGET_60FPS_MS = 1000.0 / 60.0
-NEAR_ZERO_RENDER_MS = 1.0
+PR_SET_TIMERSLACK = 29
 RENDER_COLUMN_KEY = "rendertime"
 FRAME_NUMBER_COLUMN = "framenum"
 BUDGET_COLUMN_PREFIX = "frametime"
@@ -307,6 +308,16 @@ def simulate_frames(
         yield FrameRecord(index, frame_render_ms, begin_ns, t_ns, deadline_ns, tuple(spans)), events
 
 
+def set_timer_slack_ns(slack_ns: int) -> bool:
+    """Linux: lets this thread's sleeps end within slack_ns of their deadline (default 50 us),
+    so pass gaps and vsync waits are replayed precisely. False where prctl is unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(slack_ns), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def _burn_cpu_ns(cpu_ns: int) -> None:
     """Busy-computes until this thread has used cpu_ns of CPU time (longer wall time if shared)."""
     stop = time.thread_time_ns() + cpu_ns
@@ -320,17 +331,57 @@ def _sleep_until_ns(t_ns: int) -> None:
         time.sleep(remaining_ns / 1e9)
 
 
+class CudaPassBurner:
+    """Replays a render pass as GPU work in the render process's own CUDA context (as a game's
+    graphics would be): fp16 square matmuls on a highest-priority stream, their count sized by
+    a calibration at start so that an uncontended pass takes its trace time. Like the CPU burn,
+    the work is fixed, so it takes longer when the LLM competes for the GPU.
+    Written for the device tool's GPU; no GPU was lent to this task, so it is untested here.
+    """
+
+    def __init__(self, device_index: int = 0, size: int = 1024, calibration_matmuls: int = 200):
+        import torch
+
+        self.torch = torch
+        torch.cuda.set_device(device_index)
+        self.stream = torch.cuda.Stream(priority=min(torch.cuda.Stream.priority_range()))
+        with torch.cuda.stream(self.stream):
+            self.a = torch.randn(size, size, device="cuda", dtype=torch.float16)
+            self.b = torch.randn(size, size, device="cuda", dtype=torch.float16)
+            self.out = torch.empty_like(self.a)
+            for _ in range(20):
+                torch.mm(self.a, self.b, out=self.out)
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record(self.stream)
+            for _ in range(calibration_matmuls):
+                torch.mm(self.a, self.b, out=self.out)
+            end.record(self.stream)
+        end.synchronize()
+        self.ms_per_matmul = start.elapsed_time(end) / calibration_matmuls
+
+    def burn_ms(self, busy_ms: float) -> None:
+        count = max(1, round(busy_ms / self.ms_per_matmul))
+        with self.torch.cuda.stream(self.stream):
+            for _ in range(count):
+                self.torch.mm(self.a, self.b, out=self.out)
+        self.stream.synchronize()
+
+
 def _render_main(
     render_ms: Sequence[float],
     pass_model: PassModel,
     frame_budget_ms: float,
     start_delay_ms: float,
     core: int | None,
+    device: str,
     events_out: multiprocessing.connection.Connection,
 ) -> None:
     """The render process: replays frames for real and sends events, then the frame records."""
     if core is not None:
         os.sched_setaffinity(0, {core})
+    set_timer_slack_ns(1)
+    gpu = CudaPassBurner() if device == "cuda" else None
     budget_ns = round(frame_budget_ms * 1e6)
     origin_ns = time.monotonic_ns() + round(start_delay_ms * 1e6)
     events_out.send(("origin", origin_ns))
@@ -346,7 +397,10 @@ def _render_main(
         for k, (name, busy_ms) in enumerate(zip(pass_model.passes, passes, strict=True)):
             pass_begin_ns = time.monotonic_ns()
             events_out.send((PASS_BEGIN, name, pass_begin_ns))
-            _burn_cpu_ns(round(busy_ms * 1e6))
+            if gpu is None:
+                _burn_cpu_ns(round(busy_ms * 1e6))
+            else:
+                gpu.burn_ms(busy_ms)
             pass_end_ns = time.monotonic_ns()
             events_out.send((PASS_END, name, pass_end_ns))
             spans.append((name, pass_begin_ns, pass_end_ns))
@@ -364,7 +418,8 @@ class RenderProcess:
 
     Each pass busy-burns exactly its share of the frame's render time in CPU time (so it takes
     longer in wall time when another thread competes for the core), gaps and the wait for vsync
-    sleep. Events arrive through `events()` as EngineEvents with the render process's
+    sleep. With device="cuda" the passes are GPU work instead (`CudaPassBurner`). Events
+    arrive through `events()` / `poll_event()` as EngineEvents with the render process's
     `time.monotonic_ns()` timestamps; `origin_ns` is the first vsync tick (known once the first
     event arrived); after the last frame `records` holds every FrameRecord.
     """
@@ -377,14 +432,17 @@ class RenderProcess:
         frame_budget_ms: float = FRAME_BUDGET_60FPS_MS,
         core: int | None = None,
         start_delay_ms: float = 50.0,
+        device: str = "cpu",
     ) -> None:
         self.render_ms = list(trace.render_ms[: frames or trace.frames])
         self.pass_model = pass_model or PassModel()
         self.frame_budget_ms = frame_budget_ms
         self.core = core
+        self.device = device
         self.origin_ns = 0
         self.start_delay_ms = start_delay_ms
         self.records: list[FrameRecord] = []
+        self.done = False
         context = multiprocessing.get_context("spawn")
         self._receiver, self._sender = context.Pipe(duplex=False)
         self._context = context
@@ -394,26 +452,37 @@ class RenderProcess:
         self._process = self._context.Process(
             target=_render_main,
             args=(self.render_ms, self.pass_model, self.frame_budget_ms, self.start_delay_ms,
-                  self.core, self._sender),
+                  self.core, self.device, self._sender),
             daemon=True,
         )
         self._process.start()
         self._sender.close()
 
+    def poll_event(self, timeout_s: float) -> EngineEvent | None:
+        """The next event, or None if none came within timeout_s (or the message was the vsync
+        origin, or the replay ended: then `done` is True and `records` is filled)."""
+        if self.done or not self._receiver.poll(max(timeout_s, 0.0)):
+            return None
+        try:
+            message = self._receiver.recv()
+        except EOFError:
+            self.done = True
+            return None
+        if message[0] == "origin":
+            self.origin_ns = message[1]
+            return None
+        if message[0] == "records":
+            self.records = [FrameRecord(*record) for record in message[1]]
+            self.done = True
+            return None
+        return EngineEvent(*message)
+
     def events(self) -> Iterator[EngineEvent]:
         """Blocks for each next event; ends after the last frame (then `records` is filled)."""
-        while True:
-            try:
-                message = self._receiver.recv()
-            except EOFError:
-                return
-            if message[0] == "origin":
-                self.origin_ns = message[1]
-                continue
-            if message[0] == "records":
-                self.records = [FrameRecord(*record) for record in message[1]]
-                return
-            yield EngineEvent(*message)
+        while not self.done:
+            event = self.poll_event(1.0)
+            if event is not None:
+                yield event
 
     def join(self, timeout_s: float = 10.0) -> None:
         if self._process is not None:

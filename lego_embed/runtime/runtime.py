@@ -30,6 +30,7 @@ from lego_embed.model.executor import Executor, GreedySampler
 from lego_embed.model.kv_cache import PrefixCache
 from lego_embed.model.layer_plan import LayerPlan
 from lego_embed.model.loading import LoadedModel
+from lego_embed.model.profile import CostProfile
 from lego_embed.npc.combat_task import random_situation
 from lego_embed.npc.decider import PreparedDecision, prepare_decision
 from lego_embed.npc.prompt import build_prompt, persona_prefix
@@ -40,6 +41,7 @@ from lego_embed.runtime.headroom import HeadroomTracker, WindowHeadroom
 from lego_embed.runtime.predictor import HeadroomPredictor
 from lego_embed.runtime.scheduler import (
     POLICIES,
+    CostModel,
     Dispatch,
     LevelOption,
     ScheduledRequest,
@@ -47,6 +49,7 @@ from lego_embed.runtime.scheduler import (
     SchedulerConfig,
 )
 
+FREE_TEXT_TOKENS = 16
 IDLE_WAIT_S = 0.05
 PENDING_WAIT_S = 0.002
 WARMUP_DECODE_TOKENS = 3
@@ -91,6 +94,10 @@ class RuntimeConfig:
     prefix KV reuse). static_level / static_slice_ms: the static_skip policy. cpu_core: pin the
     worker thread to this core (CPU runs). record_timeline: keep (start_ns, end_ns, kind,
     batch) of every subtask in `Runtime.timeline`. warmup: measure the cost profile at start().
+    constrained: decode with the action trie (default); False generates up to 16 free tokens
+    (LEGO's shape) and accepts the answer only if its text is an allowed action. cost_profile:
+    a `lego-embed profile` JSON that seeds the cost model (the warm-up and every measured
+    subtask then correct it).
     """
 
     policy: str = "lego"
@@ -107,6 +114,8 @@ class RuntimeConfig:
     cpu_core: int | None = None
     record_timeline: bool = False
     warmup: bool = True
+    constrained: bool = True
+    cost_profile: str | None = None
 
     def validate(self) -> RuntimeConfig:
         if self.policy not in POLICIES:
@@ -172,6 +181,8 @@ class Runtime:
                 static_level=cfg.static_level,
                 static_slice_ns=round(cfg.static_slice_ms * 1e6),
             ),
+            CostModel.from_profile(CostProfile.load(cfg.cost_profile))
+            if cfg.cost_profile else None,
         )
         self.predictor = HeadroomPredictor()
         self.tracker = HeadroomTracker(cfg.frame_budget_ms, cfg.window_ms, on_window=self._window)
@@ -352,11 +363,14 @@ class Runtime:
             if self.config.prefix_reuse and prefix_ids:
                 prefix = self._prefixes.get(prefix_ids)
                 self._counters["prefix_hits"] += prefix is not None
-            state = self.executor.start(prepared.prompt_ids, prepared.sampler, prefix=prefix)
+            sampler = prepared.sampler if self.config.constrained else GreedySampler(
+                self.loaded.tokenizer.eos_token_id, FREE_TEXT_TOKENS
+            )
+            state = self.executor.start(prepared.prompt_ids, sampler, prefix=prefix)
             request = ScheduledRequest(
                 incoming.request_id, incoming.npc_id, state, incoming.arrival_ns,
                 incoming.arrival_ns + round(incoming.deadline_ms * 1e6),
-                prepared.sampler.max_new_tokens, payload=incoming,
+                sampler.max_new_tokens, payload=incoming,
             )
             self.scheduler.admit(request, now_ns, self.headroom_rate())
 
@@ -408,6 +422,12 @@ class Runtime:
                 self._counters["escalations"] += escalated
         return keep_going
 
+    def _action(self, prepared: PreparedDecision, generated: list[int]) -> str | None:
+        if self.config.constrained:
+            return prepared.sampler.action(generated)
+        text = self.loaded.tokenizer.decode(generated, skip_special_tokens=True).strip()
+        return text if text in prepared.sampler.trie.actions else None
+
     def _prefix_ids(self, prepared: PreparedDecision) -> tuple[int, ...]:
         """The prompt's static persona part: the tokens it shares with the encoded persona
         prefix (a tokenizer may encode the prefix's trailing blank as a token of its own)."""
@@ -442,9 +462,9 @@ class Runtime:
         now_ns = time.monotonic_ns()
         incoming: _Incoming = request.payload
         state = request.state
-        action = None if error else incoming.prepared.sampler.action(state.generated)
+        action = None if error else self._action(incoming.prepared, state.generated)
         if action is None and error is None:
-            error = "decoding ended without a complete action"
+            error = "the answer is not one of the allowed actions"
         option = self.levels[request.level]
         decision = Decision(
             request_id=request.request_id,

@@ -27,6 +27,7 @@ from typing import Any
 
 from lego_embed.model.executor import Executor, RequestState
 from lego_embed.model.layer_plan import AdaptorStep, LayerPlan
+from lego_embed.model.profile import CostProfile
 from lego_embed.model.subtask import DECODE, PREFILL, Subtask, SubtaskKind
 from lego_embed.runtime.headroom import OpenGap
 
@@ -80,6 +81,17 @@ class CostModel:
             key: _CostEstimate(float(ns), 0.0) for key, ns in (profile_ns or {}).items()
         }
         self._cache: dict[tuple[str, str, int], float] = {}
+
+    @classmethod
+    def from_profile(cls, profile: CostProfile, deviations: float = 2.0) -> CostModel:
+        """Seeded from a `lego-embed profile` CostProfile (median us per subtask shape; entries
+        falling in one token bucket are averaged)."""
+        grouped: dict[tuple[str, str, int], list[float]] = {}
+        for entry in profile.entries:
+            subtask = Subtask(SubtaskKind(entry.kind), entry.phase, 0, 0, entry.tokens,
+                              entry.context_tokens)
+            grouped.setdefault(cost_key(subtask), []).append(entry.median_us * 1000.0)
+        return cls({key: sum(v) / len(v) for key, v in grouped.items()}, deviations)
 
     def record(self, subtask: Subtask, duration_ns: int) -> None:
         key = cost_key(subtask)
@@ -218,7 +230,7 @@ class Scheduler:
 
     def admit(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> None:
         """Queues a request and picks its skip level (smallest that fits, see module doc)."""
-        request.level = self._initial_level(request, now_ns, headroom_rate)
+        request.level = self.choose_level(request, now_ns, headroom_rate)
         self._apply_level(request)
         heapq.heappush(self._queue, request) if self.config.edf else self._queue.append(request)
 
@@ -273,7 +285,10 @@ class Scheduler:
         usable = time_left_ns * headroom_rate * self.config.usable_fraction
         return usable - self._work_ahead_ns(request)
 
-    def _initial_level(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> int:
+    def choose_level(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> int:
+        """The level a new request starts at: the policy's fixed level, or for `lego` the
+        smallest whose predicted cost fits the usable predicted headroom before its deadline
+        after the work queued ahead of it (the largest level if none fits)."""
         policy = self.config.policy
         if policy == "static_skip":
             return self.static_level

@@ -7,6 +7,7 @@ import pytest
 from lego_embed.model.executor import Executor, GreedySampler
 from lego_embed.model.layer_plan import AdaptorStep, LayerPlan
 from lego_embed.model.loading import LoadedModel
+from lego_embed.model.profile import CostEntry, CostProfile
 from lego_embed.model.subtask import DECODE, PREFILL, Subtask, SubtaskKind
 from lego_embed.runtime.headroom import INTER_FRAME_SLOT, OpenGap
 from lego_embed.runtime.scheduler import (
@@ -195,3 +196,18 @@ def test_cost_model_learns_measured_times() -> None:
     # an unseen token bucket of the same kind is scaled from the nearest one
     batched = Subtask(SubtaskKind.LAYER, DECODE, 3, 3, 4, 20)
     assert model.predict_ns(batched) > model.predict_ns(subtask)
+
+
+def test_cost_model_seeded_from_a_cost_profile() -> None:
+    profile = CostProfile(
+        model="m", family="llama", device="cpu", dtype="float32", num_layers=2, torch_threads=1,
+        warmup=1, repeats=1, created_utc="now",
+        entries=[
+            CostEntry("attention", PREFILL, 16, 16, 120.0, 150.0, 4),
+            CostEntry("layer", DECODE, 1, 32, 80.0, 90.0, 4),
+            CostEntry("layer", DECODE, 1, 48, 100.0, 110.0, 4),
+        ],
+    )
+    model = CostModel.from_profile(profile)
+    assert model.predict_ns(Subtask(SubtaskKind.ATTENTION, PREFILL, 0, 0, 16, 16)) == 120_000
+    assert model.predict_ns(Subtask(SubtaskKind.LAYER, DECODE, 5, 5, 1, 40)) == 90_000
