@@ -11,6 +11,7 @@ DEFAULT_CALIBRATION = (Path(__file__).resolve().parents[1] / "assets" / "fleet"
                        / "qwen25_7b_h100_64gb.calibration.json")
 DEFAULT_SURROGATE = DEFAULT_CALIBRATION.parent / "qwen25_7b_h100_64gb.surrogate.json"
 DEFAULT_SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+DEFAULT_CACHE = Path("/tmp/lego_embed_fleet_validation.jsonl")
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -32,6 +33,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", type=Path, default=DEFAULT_CALIBRATION)
     p.add_argument("--duration", type=float, default=None, help="simulated s (default: as run)")
     p.add_argument("--out", type=Path, default=None, help="write per-run rows as JSON")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                   help="per-run twin results, reused when the calibration is unchanged")
     p.set_defaults(run=_validate)
 
     p = sub.add_parser("dataset", help="sample instance configurations in the twin (resumable)")
@@ -47,6 +50,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", type=Path)
     p.add_argument("--out", type=Path, default=DEFAULT_SURROGATE)
     p.add_argument("--max-depth", type=int, default=10)
+    p.add_argument("--trees", type=int, default=200, help="trees per teacher forest")
     p.set_defaults(run=_train)
 
     p = sub.add_parser("plan", help="place a workload's adapters on the fewest GPUs")
@@ -73,6 +77,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     p.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks/fleet.json"))
     p.add_argument("--verify-duration", type=float, default=1800.0)
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                   help="per-run validation results from `fleet validate`")
     p.set_defaults(run=_bench)
 
 
@@ -103,7 +109,8 @@ def _validate(args: argparse.Namespace) -> int:
     for path in args.runs:
         runs = load_runs(path)
         with tqdm(total=sum(1 for r in runs if r.ok or r.infeasible), desc=path.name) as bar:
-            report = validate(runs, calibration, duration_s=args.duration, progress=bar.update)
+            report = validate(runs, calibration, duration_s=args.duration, progress=bar.update,
+                              cache_path=args.cache)
         print(f"{path.name}: throughput MAPE {report.throughput_mape:.4f} over {report.n_ok} ok "
               f"runs, starvation agreement {report.starvation_agreement:.3f}, infeasible "
               f"detected {report.infeasible_detected}/{report.infeasible_total}, false memory "
@@ -127,7 +134,7 @@ def _dataset(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from lego_embed.fleet.surrogate import train_surrogate
 
-    surrogate = train_surrogate(args.dataset, max_depth=args.max_depth)
+    surrogate = train_surrogate(args.dataset, max_depth=args.max_depth, n_trees=args.trees)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     surrogate.save(args.out)
     print(f"wrote {args.out}: {json.dumps(surrogate.metrics)}")
@@ -172,6 +179,7 @@ def _bench(args: argparse.Namespace) -> int:
     from lego_embed.fleet.surrogate import Surrogate
 
     result = run_benchmark(load_calibration(args.calibration), Surrogate.load(args.surrogate),
-                           args.shared, args.out, args.verify_duration, progress=print)
+                           args.shared, args.out, args.verify_duration, progress=print,
+                           cache_path=args.cache)
     print(json.dumps(result, indent=1))
     return 0

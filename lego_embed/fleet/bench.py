@@ -107,13 +107,16 @@ def sim_seconds_per_served_hour(calibration: Calibration) -> float:
 
 
 def validation_block(calibration: Calibration, shared_dir: Path,
-                     progress: Callable[[str], None] | None = None
+                     progress: Callable[[str], None] | None = None,
+                     cache_path: Path | None = None
                      ) -> tuple[dict[str, Any], ValidationReport, ValidationReport]:
     base = shared_dir / "adapter_serving"
-    main = validate(load_runs(base / "calibration_runs.csv"), calibration)
+    main = validate(load_runs(base / "calibration_runs.csv"), calibration,
+                    cache_path=cache_path)
     if progress is not None:
         progress(f"calibration_runs.csv: MAPE {main.throughput_mape:.4f}")
-    extra = validate(load_runs(base / "calibration_runs_extra_workloads.csv"), calibration)
+    extra = validate(load_runs(base / "calibration_runs_extra_workloads.csv"), calibration,
+                     cache_path=cache_path)
     if progress is not None:
         progress(f"extra workloads: MAPE {extra.throughput_mape:.4f}")
     n_agree = main.starvation_agreement * main.n_ok + extra.starvation_agreement * extra.n_ok
@@ -179,10 +182,12 @@ def plot_placement(rows: list[PlacementRow], path: Path) -> None:
 
 def run_benchmark(calibration: Calibration, surrogate: Surrogate, shared_dir: Path,
                   out_json: Path, verify_duration_s: float = 1800.0,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Runs everything and writes out_json plus fleet_validation.png / fleet_placement.png."""
+                  progress: Callable[[str], None] | None = None,
+                  cache_path: Path | None = None) -> dict[str, Any]:
+    """Runs everything and writes out_json plus fleet_validation.png / fleet_placement.png.
+    `cache_path` reuses per-run validation results of an earlier `fleet validate --cache`."""
     say = progress or (lambda _message: None)
-    twin_block, main, extra = validation_block(calibration, shared_dir, say)
+    twin_block, main, extra = validation_block(calibration, shared_dir, say, cache_path)
     twin_block["sim_seconds_per_served_hour"] = round(sim_seconds_per_served_hour(calibration), 3)
     say(f"twin: {twin_block}")
     rows = []

@@ -96,21 +96,18 @@ class Corrections:
 
     step_scale: multiplies every step latency (serving stack overheads not in the sweeps).
     prefill_token_factor: cost of a prefill token relative to a decode token in c_token_ms.
-    lora_token_share: share of the 1-adapter LoRA overhead that scales with batch tokens (the
-        rest is a per-step constant).
+    lora_batch_exponent: the LoRA cost measured at the sweep's batch scales as
+        (batch tokens / sweep batch) ** exponent (0 = a per-step constant, 1 = per token).
     lora_rank_exponent: LoRA cost scales as (max_lora_rank / reference rank) ** exponent.
-    lora_u_token_exponent: the distinct-adapter LoRA cost, measured at the sweep's batch, scales
-        as (batch tokens / sweep batch) ** exponent (0 = a per-step constant).
     waiting_scan_us: scheduler time per waiting request scanned each step (us).
     generated_to_requested: generated / requested output tokens (EOS stops some early).
     client_max_outstanding: the benchmark client's cap on requests in flight (0 = no cap).
     """
 
     step_scale: float = 1.0
-    prefill_token_factor: float = 1.0
-    lora_token_share: float = 0.5
+    prefill_token_factor: float = 0.4
+    lora_batch_exponent: float = 0.6
     lora_rank_exponent: float = 0.0
-    lora_u_token_exponent: float = 0.0
     waiting_scan_us: float = 0.0
     generated_to_requested: float = 0.955
     client_max_outstanding: int = 27000

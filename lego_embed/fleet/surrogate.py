@@ -258,7 +258,8 @@ def smape(actual: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def train_surrogate(dataset_path: str | Path, max_depth: int = 10, test_fraction: float = 0.2,
-                    seed: int = 0, log: Callable[[str], None] | None = None) -> Surrogate:
+                    seed: int = 0, n_trees: int = 200,
+                    log: Callable[[str], None] | None = None) -> Surrogate:
     """Trains teacher forests, distils them into small trees, reports held-out accuracy."""
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
     from sklearn.metrics import f1_score
@@ -268,10 +269,11 @@ def train_surrogate(dataset_path: str | Path, max_depth: int = 10, test_fraction
     order = np.random.default_rng(seed).permutation(len(y))
     n_test = max(1, int(len(y) * test_fraction))
     test, train = order[:n_test], order[n_test:]
-    teacher_reg = RandomForestRegressor(n_estimators=200, min_samples_leaf=2, random_state=seed,
-                                        n_jobs=1).fit(x[train], y[train])
-    teacher_cls = RandomForestClassifier(n_estimators=200, min_samples_leaf=1, random_state=seed,
-                                         n_jobs=1).fit(x[train], starved[train])
+    teacher_reg = RandomForestRegressor(n_estimators=n_trees, min_samples_leaf=2,
+                                        random_state=seed, n_jobs=1).fit(x[train], y[train])
+    teacher_cls = RandomForestClassifier(n_estimators=n_trees, min_samples_leaf=1,
+                                         random_state=seed, n_jobs=1).fit(x[train],
+                                                                          starved[train])
     # Distillation set: the training rows plus jittered copies, labelled by the teachers.
     rng = np.random.default_rng(seed + 1)
     jitter = x[train] * rng.normal(1.0, 0.05, size=(4,) + x[train].shape)
@@ -292,7 +294,7 @@ def train_surrogate(dataset_path: str | Path, max_depth: int = 10, test_fraction
     tp_true = y[test] * ideal[test]
     st_pred = np.array([p.starvation_probability >= 0.5 for p in predictions])
     start = time.perf_counter()
-    repeats = 2000
+    repeats = 5000
     for i in range(repeats):
         surrogate.predict_features(x[test[i % len(test)]])
     inference_ms = (time.perf_counter() - start) * 1000.0 / repeats

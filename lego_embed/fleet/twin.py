@@ -137,7 +137,9 @@ def generate_arrivals(adapters: Sequence[AdapterSpec], duration_s: float,
 
 
 class _StepLatency:
-    """Step latency (ms) from the calibration; see calibration.StepModel and Corrections."""
+    """Step latency (ms) from the calibration; see calibration.StepModel and Corrections:
+    step_scale x (c0 + c_token T + c_context KV + D(u) (T / ref_batch) ** g x rank factor)
+    + waiting_scan x waiting, with T = decodes + prefill_token_factor x prefill tokens."""
 
     def __init__(self, calibration: Calibration, max_lora_rank: int) -> None:
         step, corr = calibration.step, calibration.corrections
@@ -147,19 +149,16 @@ class _StepLatency:
         self.prefill_factor = corr.prefill_token_factor
         self.scale = corr.step_scale
         rank_scale = (max_lora_rank / step.lora_ref_rank) ** corr.lora_rank_exponent
-        one_adapter_ms = step.lora_u_ms[0]
-        self.lora_per_token = rank_scale * corr.lora_token_share * one_adapter_ms / \
-            step.lora_ref_batch
-        self.lora_fixed = rank_scale * (1.0 - corr.lora_token_share) * one_adapter_ms
         max_u = 4096
-        extra = np.interp(np.arange(max_u + 1), step.lora_u_points,
-                          np.array(step.lora_u_ms) - one_adapter_ms)
+        points = np.arange(max_u + 1)
+        lora = np.interp(points, step.lora_u_points, step.lora_u_ms)
         slope = (step.lora_u_ms[-1] - step.lora_u_ms[-2]) / \
             (step.lora_u_points[-1] - step.lora_u_points[-2])
-        beyond = np.arange(max_u + 1) > step.lora_u_points[-1]
-        extra[beyond] += slope * (np.arange(max_u + 1)[beyond] - step.lora_u_points[-1])
-        self.lora_u = (rank_scale * np.maximum(extra, 0.0)).tolist()
-        self.u_token_exponent = corr.lora_u_token_exponent
+        beyond = points > step.lora_u_points[-1]
+        lora[beyond] += slope * (points[beyond] - step.lora_u_points[-1])
+        lora[0] = 0.0
+        self.lora_u = (rank_scale * lora).tolist()
+        self.batch_exponent = corr.lora_batch_exponent
         self.ref_batch = float(step.lora_ref_batch)
         self.scan_ms = corr.waiting_scan_us / 1000.0
 
@@ -167,13 +166,10 @@ class _StepLatency:
            distinct_adapters: int, waiting: int) -> float:
         tokens = decode_tokens + self.prefill_factor * prefill_tokens
         base = self.c0 + self.c_token * tokens + self.c_context * context_tokens
-        lora = 0.0
-        if distinct_adapters > 0:
-            u_ms = self.lora_u[min(distinct_adapters, len(self.lora_u) - 1)]
-            if self.u_token_exponent:
-                u_ms *= (max(tokens, 1.0) / self.ref_batch) ** self.u_token_exponent
-            lora = self.lora_per_token * tokens + self.lora_fixed + u_ms
-        return self.scale * (base + lora) + self.scan_ms * waiting
+        if distinct_adapters > 0 and tokens > 0:
+            lora = self.lora_u[min(distinct_adapters, len(self.lora_u) - 1)]
+            base += lora * (tokens / self.ref_batch) ** self.batch_exponent
+        return self.scale * base + self.scan_ms * waiting
 
 
 def simulate(adapters: Sequence[AdapterSpec], config: InstanceConfig, calibration: Calibration,

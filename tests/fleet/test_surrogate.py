@@ -25,7 +25,7 @@ from lego_embed.fleet.surrogate import (
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, calibration: Calibration) -> Path:
     path = tmp_path_factory.mktemp("ds") / "data.jsonl"
-    generate_dataset(path, DatasetConfig(n_samples=20, duration_s=60.0, seed=5), calibration,
+    generate_dataset(path, DatasetConfig(n_samples=20, duration_s=30.0, seed=5), calibration,
                      progress=False)
     return path
 
@@ -35,7 +35,7 @@ def test_dataset_generation_is_resumable(tmp_path: Path, tiny_dataset: Path,
     partial = tmp_path / "partial.jsonl"
     lines = tiny_dataset.read_text().splitlines()
     partial.write_text("\n".join(lines[:7]) + "\n")
-    n = generate_dataset(partial, DatasetConfig(n_samples=20, duration_s=60.0, seed=5),
+    n = generate_dataset(partial, DatasetConfig(n_samples=20, duration_s=30.0, seed=5),
                          calibration, progress=False)
     assert n == 20
     resumed = sorted(json.loads(x)["index"] for x in partial.read_text().splitlines())
@@ -46,8 +46,8 @@ def test_dataset_generation_is_resumable(tmp_path: Path, tiny_dataset: Path,
 
 def test_training_is_deterministic_and_trees_are_small(tmp_path: Path,
                                                       tiny_dataset: Path) -> None:
-    a = train_surrogate(tiny_dataset, max_depth=6)
-    b = train_surrogate(tiny_dataset, max_depth=6)
+    a = train_surrogate(tiny_dataset, max_depth=6, n_trees=10)
+    b = train_surrogate(tiny_dataset, max_depth=6, n_trees=10)
     a.save(tmp_path / "a.json")
     b.save(tmp_path / "b.json")
     data_a = json.loads((tmp_path / "a.json").read_text())
@@ -62,7 +62,7 @@ def test_training_is_deterministic_and_trees_are_small(tmp_path: Path,
 
 def test_prediction_of_infeasible_memory_is_starvation(tiny_dataset: Path,
                                                        calibration: Calibration) -> None:
-    surrogate = train_surrogate(tiny_dataset, max_depth=4)
+    surrogate = train_surrogate(tiny_dataset, max_depth=4, n_trees=10)
     adapters = [AdapterSpec(f"a{i}", 32, 0.1) for i in range(4)]
     assert surrogate.predict(adapters, 320, calibration).starved
     x = instance_features(adapters, 16, calibration)
