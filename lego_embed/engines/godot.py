@@ -72,9 +72,10 @@ class BridgeConfig:
         return result
 
 
-def parse_request(text: str) -> tuple[str, dict[str, Any], list[str], float]:
-    """The JSON array the C bridge wrote for request(npc_id, state, actions, deadline_ms)."""
-    npc_id, state, actions, deadline_ms = json.loads(text)
+def parse_request(payload: list[Any]) -> tuple[str, dict[str, Any], list[str], float]:
+    """The decoded JSON array the C bridge wrote for request(npc_id, state, actions,
+    deadline_ms), checked."""
+    npc_id, state, actions, deadline_ms = payload
     if not isinstance(state, dict):
         raise EngineBridgeError(f"the state must be a Dictionary, got {state!r}")
     if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
@@ -166,7 +167,9 @@ class GodotSession:
         self._requests += 1
         npc_id = "?"
         try:
-            npc_id, state, actions, deadline_ms = parse_request(text)
+            payload = json.loads(text)
+            npc_id = str(payload[0])
+            npc_id, state, actions, deadline_ms = parse_request(payload)
             if self._runtime is None:
                 raise EngineBridgeError(
                     f"the NPC model failed to load: {self._load_error}" if self._load_error
