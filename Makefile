@@ -20,8 +20,11 @@ godot-bridge: $(STAMP)
 
 setup: $(STAMP) godot-bridge
 
+# Sample decisions in the terminal, then the Godot combat demo: in a window when there is a
+# display, else under Xvfb for 60 s (writes docs/demo/report.json and docs/demo/screenshot.png).
 demo: setup
 	$(VENV)/bin/lego-embed decide --model bundled --samples
+	demo_game/run_demo.sh
 
 test: setup
 	$(PY) -m ruff check lego_embed tests tools addons
