@@ -73,7 +73,7 @@ def random_prompt(length: int, seed: int) -> list[int]:
 
 
 def hf_greedy_reference(model, prompt: list[int], max_new_tokens: int, eos_token_id=EOS_ID):
-    """`model.generate(do_sample=False)` tokens, and the HF forward logits that chose each one."""
+    """`model.generate(do_sample=False)` tokens and the logits generate chose each one from."""
     with torch.no_grad():
         output = model.generate(
             torch.tensor([prompt]),
@@ -82,10 +82,11 @@ def hf_greedy_reference(model, prompt: list[int], max_new_tokens: int, eos_token
             max_new_tokens=max_new_tokens,
             eos_token_id=eos_token_id,
             pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
         )
-        tokens = output[0, len(prompt) :].tolist()
-        logits = model(torch.tensor([prompt + tokens[:-1]])).logits[0, len(prompt) - 1 :]
-    return tokens, logits.float()
+    tokens = output.sequences[0, len(prompt) :].tolist()
+    return tokens, torch.stack([step[0] for step in output.logits]).float()
 
 
 @dataclass

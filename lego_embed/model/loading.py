@@ -109,9 +109,17 @@ def load_model(
             "with tokenizer.save_pretrained"
         ) from error
     device = torch.device(device)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, dtype=dtype, attn_implementation="sdpa"
-    )
+    from safetensors import SafetensorError
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=dtype, attn_implementation="sdpa"
+        )
+    except (OSError, ValueError, SafetensorError) as error:
+        raise ModelNotFoundError(
+            f"cannot load the weights in {path} ({error}); the files are damaged or do not "
+            "match config.json: save the model again with model.save_pretrained"
+        ) from error
     model.to(device).eval()
     return LoadedModel(
         model=model,
