@@ -65,12 +65,13 @@ def _profile(args: argparse.Namespace) -> int:
 
         plot_cost_profile(profile, args.plot)
     print(
-        f"{'kind':<10} {'phase':<8} {'tokens':>7} {'context':>8} {'median_us':>10} {'p90_us':>10}"
+        f"{'kind':<10} {'phase':<8} {'tokens':>7} {'context':>8} "
+        f"{'median_us':>10} {'p90_us':>10} {'min_us':>10}"
     )
     for e in profile.entries:
         print(
             f"{e.kind:<10} {e.phase:<8} {e.tokens:>7} {e.context_tokens:>8} "
-            f"{e.median_us:>10.1f} {e.p90_us:>10.1f}"
+            f"{e.median_us:>10.1f} {e.p90_us:>10.1f} {e.min_us:>10.1f}"
         )
     print(f"wrote {args.out}")
     return 0

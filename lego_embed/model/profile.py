@@ -29,8 +29,9 @@ DEFAULT_BATCH_SIZES = (2, 4)
 
 @dataclass(frozen=True)
 class CostEntry:
-    """Measured duration of one subtask shape: median and 90th percentile in microseconds over
-    `samples` measurements (every layer of every repeat counts as one sample)."""
+    """Measured duration of one subtask shape: median, 90th percentile and minimum in
+    microseconds over `samples` measurements (every layer of every repeat counts as one sample).
+    On a shared machine the minimum is the best estimate of the uncontended cost."""
 
     kind: str
     phase: str
@@ -38,6 +39,7 @@ class CostEntry:
     context_tokens: int
     median_us: float
     p90_us: float
+    min_us: float
     samples: int
 
 
@@ -133,6 +135,7 @@ def _summarise(samples: dict[tuple[str, str, int, int], list[int]]) -> list[Cost
                 context,
                 round(float(np.median(durations_us)), 2),
                 round(float(np.percentile(durations_us, 90)), 2),
+                round(float(durations_us.min()), 2),
                 len(durations_ns),
             )
         )
