@@ -6,7 +6,8 @@ extends Spatial
 #
 # Environment: LEGO_DEMO_SECONDS (stop after that long and write the report; 0 = run until the
 # window closes), LEGO_DEMO_REPORT (report.json path), LEGO_DEMO_SCREENSHOT (png path, taken
-# near the end), LEGO_EMBED_ENABLED=0 (LLM off: enemies use rules, no Python starts).
+# near the end), LEGO_EMBED_ENABLED=0 (LLM off: enemies use rules, no Python starts),
+# LEGO_DEMO_FPS (frame cap; the project's is 30, 0 = uncapped).
 
 const Player = preload("res://player.gd")
 const Enemy = preload("res://enemy.gd")
@@ -53,6 +54,8 @@ func _ready() -> void:
 	duration_s = float(OS.get_environment("LEGO_DEMO_SECONDS")) if OS.has_environment("LEGO_DEMO_SECONDS") else 0.0
 	report_path = OS.get_environment("LEGO_DEMO_REPORT")
 	screenshot_path = OS.get_environment("LEGO_DEMO_SCREENSHOT")
+	if OS.has_environment("LEGO_DEMO_FPS"):
+		Engine.target_fps = int(OS.get_environment("LEGO_DEMO_FPS"))  # 0 = uncapped
 	runtime = get_node("/root/LegoRuntime")
 	_build_world()
 	_build_hud()
@@ -130,8 +133,8 @@ func _build_world() -> void:
 	world_environment.environment = environment
 	add_child(world_environment)
 	camera = Camera.new()
-	camera.translation = Vector3(0, 17, 15)
-	camera.rotation_degrees = Vector3(-50, 0, 0)
+	camera.translation = Vector3(0, 15, 13.5)
+	camera.rotation_degrees = Vector3(-52, 0, 0)
 	camera.current = true
 	add_child(camera)
 
@@ -247,12 +250,18 @@ func _update_hud() -> void:
 		percentile(recent, 0.5), percentile(recent, 0.99), current_skip_level,
 		per_minute * 60.0 / window_s, deadline_met, decisions, failures,
 		int(player.hp), "bot" if player.use_bot else "keyboard: WASD J K L H"]
+	var placed := []
 	for enemy in enemies:
 		var label: Label = action_labels[enemy]
 		var head: Vector3 = enemy.global_transform.origin + Vector3(0, 2.8, 0)
 		var at := camera.unproject_position(head)
 		label.text = "%s: %s\nHP %d" % [enemy.persona, enemy.action, int(enemy.hp)]
-		label.rect_position = at - Vector2(label.rect_size.x / 2.0, label.rect_size.y)
+		var rect := Rect2(at - Vector2(label.rect_size.x / 2.0, label.rect_size.y), label.rect_size)
+		for other in placed:  # stack labels that would overlap
+			if rect.intersects(other):
+				rect.position.y = other.position.y - rect.size.y - 2.0
+		placed.append(rect)
+		label.rect_position = rect.position
 
 
 func _take_screenshot() -> void:

@@ -165,6 +165,11 @@ func _move(delta: float) -> void:
 			step = dodge_dir * SPEED * 1.5
 		"call for help":
 			step = -to_player.normalized() * SPEED * 0.5
+	for other in arena.enemies:  # keep a little apart so each stays readable
+		var away: Vector3 = translation - other.translation
+		away.y = 0.0
+		if other != self and away.length() < 1.6:
+			step += away.normalized() * SPEED * 0.8 if away.length() > 0.01 else Vector3(1, 0, 0)
 	translation += step * delta
 	translation.x = clamp(translation.x, -ARENA_HALF, ARENA_HALF)
 	translation.z = clamp(translation.z, -ARENA_HALF, ARENA_HALF)

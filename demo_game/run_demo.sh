@@ -20,7 +20,7 @@ run_one() {  # run_one LLM(1|0) REPORT SCREENSHOT
         local seconds="${LEGO_DEMO_SECONDS:-60}"
         # Model load and warm-up come before the timed part; give them a few minutes.
         LEGO_DEMO_SECONDS="$seconds" LEGO_DEMO_BOT=1 timeout "$((seconds + 300))" \
-            xvfb-run -a -s "-screen 0 960x540x24" godot3 --path "$ROOT/demo_game"
+            xvfb-run -a -s "-screen 0 800x450x24" godot3 --path "$ROOT/demo_game"
     fi
     "$LEGO_EMBED_PYTHON" - "$2" <<'PY'
 import json, sys
