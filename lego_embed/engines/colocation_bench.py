@@ -29,6 +29,7 @@ from lego_embed.engines.trace_replay import (
     PassModel,
     RenderProcess,
     RenderTrace,
+    next_vsync_ns,
 )
 from lego_embed.model.loading import LoadedModel
 from lego_embed.npc.combat_task import ACTIONS, PERSONAS, random_situation
@@ -44,8 +45,9 @@ SWITCH_INTERVAL_S = 0.0002
 class ColocationSetting:
     """One benchmark run: trace, APM (actions per minute per NPC), policy, NPC count, length (s).
 
-    start_frame: first trace frame replayed. runtime_options: extra RuntimeConfig fields (for
-    the feature ablations: edf, batching, prefix_reuse, constrained).
+    start_frame: first trace frame replayed (None: `representative_start`). runtime_options:
+    extra RuntimeConfig fields (for the feature ablations: edf, batching, prefix_reuse,
+    constrained).
     """
 
     trace: RenderTrace
@@ -53,7 +55,7 @@ class ColocationSetting:
     policy: str
     npcs: int = 1
     seconds: float = 3.0
-    start_frame: int = 600
+    start_frame: int | None = None
     runtime_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -76,15 +78,34 @@ class ColocationRun:
     runtime_stats: dict[str, Any] | None
 
 
-def _gaps_ns(frames: list[FrameRecord], budget_ns: int) -> list[tuple[int, int]]:
-    """Idle spans of the replay: between passes inside frames, and after each frame (bounded)."""
+def representative_start(trace: RenderTrace, frames: int) -> int:
+    """First frame of the `frames`-long segment whose mean render time is closest to the whole
+    trace's mean (skipping the first 5% of the trace: loading screens), so a short replay has
+    the trace's typical load rather than its start."""
+    render = np.asarray(trace.render_ms)
+    if len(render) <= frames:
+        return 0
+    means = np.convolve(render, np.ones(frames) / frames, mode="valid")
+    skip = len(render) // 20
+    return skip + int(np.argmin(np.abs(means[skip:] - render.mean())))
+
+
+def _gaps_ns(
+    frames: list[FrameRecord], budget_ns: int, pass_model: PassModel | None = None
+) -> list[tuple[int, int]]:
+    """Headroom spans of a replay: after each pass, its planned gap (the pass model's length,
+    cut short if the next pass began earlier); after each frame, up to the next vsync tick.
+    A render delayed by the LLM does not stretch the headroom it is counted against."""
+    pass_model = pass_model or PassModel()
     gaps = []
     for index, frame in enumerate(frames):
         spans = frame.pass_spans_ns
-        for (_, _, end), (_, begin, _) in zip(spans, spans[1:], strict=False):
-            gaps.append((end, begin))
+        _, planned_ms = pass_model.split(frame.render_ms)
+        for k, ((_, _, end), (_, begin, _)) in enumerate(zip(spans, spans[1:], strict=False)):
+            gaps.append((end, min(begin, end + round(planned_ms[k] * 1e6))))
         if index + 1 < len(frames):
-            gaps.append((frame.end_ns, min(frames[index + 1].begin_ns, frame.end_ns + budget_ns)))
+            vsync_ns = next_vsync_ns(frame.end_ns, frame.deadline_ns - budget_ns, budget_ns)
+            gaps.append((frame.end_ns, min(frames[index + 1].begin_ns, vsync_ns)))
     return [(a, b) for a, b in gaps if b > a]
 
 
@@ -114,8 +135,11 @@ def run_colocation(
     """Runs one setting for real (render process + runtime worker on `core`); after the replay
     it waits up to `answer_grace_s` for requests still in flight."""
     frames = round(setting.seconds * 1000.0 / FRAME_BUDGET_60FPS_MS)
-    start = min(setting.start_frame, max(0, setting.trace.frames - frames))
     trace = setting.trace
+    start = setting.start_frame
+    if start is None:
+        start = representative_start(trace, frames)
+    start = min(start, max(0, trace.frames - frames))
     segment = RenderTrace(trace.name, trace.path, trace.column,
                           trace.render_ms[start:start + frames], trace.dropped_rows)
     runtime = None
@@ -183,8 +207,11 @@ def run_colocation(
     )
 
 
-def summarize(run: ColocationRun, off_miss_rate: float | None) -> dict[str, Any]:
-    """One row of colocation_*.json (see the issue for the fields)."""
+def summarize(
+    run: ColocationRun, off_miss_rate: float | None, pass_model: PassModel | None = None
+) -> dict[str, Any]:
+    """One row of colocation_*.json (see the issue for the fields). headroom_utilization: LLM
+    subtask time inside the headroom spans of `_gaps_ns` over their total length."""
     frames = run.frames
     budget_ns = round(FRAME_BUDGET_60FPS_MS * 1e6)
     misses = sum(frame.missed for frame in frames)
@@ -192,7 +219,7 @@ def summarize(run: ColocationRun, off_miss_rate: float | None) -> dict[str, Any]
     answered = [d for d in run.decisions if d.action is not None]
     latencies = [d.latency_ms for d in answered]
     met = sum(d.deadline_met for d in run.decisions)
-    gaps = _gaps_ns(frames, budget_ns)
+    gaps = _gaps_ns(frames, budget_ns, pass_model)
     llm_spans = sorted((start, end) for start, end, _, _ in run.timeline)
     headroom_ns = sum(b - a for a, b in gaps)
     used_ns = _overlap_ns(llm_spans, gaps) if llm_spans else 0

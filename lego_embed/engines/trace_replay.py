@@ -318,10 +318,10 @@ def set_timer_slack_ns(slack_ns: int) -> bool:
         return False
 
 
-def _burn_cpu_ns(cpu_ns: int) -> None:
-    """Busy-computes until this thread has used cpu_ns of CPU time (longer wall time if shared)."""
-    stop = time.thread_time_ns() + cpu_ns
-    while time.thread_time_ns() < stop:
+def _burn_cpu_until_ns(stop_cpu_ns: int) -> None:
+    """Busy-computes until this thread's CPU time reaches stop_cpu_ns (`time.thread_time_ns`):
+    a fixed amount of work, which takes longer in wall time when the core is shared."""
+    while time.thread_time_ns() < stop_cpu_ns:
         pass
 
 
@@ -396,9 +396,10 @@ def _render_main(
         spans = []
         for k, (name, busy_ms) in enumerate(zip(pass_model.passes, passes, strict=True)):
             pass_begin_ns = time.monotonic_ns()
+            cpu_begin_ns = time.thread_time_ns()
             events_out.send((PASS_BEGIN, name, pass_begin_ns))
-            if gpu is None:
-                _burn_cpu_ns(round(busy_ms * 1e6))
+            if gpu is None:  # the pass's CPU time includes publishing its begin event
+                _burn_cpu_until_ns(cpu_begin_ns + round(busy_ms * 1e6))
             else:
                 gpu.burn_ms(busy_ms)
             pass_end_ns = time.monotonic_ns()

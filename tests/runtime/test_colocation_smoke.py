@@ -12,7 +12,7 @@ from lego_embed.engines.colocation_bench import (
     run_colocation,
     summarize,
 )
-from lego_embed.engines.trace_replay import FrameRecord, RenderTrace
+from lego_embed.engines.trace_replay import FrameRecord, PassModel, RenderTrace
 from lego_embed.model.loading import LoadedModel
 
 ROW_KEYS = {
@@ -41,10 +41,14 @@ def test_short_colocation_run(npc_loaded: LoadedModel, tmp_path: Path) -> None:
 
 
 def test_headroom_accounting_of_a_run() -> None:
-    frames = [
-        FrameRecord(0, 8.0, 0, 10, 16, (("a", 0, 4), ("b", 6, 10))),
-        FrameRecord(1, 8.0, 16, 26, 32, (("a", 16, 20), ("b", 22, 26))),
+    model = PassModel(passes=("a", "b"), pass_weights=(1.0, 1.0), intra_gap_fraction=0.2,
+                      gap_weights=(1.0,))
+    frames = [  # 10 ns frames: passes of 4 ns and a planned 2 ns gap; vsync every 16 ns
+        FrameRecord(0, 10e-6, 0, 10, 16, (("a", 0, 4), ("b", 6, 10))),
+        # the LLM delayed pass b by 3 ns: only the planned 2 ns of that gap are headroom
+        FrameRecord(1, 10e-6, 16, 29, 32, (("a", 16, 20), ("b", 25, 29))),
+        FrameRecord(2, 10e-6, 32, 42, 48, (("a", 32, 36), ("b", 38, 42))),
     ]
-    gaps = _gaps_ns(frames, budget_ns=16)
-    assert gaps == [(4, 6), (10, 16), (20, 22)]
+    gaps = _gaps_ns(frames, budget_ns=16, pass_model=model)
+    assert gaps == [(4, 6), (10, 16), (20, 22), (29, 32), (36, 38)]
     assert _overlap_ns([(3, 7), (12, 21)], gaps) == 2 + 4 + 1
