@@ -22,7 +22,7 @@ class PromptTooLongError(LegoEmbedError):
 
 
 class InvalidPromptError(LegoEmbedError):
-    """A prompt is empty, has token ids outside the vocabulary, or does not start with its prefix."""
+    """A prompt is empty, has token ids outside the vocabulary, or does not match its prefix."""
 
 
 class LayerPlanError(LegoEmbedError):
