@@ -136,7 +136,7 @@ class Executor:
             )
         self.boolean_mask = attention == "sdpa"
         self.timer = SubtaskTimer(self.device)
-        self._rope_cache: tuple | None = None
+        self._positions_cache: tuple | None = None
 
     # ----------------------------------------------------------------- requests
     def start(
@@ -361,12 +361,9 @@ class Executor:
     ) -> torch.Tensor:
         """norm -> attention over this layer's own cached positions + the new ones -> residual."""
         layer = self.layers[layer_idx]
-        tokens = hidden.shape[1]
         caches = [s.kv[layer_idx] for s in states]
-        query_pos = torch.stack(
-            [torch.arange(s.position, s.position + tokens, device=self.device) for s in states]
-        )
         starts = tuple(s.position for s in states)
+        query_pos, position_embeddings = self._positions(hidden, starts)
         past = max(len(cache) for cache in caches)
         keys = values = None
         if len(states) == 1:
@@ -378,7 +375,7 @@ class Executor:
         cache_call = BatchCacheCall(keys, values)
         attention, _ = layer.self_attn(
             hidden_states=layer.input_layernorm(hidden),
-            position_embeddings=self._rope(hidden, query_pos, starts),
+            position_embeddings=position_embeddings,
             attention_mask=self._mask(caches, query_pos, starts, past, layer_idx, hidden),
             past_key_values=cache_call,
         )
@@ -390,12 +387,15 @@ class Executor:
             )
         return hidden + attention
 
-    def _rope(self, hidden: torch.Tensor, query_pos: torch.Tensor, starts: tuple[int, ...]):
-        """(cos, sin) for the query positions, computed once per pass, not once per layer."""
-        key = (starts, query_pos.shape[1], hidden.dtype)
-        if self._rope_cache is None or self._rope_cache[0] != key:
-            self._rope_cache = (key, self.rotary_emb(hidden, query_pos))
-        return self._rope_cache[1]
+    def _positions(self, hidden: torch.Tensor, starts: tuple[int, ...]):
+        """Absolute query positions (batch, tokens) and their RoPE (cos, sin), computed once per
+        pass rather than once per layer."""
+        key = (starts, hidden.shape[1], hidden.dtype)
+        if self._positions_cache is None or self._positions_cache[0] != key:
+            offsets = torch.arange(hidden.shape[1], device=self.device)
+            query_pos = torch.tensor(starts, device=self.device)[:, None] + offsets
+            self._positions_cache = (key, query_pos, self.rotary_emb(hidden, query_pos))
+        return self._positions_cache[1], self._positions_cache[2]
 
     def _mask(
         self,
