@@ -55,13 +55,13 @@ def make_profile(entries):
 def test_cost_us_interpolates_along_context_and_batch_size():
     profile = make_profile(
         [
-            CostEntry("layer", "decode", 1, 16, 100.0, 120.0, 1.0, 5),
-            CostEntry("layer", "decode", 1, 32, 140.0, 150.0, 1.0, 5),
-            CostEntry("layer", "decode", 2, 16, 150.0, 160.0, 1.0, 5),
-            CostEntry("layer", "decode", 2, 32, 190.0, 200.0, 1.0, 5),
-            CostEntry("head", "decode", 1, 16, 30.0, 40.0, 1.0, 5),
-            CostEntry("ffn", "prefill", 16, 16, 50.0, 60.0, 1.0, 5),
-            CostEntry("ffn", "prefill", 64, 64, 170.0, 180.0, 1.0, 5),
+            CostEntry("layer", "decode", 1, 16, 100.0, 120.0, 5),
+            CostEntry("layer", "decode", 1, 32, 140.0, 150.0, 5),
+            CostEntry("layer", "decode", 2, 16, 150.0, 160.0, 5),
+            CostEntry("layer", "decode", 2, 32, 190.0, 200.0, 5),
+            CostEntry("head", "decode", 1, 16, 30.0, 40.0, 5),
+            CostEntry("ffn", "prefill", 16, 16, 50.0, 60.0, 5),
+            CostEntry("ffn", "prefill", 64, 64, 170.0, 180.0, 5),
         ]
     )
     assert profile.cost_us("layer", "decode", 1, 24) == pytest.approx(120.0)

@@ -31,7 +31,8 @@ DEFAULT_BATCH_SIZES = (2, 4)
 class CostEntry:
     """Measured duration of one subtask shape: median, 90th percentile and minimum in
     microseconds over `samples` measurements (every layer of every repeat counts as one sample).
-    On a shared machine the minimum is the best estimate of the uncontended cost."""
+    On a shared machine the minimum is the best estimate of the uncontended cost (None in
+    entries made by hand)."""
 
     kind: str
     phase: str
@@ -39,8 +40,8 @@ class CostEntry:
     context_tokens: int
     median_us: float
     p90_us: float
-    min_us: float
     samples: int
+    min_us: float | None = None
 
 
 @dataclass
@@ -135,8 +136,8 @@ def _summarise(samples: dict[tuple[str, str, int, int], list[int]]) -> list[Cost
                 context,
                 round(float(np.median(durations_us)), 2),
                 round(float(np.percentile(durations_us, 90)), 2),
-                round(float(durations_us.min()), 2),
                 len(durations_ns),
+                round(float(durations_us.min()), 2),
             )
         )
     return entries
