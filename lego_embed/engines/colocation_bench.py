@@ -262,7 +262,7 @@ def summarize(
         row["runtime"] = {
             key: stats[key]
             for key in ("subtasks", "batched_subtasks", "prefix_hits", "escalations", "errors",
-                        "llm_busy_ms")
+                        "contended_subtasks", "llm_busy_ms")
         }
     return row
 

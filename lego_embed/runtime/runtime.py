@@ -97,7 +97,8 @@ class RuntimeConfig:
     constrained: decode with the action trie (default); False generates up to 16 free tokens
     (LEGO's shape) and accepts the answer only if its text is an allowed action. cost_profile:
     a `lego-embed profile` JSON that seeds the cost model (the warm-up and every measured
-    subtask then correct it).
+    subtask then correct it). cost_deviations / gap_deviations: how conservative predictions
+    are (subtask cost: mean + k deviations; gap length: mean - k deviations).
     """
 
     policy: str = "lego"
@@ -116,6 +117,8 @@ class RuntimeConfig:
     warmup: bool = True
     constrained: bool = True
     cost_profile: str | None = None
+    cost_deviations: float = 2.0
+    gap_deviations: float = 2.0
 
     def validate(self) -> RuntimeConfig:
         if self.policy not in POLICIES:
@@ -181,11 +184,14 @@ class Runtime:
                 static_level=cfg.static_level,
                 static_slice_ns=round(cfg.static_slice_ms * 1e6),
             ),
-            CostModel.from_profile(CostProfile.load(cfg.cost_profile))
-            if cfg.cost_profile else None,
+            CostModel.from_profile(CostProfile.load(cfg.cost_profile), cfg.cost_deviations)
+            if cfg.cost_profile else CostModel(deviations=cfg.cost_deviations),
         )
         self.predictor = HeadroomPredictor()
-        self.tracker = HeadroomTracker(cfg.frame_budget_ms, cfg.window_ms, on_window=self._window)
+        self.tracker = HeadroomTracker(
+            cfg.frame_budget_ms, cfg.window_ms, on_window=self._window,
+            gap_deviations=cfg.gap_deviations,
+        )
         self.timeline: list[tuple[int, int, str, int]] = []
         self._events: deque[EngineEvent] = deque()
         self._incoming: deque[_Incoming] = deque()
@@ -200,7 +206,7 @@ class Runtime:
         self._last_event_ns: int | None = None
         self._counters = {
             "subtasks": 0, "batched_subtasks": 0, "prefix_hits": 0, "escalations": 0,
-            "llm_busy_ns": 0, "errors": 0,
+            "llm_busy_ns": 0, "errors": 0, "contended_subtasks": 0,
         }
 
     @staticmethod
@@ -298,6 +304,7 @@ class Runtime:
             "prefix_hits": self._counters["prefix_hits"],
             "escalations": self._counters["escalations"],
             "errors": self._counters["errors"],
+            "contended_subtasks": self._counters["contended_subtasks"],
             "llm_busy_ms": self._counters["llm_busy_ns"] / 1e6,
             "frames_seen": self.tracker.frames,
             "windows": len(windows),
@@ -402,7 +409,11 @@ class Runtime:
                 self._complete(request, f"{type(error).__name__}: {error}")
             return False
         end_ns = time.monotonic_ns()
-        self.scheduler.record(timing.subtask, timing.duration_ns)
+        if not self._events:  # a subtask that shared the device with rendering is no cost sample
+            self.scheduler.record(timing.subtask, timing.duration_ns)
+        else:
+            self._counters["contended_subtasks"] += 1
+            self.scheduler.note_run(timing.duration_ns)
         self._counters["subtasks"] += 1
         self._counters["batched_subtasks"] += len(batch) > 1
         self._counters["llm_busy_ns"] += end_ns - start_ns

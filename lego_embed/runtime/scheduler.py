@@ -185,6 +185,7 @@ class SchedulerConfig:
     margin_ns fits the rest of the gap. usable_fraction: share of predicted headroom the
     skip-level choice counts on (dispatch granularity wastes the rest). static_level and
     static_slice_ns: the static_skip policy's fixed level and compute per inter-frame gap.
+    fill_gaps: when the first request's subtask does not fit, run another request's that does.
     """
 
     policy: str = "lego"
@@ -196,6 +197,7 @@ class SchedulerConfig:
     static_level: int | None = None
     static_slice_ns: int = 4_000_000
     engine_silence_ns: int = 500_000_000
+    fill_gaps: bool = True
 
 
 class Scheduler:
@@ -379,11 +381,29 @@ class Scheduler:
             if self._static_used_ns >= self.config.static_slice_ns:
                 return None
             return Dispatch(batch, predicted_ns, None, 1)
-        if not self.fits(predicted_ns, now_ns, gap.end_estimate_ns):
-            return None
-        return Dispatch(batch, predicted_ns, gap.end_estimate_ns, 64 if gap.inter_frame else 1)
+        if self.fits(predicted_ns, now_ns, gap.end_estimate_ns):
+            slice_subtasks = 64 if gap.inter_frame else 1
+            return Dispatch(batch, predicted_ns, gap.end_estimate_ns, slice_subtasks)
+        return self._fill(head, now_ns, gap.end_estimate_ns) if self.config.fill_gaps else None
+
+    def _fill(self, head: ScheduledRequest, now_ns: int, gap_end_ns: int) -> Dispatch | None:
+        """When the first request's next subtask does not fit the rest of the gap, the next
+        subtask of the most urgent other request that does (e.g. another NPC's embedding or
+        FFN block in a gap too short for an attention block); one subtask, then re-decide."""
+        for other in sorted(self._queue) if self.config.edf else self._queue:
+            if other is head:
+                continue
+            predicted_ns = self.predicted_ns((other,))
+            if self.fits(predicted_ns, now_ns, gap_end_ns):
+                return Dispatch((other,), predicted_ns, gap_end_ns, 1)
+        return None
 
     def record(self, subtask: Subtask, duration_ns: int) -> None:
         """Feeds a measured subtask time back into the cost model (and the static slice)."""
         self.cost.record(subtask, duration_ns)
+        self.note_run(duration_ns)
+
+    def note_run(self, duration_ns: int) -> None:
+        """Counts compute against the static slice without teaching the cost model (for a
+        subtask whose time was inflated by sharing the device with rendering)."""
         self._static_used_ns += duration_ns

@@ -203,11 +203,32 @@ def test_cost_model_seeded_from_a_cost_profile() -> None:
         model="m", family="llama", device="cpu", dtype="float32", num_layers=2, torch_threads=1,
         warmup=1, repeats=1, created_utc="now",
         entries=[
-            CostEntry("attention", PREFILL, 16, 16, 120.0, 150.0, 4),
-            CostEntry("layer", DECODE, 1, 32, 80.0, 90.0, 4),
-            CostEntry("layer", DECODE, 1, 48, 100.0, 110.0, 4),
+            CostEntry("attention", PREFILL, 16, 16, median_us=120.0, p90_us=150.0, samples=4),
+            CostEntry("layer", DECODE, 1, 32, median_us=80.0, p90_us=90.0, samples=4),
+            CostEntry("layer", DECODE, 1, 48, median_us=100.0, p90_us=110.0, samples=4),
         ],
     )
     model = CostModel.from_profile(profile)
     assert model.predict_ns(Subtask(SubtaskKind.ATTENTION, PREFILL, 0, 0, 16, 16)) == 120_000
     assert model.predict_ns(Subtask(SubtaskKind.LAYER, DECODE, 5, 5, 1, 40)) == 90_000
+
+
+def test_a_gap_too_short_for_the_first_request_is_filled_by_another(
+    npc_loaded: LoadedModel,
+) -> None:
+    scheduler = make(npc_loaded, margin_ns=50_000, margin_fraction=0.0)
+    first, second = new_request(scheduler, 1, 300.0), new_request(scheduler, 2, 600.0)
+    for request in (first, second):
+        scheduler.admit(request, 0, headroom_rate=1.0)
+    scheduler.executor.step(first.state)  # embed done; its next subtask is a 1 ms attention
+    now = MS
+    gap = OpenGap("after:shadow", now, now + round(0.5 * MS))
+    dispatch = scheduler.next_dispatch(now, gap, now)
+    assert dispatch is not None and dispatch.requests == (second,)  # its 0.2 ms embedding
+    scheduler.executor.step(second.state)
+    assert scheduler.next_dispatch(now, gap, now) is None  # nothing left that fits
+    no_fill = make(npc_loaded, margin_ns=50_000, margin_fraction=0.0, fill_gaps=False)
+    for request in (new_request(no_fill, 3, 300.0), new_request(no_fill, 4, 600.0)):
+        no_fill.admit(request, 0, headroom_rate=1.0)
+    no_fill.executor.step(no_fill.pending[0].state)
+    assert no_fill.next_dispatch(now, gap, now) is None
