@@ -1,10 +1,9 @@
 extends Control
-# Frame-time graph: the last HISTORY frames' durations in ms (0..MAX_MS), with the 60 FPS
-# budget (16.7 ms) as a line.
+# Frame-time graph: the last HISTORY frames' durations in ms (0..MAX_MS), with the frame
+# budget (1000 / Engine.target_fps ms) as a line.
 
 const HISTORY = 180
 const MAX_MS = 50.0
-const BUDGET_MS = 1000.0 / 60.0
 
 var frame_ms := []
 
@@ -19,7 +18,8 @@ func push(ms: float) -> void:
 func _draw() -> void:
 	var size := rect_size
 	draw_rect(Rect2(Vector2.ZERO, size), Color(0, 0, 0, 0.55))
-	var budget_y := size.y * (1.0 - BUDGET_MS / MAX_MS)
+	var budget_ms := 1000.0 / (Engine.target_fps if Engine.target_fps > 0 else 60)
+	var budget_y := size.y * (1.0 - budget_ms / MAX_MS)
 	draw_line(Vector2(0, budget_y), Vector2(size.x, budget_y), Color(1, 1, 0, 0.6), 1.0)
 	if frame_ms.size() < 2:
 		return
