@@ -13,6 +13,7 @@ from typing import Any
 from lego_embed.fleet.calibration import Calibration
 from lego_embed.fleet.placement import (
     Plan,
+    consolidate,
     exact_minimum_gpus,
     first_fit_decreasing,
     fixed_plan,
@@ -30,20 +31,23 @@ EXACT_LIMIT = 9
 
 BENCH_WORKLOADS = (
     ("tiny_8", SyntheticWorkloadConfig(n_adapters=8, total_rate_req_s=40.0, zipf_s=0.5, seed=11)),
-    ("npc_100", SyntheticWorkloadConfig(n_adapters=100, total_rate_req_s=15.0, zipf_s=1.0,
+    ("npc_100", SyntheticWorkloadConfig(n_adapters=100, total_rate_req_s=40.0, zipf_s=1.0,
                                         seed=1)),
-    ("npc_250", SyntheticWorkloadConfig(n_adapters=250, total_rate_req_s=30.0, zipf_s=0.8,
+    ("npc_250", SyntheticWorkloadConfig(n_adapters=250, total_rate_req_s=60.0, zipf_s=0.8,
                                         seed=2)),
-    ("npc_500", SyntheticWorkloadConfig(n_adapters=500, total_rate_req_s=45.0, zipf_s=1.2,
+    ("npc_500", SyntheticWorkloadConfig(n_adapters=500, total_rate_req_s=80.0, zipf_s=1.2,
                                         seed=3)),
-    ("npc_1000", SyntheticWorkloadConfig(n_adapters=1000, total_rate_req_s=60.0, zipf_s=1.0,
+    ("npc_1000", SyntheticWorkloadConfig(n_adapters=1000, total_rate_req_s=100.0, zipf_s=1.0,
                                          seed=4)),
 )
 
 
 @dataclass
 class PlacementRow:
-    """One workload's placement result in fleet.json's shape (GPU counts)."""
+    """One workload's placement result in fleet.json's shape (GPU counts). gpus_exact is the
+    minimum under the surrogate's feasibility (tiny workloads only), to compare with
+    gpus_ffd_before_twin (FFD under the same oracle); gpus_ours is after twin repair and
+    twin-verified consolidation."""
 
     workload: str
     adapters: int
@@ -51,6 +55,7 @@ class PlacementRow:
     gpus_memory_only: int
     gpus_fixed: int
     gpus_exact: int | None
+    gpus_ffd_before_twin: int
     starving_gpus_in_twin: int
     repairs_ours: int
     plan_seconds: float
@@ -61,8 +66,10 @@ def plan_workload(workload: WorkloadSpec, calibration: Calibration, surrogate: S
     """Our planner: surrogate-driven FFD, then twin verification and repair."""
     feasible = surrogate_feasibility(surrogate, calibration)
     plan = first_fit_decreasing(workload.adapters, feasible, strategy="ffd_surrogate")
-    return verify_and_repair(plan, calibration, duration_s=verify_duration_s,
+    plan = verify_and_repair(plan, calibration, duration_s=verify_duration_s,
                              gpu_memory_gib=workload.gpu.memory_gib, feasible=feasible)
+    return consolidate(plan, calibration, duration_s=verify_duration_s,
+                       gpu_memory_gib=workload.gpu.memory_gib, feasible=feasible)
 
 
 def placement_row(name: str, workload: WorkloadSpec, calibration: Calibration,
@@ -81,7 +88,8 @@ def placement_row(name: str, workload: WorkloadSpec, calibration: Calibration,
                                    surrogate_feasibility(surrogate, calibration), EXACT_LIMIT)
     row = PlacementRow(workload=name, adapters=len(workload.adapters), gpus_ours=ours.n_gpus,
                        gpus_memory_only=memory_only.n_gpus, gpus_fixed=fixed.n_gpus,
-                       gpus_exact=exact, starving_gpus_in_twin=ours.starving_gpus,
+                       gpus_exact=exact, gpus_ffd_before_twin=ours.initial_gpus,
+                       starving_gpus_in_twin=ours.starving_gpus,
                        repairs_ours=ours.repairs, plan_seconds=round(seconds, 2))
     detail = {"ours": ours, "memory_only": memory_only, "fixed": fixed}
     return row, detail

@@ -39,12 +39,14 @@ class GpuAssignment:
 
 @dataclass
 class Plan:
-    """A placement: GPUs with their adapters; `twin` holds each GPU's verification result."""
+    """A placement: GPUs with their adapters; `twin` holds each GPU's verification result,
+    `initial_gpus` the GPU count of the packing rule before twin repair/consolidation."""
 
     strategy: str
     gpus: list[GpuAssignment]
     twin: list[TwinResult] = field(default_factory=list)
     repairs: int = 0
+    initial_gpus: int = 0
 
     @property
     def n_gpus(self) -> int:
@@ -88,7 +90,7 @@ def first_fit_decreasing(adapters: Sequence[AdapterSpec], feasible: Feasibility,
         else:
             alone = feasible([adapter])
             gpus.append(GpuAssignment([adapter], alone if alone is not None else 8))
-    return Plan(strategy=strategy, gpus=gpus)
+    return Plan(strategy=strategy, gpus=gpus, initial_gpus=len(gpus))
 
 
 def memory_only_plan(workload: WorkloadSpec, calibration: Calibration) -> Plan:
@@ -106,7 +108,7 @@ def memory_only_plan(workload: WorkloadSpec, calibration: Calibration) -> Plan:
                 break
         else:
             gpus.append(GpuAssignment([adapter], 1))
-    return Plan(strategy="memory_only", gpus=gpus)
+    return Plan(strategy="memory_only", gpus=gpus, initial_gpus=len(gpus))
 
 
 def fixed_plan(workload: WorkloadSpec, per_gpu: int = 32) -> Plan:
@@ -114,7 +116,7 @@ def fixed_plan(workload: WorkloadSpec, per_gpu: int = 32) -> Plan:
     ordered = sorted(workload.adapters, key=lambda a: a.adapter_id)
     gpus = [GpuAssignment(list(ordered[i:i + per_gpu]), per_gpu)
             for i in range(0, len(ordered), per_gpu)]
-    return Plan(strategy=f"fixed_{per_gpu}", gpus=gpus)
+    return Plan(strategy=f"fixed_{per_gpu}", gpus=gpus, initial_gpus=len(gpus))
 
 
 def verify_and_repair(plan: Plan, calibration: Calibration, duration_s: float = 1800.0,
@@ -213,3 +215,32 @@ def exact_minimum_gpus(adapters: Sequence[AdapterSpec], feasible: Feasibility,
 
     search(0, [])
     return best
+
+
+def consolidate(plan: Plan, calibration: Calibration, duration_s: float = 1800.0,
+                gpu_memory_gib: float | None = None, feasible: Feasibility | None = None,
+                seed: int = 0, max_attempts: int = 8) -> Plan:
+    """Twin-verified consolidation after repair: merge the two least-loaded GPUs into one while
+    the twin finds the merged GPU free of starvation (the surrogate is conservative near its
+    decision boundary; the twin has the last word)."""
+    if len(plan.twin) != len(plan.gpus):
+        plan = verify_and_repair(plan, calibration, duration_s, gpu_memory_gib,
+                                 feasible=feasible, seed=seed)
+    for attempt in range(max_attempts):
+        if len(plan.gpus) < 2:
+            break
+        order = sorted(range(len(plan.gpus)), key=lambda i: plan.gpus[i].offered_tok_s)
+        a, b = order[0], order[1]
+        merged = GpuAssignment(plan.gpus[a].adapters + plan.gpus[b].adapters,
+                               max(plan.gpus[a].max_loras, plan.gpus[b].max_loras))
+        chosen = feasible(merged.adapters) if feasible is not None else None
+        merged.max_loras = chosen if chosen is not None else _safe_max_loras(
+            merged, calibration, gpu_memory_gib)
+        result = simulate(merged.adapters, merged.instance(gpu_memory_gib), calibration,
+                          duration_s=duration_s, seed=seed + 1000 + attempt)
+        if result.starved:
+            break
+        keep = [i for i in range(len(plan.gpus)) if i not in (a, b)]
+        plan.gpus = [plan.gpus[i] for i in keep] + [merged]
+        plan.twin = [plan.twin[i] for i in keep] + [result]
+    return plan

@@ -165,9 +165,11 @@ class DatasetConfig:
     seed: int = 0
 
 
-def sample_instance(rng: np.random.Generator) -> tuple[list[AdapterSpec], int]:
+def sample_instance(rng: np.random.Generator,
+                    calibration: Calibration) -> tuple[list[AdapterSpec], int]:
     """One random instance configuration: adapter count, Zipf-skewed rates, a rank mix, length
-    means and max_loras, spanning light load to heavy overload."""
+    means and a max_loras that fits GPU memory, spanning light load to heavy overload (memory
+    errors need no surrogate: the memory model answers them exactly)."""
     n = int(np.clip(np.rint(np.exp(rng.uniform(np.log(1), np.log(400)))), 1, 400))
     total_rate = float(np.exp(rng.uniform(np.log(0.3), np.log(70.0))))
     skew = rng.choice([0.0, 0.5, 1.0, 1.5])
@@ -179,13 +181,15 @@ def sample_instance(rng: np.random.Generator) -> tuple[list[AdapterSpec], int]:
     output = LengthDistribution(float(rng.uniform(100, 300)), 180.0, 1, 1024)
     adapters = [AdapterSpec(f"s{i}", int(ranks[i]), float(rates[i]), prompt, output)
                 for i in range(n)]
-    max_loras = int(rng.choice(MAX_LORAS_CHOICES))
+    max_rank = int(ranks.max())
+    fitting = [m for m in MAX_LORAS_CHOICES if calibration.memory.fits(m, max_rank)]
+    max_loras = int(rng.choice(fitting))
     return adapters, max_loras
 
 
 def _sample_row(index: int, config: DatasetConfig, calibration: Calibration) -> dict[str, Any]:
     rng = np.random.default_rng([config.seed, index])
-    adapters, max_loras = sample_instance(rng)
+    adapters, max_loras = sample_instance(rng, calibration)
     x = instance_features(adapters, max_loras, calibration)
     instance = InstanceConfig(max_loras=max_loras, max_cpu_loras=len(adapters),
                               max_lora_rank=max(a.rank for a in adapters))
@@ -234,7 +238,8 @@ def generate_dataset(path: str | Path, config: DatasetConfig, calibration: Calib
 
 
 def load_dataset(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(features, served_fraction, starved, ideal_tok_s) arrays from a dataset file."""
+    """(features, served_fraction, starved, ideal_tok_s) arrays from a dataset file, without
+    memory-error rows (Surrogate.predict answers those from the memory model)."""
     path = Path(path)
     if not path.is_file():
         raise CalibrationError(f"dataset {path} does not exist; make it with "
@@ -243,6 +248,7 @@ def load_dataset(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     if len(rows) < 20:
         raise CalibrationError(f"dataset {path} has {len(rows)} rows; need at least 20")
     rows.sort(key=lambda r: r["index"])
+    rows = [r for r in rows if not r["memory_error"]]
     x = np.array([r["features"] for r in rows], dtype=float)
     y = np.array([r["served_fraction"] for r in rows], dtype=float)
     starved = np.array([r["starved"] for r in rows], dtype=bool)

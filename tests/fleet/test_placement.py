@@ -12,6 +12,7 @@ from lego_embed.fleet.calibration import Calibration
 from lego_embed.fleet.placement import (
     GpuAssignment,
     Plan,
+    consolidate,
     exact_minimum_gpus,
     first_fit_decreasing,
     fixed_plan,
@@ -98,3 +99,16 @@ def test_operator_output_round_trips(tmp_path: Path, calibration: Calibration) -
     assert "--max-lora-rank" in command and "--enable-lora" in command
     routing = (tmp_path / "routing.json").read_text()
     assert all(a.adapter_id in routing for a in workload.adapters)
+
+
+def test_consolidation_merges_light_gpus_only_when_the_twin_agrees(
+        calibration: Calibration) -> None:
+    light = [AdapterSpec(f"l{i}", 8, 0.2) for i in range(6)]
+    plan = Plan("split", [GpuAssignment(light[:3], 8), GpuAssignment(light[3:], 8)])
+    merged = consolidate(plan, calibration, duration_s=200.0)
+    assert merged.n_gpus == 1 and merged.starving_gpus == 0
+    _assert_valid(merged, light, calibration)
+    heavy = [AdapterSpec(f"h{i}", 16, 4.0) for i in range(8)]
+    plan = Plan("split", [GpuAssignment(heavy[:4], 8), GpuAssignment(heavy[4:], 8)])
+    kept = consolidate(plan, calibration, duration_s=200.0)
+    assert kept.n_gpus == 2
