@@ -310,6 +310,7 @@ class Runtime:
             "windows": len(windows),
             "last_window_headroom_ms": windows[-1].total_ms if windows else None,
             "predicted_window_headroom_ms": predicted,
+            "usable_fraction": self.scheduler.usable_fraction,
             "slot_estimates_ms": {k: v.mean_ms for k, v in self.tracker.slots.items()},
             "cost_profile_ns": self.scheduler.cost.profile_ns(),
             "gpu": nvml_stats(),
@@ -493,6 +494,12 @@ class Runtime:
             expected_accuracy=option.accuracy,
         )
         self.scheduler.finish(request)
+        rate = self.headroom_rate()
+        if request.alone and error is None and rate < 1.0:
+            # a request that never waited behind another shows which share of the predicted
+            # headroom dispatch really gets: its compute over (its wall time x headroom rate)
+            wall_ns = now_ns - request.arrival_ns
+            self.scheduler.observe_usable_fraction(decision.compute_ms * 1e6 / (wall_ns * rate))
         self._decisions.append(decision)
         self._done.append(decision)
         if incoming.callback is not None:

@@ -33,6 +33,7 @@ from lego_embed.runtime.headroom import OpenGap
 
 POLICIES = ("lego", "free", "inter_frame", "static_skip")
 COST_ALPHA = 0.2
+USABLE_ALPHA = 0.3
 DEFAULT_SUBTASK_NS = 200_000
 
 
@@ -160,7 +161,7 @@ class ScheduledRequest:
     level: int = 0
     escalations: int = 0
     payload: Any = None
-    started: bool = False
+    alone: bool = False
 
     def __lt__(self, other: ScheduledRequest) -> bool:
         return (self.deadline_ns, self.request_id) < (other.deadline_ns, other.request_id)
@@ -183,7 +184,8 @@ class SchedulerConfig:
 
     margin_ns / margin_fraction: a subtask starts only if predicted * (1 + margin_fraction) +
     margin_ns fits the rest of the gap. usable_fraction: share of predicted headroom the
-    skip-level choice counts on (dispatch granularity wastes the rest). static_level and
+    skip-level choice counts on at first (dispatch granularity wastes the rest); then learned
+    online (`observe_usable_fraction`). static_level and
     static_slice_ns: the static_skip policy's fixed level and compute per inter-frame gap.
     fill_gaps: when the first request's subtask does not fit, run another request's that does.
     """
@@ -218,6 +220,7 @@ class Scheduler:
         self.levels = list(levels)
         self.config = config or SchedulerConfig()
         self.cost = cost_model or CostModel()
+        self.usable_fraction = self.config.usable_fraction
         self._queue: list[ScheduledRequest] = []
         self._static_used_ns = 0
         self._static_gap_start_ns: int | None = None
@@ -232,6 +235,7 @@ class Scheduler:
 
     def admit(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> None:
         """Queues a request and picks its skip level (smallest that fits, see module doc)."""
+        request.alone = not self._queue
         request.level = self.choose_level(request, now_ns, headroom_rate)
         self._apply_level(request)
         heapq.heappush(self._queue, request) if self.config.edf else self._queue.append(request)
@@ -284,7 +288,7 @@ class Scheduler:
 
     def _available_ns(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> float:
         time_left_ns = request.deadline_ns - now_ns
-        usable = time_left_ns * headroom_rate * self.config.usable_fraction
+        usable = time_left_ns * headroom_rate * self.usable_fraction
         return usable - self._work_ahead_ns(request)
 
     def choose_level(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> int:
@@ -397,6 +401,12 @@ class Scheduler:
             if self.fits(predicted_ns, now_ns, gap_end_ns):
                 return Dispatch((other,), predicted_ns, gap_end_ns, 1)
         return None
+
+    def observe_usable_fraction(self, fraction: float) -> None:
+        """Learns which share of the predicted headroom dispatch really fills (the runtime
+        measures it on requests that never waited behind another one)."""
+        fraction = min(max(fraction, 0.05), 1.0)
+        self.usable_fraction += USABLE_ALPHA * (fraction - self.usable_fraction)
 
     def record(self, subtask: Subtask, duration_ns: int) -> None:
         """Feeds a measured subtask time back into the cost model (and the static slice)."""
