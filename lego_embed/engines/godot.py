@@ -72,6 +72,17 @@ class BridgeConfig:
         return result
 
 
+def _plain(value: Any) -> Any:
+    """json.dumps fallback: numpy scalars as Python numbers, anything else as its text."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else str(value)
+
+
+def to_json(value: Any) -> str:
+    """JSON text for the engine side (numpy numbers and odd objects included)."""
+    return json.dumps(value, default=_plain)
+
+
 def parse_request(payload: list[Any]) -> tuple[str, dict[str, Any], list[str], float]:
     """The decoded JSON array the C bridge wrote for request(npc_id, state, actions,
     deadline_ms), checked."""
@@ -133,7 +144,7 @@ class GodotSession:
         self._pump.start()
 
     def _push(self, result: dict[str, Any]) -> None:
-        self._push_text(json.dumps(result))
+        self._push_text(to_json(result))
 
     def _load(self) -> None:
         try:
@@ -268,7 +279,7 @@ def _with_counters(result: dict[str, Any]) -> str:
     import _lego_bridge  # the C bridge's built-in module; exists only inside Godot
 
     result["bridge"] = _lego_bridge.counters()
-    return json.dumps(result)
+    return to_json(result)
 
 
 def start(config_json: str) -> str:
@@ -284,7 +295,7 @@ def start(config_json: str) -> str:
         config, _lego_bridge.wait_engine, _lego_bridge.push_result,
         _lego_bridge.exit_without_destructors,
     )
-    return json.dumps({"ok": True, "python": sys.version.split()[0], "prefix": sys.prefix})
+    return to_json({"ok": True, "python": sys.version.split()[0], "prefix": sys.prefix})
 
 
 def stats() -> str:
@@ -298,7 +309,7 @@ def stop() -> str:
     """Stop the session's threads (the game is quitting); returns the final stats as JSON."""
     global _session
     if _session is None:
-        return json.dumps({})
+        return to_json({})
     final = _session.stop()
     _session = None
     return _with_counters(final)
