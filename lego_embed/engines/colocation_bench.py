@@ -328,7 +328,7 @@ MATRIX_POLICIES = ("free", "inter_frame", "static_skip", "lego")
 ABLATIONS = (
     ("lego", {}),
     ("no_edf", {"edf": False}),
-    ("no_prefix_reuse", {"prefix_reuse": False}),
+    ("prefix_reuse_of_4_token_persona", {"prefix_min_tokens": 1}),
     ("free_text_16_tokens", {"constrained": False}),
     ("free_text_16_tokens_no_batching", {"constrained": False, "batching": False}),
 )

@@ -97,7 +97,10 @@ class RuntimeConfig:
     constrained: decode with the action trie (default); False generates up to 16 free tokens
     (LEGO's shape) and accepts the answer only if its text is an allowed action. cost_profile:
     a `lego-embed profile` JSON that seeds the cost model (the warm-up and every measured
-    subtask then correct it). cost_deviations / gap_deviations: how conservative predictions
+    subtask then correct it). prefix_min_tokens: reuse a persona prefix only if it is at least
+    this long (a short prefix saves almost nothing, and attending over cached positions needs a
+    mask, which made the bundled model's attention block 60% slower on CPU).
+    cost_deviations / gap_deviations: how conservative predictions
     are (subtask cost: mean + k deviations; gap length: mean - k deviations).
     """
 
@@ -110,6 +113,7 @@ class RuntimeConfig:
     edf: bool = True
     batching: bool = True
     prefix_reuse: bool = True
+    prefix_min_tokens: int = 16
     static_level: int | None = None
     static_slice_ms: float = 4.0
     cpu_core: int | None = None
@@ -443,7 +447,7 @@ class Runtime:
     def _prefix_ids(self, prepared: PreparedDecision) -> tuple[int, ...]:
         """The prompt's static persona part: the tokens it shares with the encoded persona
         prefix (a tokenizer may encode the prefix's trailing blank as a token of its own)."""
-        if prepared.prefix_tokens:
+        if prepared.prefix_tokens >= self.config.prefix_min_tokens:
             return tuple(prepared.prompt_ids[: prepared.prefix_tokens])
         key = prepared.state.persona
         static = self._persona_ids.get(key)
@@ -455,7 +459,10 @@ class Runtime:
             if ours != theirs:
                 break
             common += 1
-        return tuple(prepared.prompt_ids[: min(common, len(prepared.prompt_ids) - 1)])
+        common = min(common, len(prepared.prompt_ids) - 1)
+        if common < self.config.prefix_min_tokens:
+            return ()
+        return tuple(prepared.prompt_ids[:common])
 
     def _remember_prefix(self, request: ScheduledRequest) -> None:
         """After a full-model prefill, keeps the persona prefix's KV for the NPC's next requests."""

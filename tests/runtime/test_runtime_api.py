@@ -27,7 +27,7 @@ def wait_for(runtime: Runtime, count: int, timeout_s: float = 60.0) -> list[Deci
 
 
 def test_requests_are_answered_with_allowed_actions(npc_loaded: LoadedModel) -> None:
-    runtime = Runtime(npc_loaded, config=RuntimeConfig(policy="lego"))
+    runtime = Runtime(npc_loaded, config=RuntimeConfig(policy="lego", prefix_min_tokens=1))
     called: list[Decision] = []
     runtime.start()
     try:
