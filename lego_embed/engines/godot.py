@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lego_embed.errors import EngineBridgeError
+from lego_embed.errors import EngineBridgeError, SkipBundleError
 from lego_embed.runtime.events import EVENT_KINDS, EngineEvent
 
 ENGINE_WAIT_S = 0.05
@@ -243,7 +243,8 @@ class GodotSession:
 def build_runtime(config: BridgeConfig) -> tuple[Any, dict[str, Any]]:
     """Load the model (and its skip bundle when the folder has one) and start a Runtime.
 
-    Returns the started Runtime and a description for the ``ready`` report.
+    Returns the started Runtime and a description for the ``ready`` report (a broken skip
+    bundle is reported there as ``skip_bundle_error``; the model then runs at level 0).
     """
     import torch
 
@@ -252,12 +253,15 @@ def build_runtime(config: BridgeConfig) -> tuple[Any, dict[str, Any]]:
 
     torch.set_num_threads(config.torch_threads)
     loaded = load_model(config.model, device=config.device)
-    bundle = None
+    bundle, bundle_error = None, None
     bundle_dir = Path(loaded.path) / "skip_bundle"
     if bundle_dir.is_dir():
-        from lego_embed.skip import SkipBundle
+        from lego_embed.skip.bundle import SkipBundle
 
-        bundle = SkipBundle.load(bundle_dir)
+        try:
+            bundle = SkipBundle.load(bundle_dir, loaded)
+        except SkipBundleError as exc:  # decide with the full model rather than not at all
+            bundle_error = f"{type(exc).__name__}: {exc}; running without layer skipping"
     runtime = Runtime(loaded, bundle=bundle, config=RuntimeConfig(**config.runtime_options))
     runtime.start()
     info = {
@@ -266,6 +270,7 @@ def build_runtime(config: BridgeConfig) -> tuple[Any, dict[str, Any]]:
         "num_layers": loaded.num_layers,
         "device": str(loaded.device),
         "skip_levels": [level.level for level in runtime.levels],
+        "skip_bundle_error": bundle_error,
         "python": sys.version.split()[0],
         "prefix": sys.prefix,
     }
