@@ -12,7 +12,7 @@ from lego_embed.errors import WorkloadSpecError
 from lego_embed.fleet.calibration import Calibration
 from lego_embed.fleet.spec import AdapterSpec, WorkloadSpec
 from lego_embed.fleet.surrogate import MAX_LORAS_CHOICES, Surrogate
-from lego_embed.fleet.twin import InstanceConfig, TwinResult, simulate
+from lego_embed.fleet.twin import STARVATION_THRESHOLD, InstanceConfig, TwinResult, simulate
 
 Feasibility = Callable[[Sequence[AdapterSpec]], "int | None"]
 
@@ -119,12 +119,22 @@ def fixed_plan(workload: WorkloadSpec, per_gpu: int = 32) -> Plan:
     return Plan(strategy=f"fixed_{per_gpu}", gpus=gpus, initial_gpus=len(gpus))
 
 
+SAFETY_MARGIN = 0.02
+
+
+def passes(result: TwinResult, margin: float = SAFETY_MARGIN) -> bool:
+    """No memory error and a served fraction at least `margin` above the starvation limit."""
+    return not result.memory_error and \
+        result.throughput_to_ideal >= 1.0 - STARVATION_THRESHOLD + margin
+
+
 def verify_and_repair(plan: Plan, calibration: Calibration, duration_s: float = 1800.0,
                       gpu_memory_gib: float | None = None, max_rounds: int = 12,
                       feasible: Feasibility | None = None, seed: int = 0) -> Plan:
-    """Simulates every GPU in the twin; a starving GPU keeps the largest adapters that fit its
-    measured served fraction (minus a 10% margin) and the rest move to a new GPU, until no GPU
-    starves. `feasible`, when given, re-chooses max_loras of changed GPUs."""
+    """Simulates every GPU in the twin; a GPU that does not pass (starving, or within
+    SAFETY_MARGIN of it) keeps the largest adapters that fit its measured served fraction (minus
+    10%) and the rest move to a new GPU, until every GPU passes. `feasible`, when given,
+    re-chooses max_loras of changed GPUs."""
     results: dict[int, TwinResult] = {}
     for _ in range(max_rounds):
         changed = False
@@ -135,7 +145,7 @@ def verify_and_repair(plan: Plan, calibration: Calibration, duration_s: float = 
             result = simulate(gpu.adapters, gpu.instance(gpu_memory_gib), calibration,
                               duration_s=duration_s, seed=seed + index)
             results[index] = result
-            if not result.starved or len(gpu.adapters) == 1:
+            if passes(result) or len(gpu.adapters) == 1:
                 continue
             keep_tok_s = gpu.offered_tok_s * max(0.1, result.throughput_to_ideal - 0.1)
             if result.memory_error:
@@ -221,8 +231,8 @@ def consolidate(plan: Plan, calibration: Calibration, duration_s: float = 1800.0
                 gpu_memory_gib: float | None = None, feasible: Feasibility | None = None,
                 seed: int = 0, max_attempts: int = 8) -> Plan:
     """Twin-verified consolidation after repair: merge the two least-loaded GPUs into one while
-    the twin finds the merged GPU free of starvation (the surrogate is conservative near its
-    decision boundary; the twin has the last word)."""
+    the merged GPU passes in the twin (the surrogate is conservative near its decision boundary;
+    the twin has the last word)."""
     if len(plan.twin) != len(plan.gpus):
         plan = verify_and_repair(plan, calibration, duration_s, gpu_memory_gib,
                                  feasible=feasible, seed=seed)
@@ -238,7 +248,7 @@ def consolidate(plan: Plan, calibration: Calibration, duration_s: float = 1800.0
             merged, calibration, gpu_memory_gib)
         result = simulate(merged.adapters, merged.instance(gpu_memory_gib), calibration,
                           duration_s=duration_s, seed=seed + 1000 + attempt)
-        if result.starved:
+        if not passes(result):
             break
         keep = [i for i in range(len(plan.gpus)) if i not in (a, b)]
         plan.gpus = [plan.gpus[i] for i in keep] + [merged]
