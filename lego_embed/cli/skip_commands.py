@@ -41,6 +41,12 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                        help="held-out situations for the manifest's accuracy and perplexity")
     build.set_defaults(run=_build)
 
+    cost = commands.add_parser("cost", help="re-measure a bundle's cost savings on this machine")
+    _common(cost)
+    cost.add_argument("--bundle", type=Path, help="bundle folder (default MODEL/skip_bundle)")
+    cost.add_argument("--repeats", type=int, default=15, help="timed requests per level")
+    cost.set_defaults(run=_cost)
+
     evaluate = commands.add_parser("eval", help="accuracy/perplexity of every skipping method")
     _common(evaluate)
     evaluate.add_argument("--bundle", type=Path, help="bundle folder (default MODEL/skip_bundle)")
@@ -180,6 +186,24 @@ def _build(args: argparse.Namespace) -> int:
     print(json.dumps(bundle.manifest()["levels"], indent=1))
     print(f"wrote {out} in {time.perf_counter() - started:.0f} s "
           f"({bundle.manifest()['total_resident_bytes']} adaptor bytes in all)")
+    return 0
+
+
+def _cost(args: argparse.Namespace) -> int:
+    from lego_embed.skip.bundle import SkipBundle
+    from lego_embed.skip.cost import measure_cost_savings
+
+    loaded = _load(args)
+    folder = _bundle_dir(loaded, args.bundle)
+    bundle = SkipBundle.load(folder, loaded)
+    _, examples = _calibration_batches(loaded, args)
+    plans = {lv.level: bundle.plan(lv.level) for lv in bundle.levels}
+    savings = measure_cost_savings(loaded, plans, examples[0].prompt_ids, repeats=args.repeats)
+    for level, saving in savings.items():
+        bundle = bundle.with_measurements(level, cost_saving=round(saving, 4))
+        print(f"level {level} (k={bundle.level(level).skipped_layers}): cost saving {saving:.4f}")
+    bundle.save(folder)
+    print(f"updated {folder}")
     return 0
 
 
