@@ -211,7 +211,10 @@ def summarize(
     run: ColocationRun, off_miss_rate: float | None, pass_model: PassModel | None = None
 ) -> dict[str, Any]:
     """One row of colocation_*.json (see the issue for the fields). headroom_utilization: LLM
-    subtask time inside the headroom spans of `_gaps_ns` over their total length."""
+    subtask time inside the headroom spans of `_gaps_ns` over their total length. Extra fields:
+    llm_overlapped_miss_rate (missed frames during whose passes an LLM subtask ran: the misses
+    the LLM can have caused, unlike the machine's own noise) and llm_in_passes_ms (LLM subtask
+    time overlapping render passes)."""
     frames = run.frames
     budget_ns = round(FRAME_BUDGET_60FPS_MS * 1e6)
     misses = sum(frame.missed for frame in frames)
@@ -224,6 +227,11 @@ def summarize(
     headroom_ns = sum(b - a for a, b in gaps)
     used_ns = _overlap_ns(llm_spans, gaps) if llm_spans else 0
     accuracies = [d.expected_accuracy for d in run.decisions if d.expected_accuracy is not None]
+    passes_ns = sorted((b, e) for frame in frames for _, b, e in frame.pass_spans_ns)
+    llm_hit_frames = sum(
+        frame.missed and _overlap_ns(llm_spans, [(b, e) for _, b, e in frame.pass_spans_ns]) > 0
+        for frame in frames
+    ) if llm_spans else 0
     setting = run.setting
 
     def rounded(value: float | None, digits: int = 4) -> float | None:
@@ -250,6 +258,9 @@ def summarize(
             np.mean([d.skipped_layers for d in run.decisions]) if run.decisions else None, 3
         ),
         "expected_accuracy": rounded(np.mean(accuracies) if accuracies else None),
+        "llm_overlapped_miss_rate": rounded(llm_hit_frames / len(frames) if frames else None),
+        "llm_in_passes_ms": rounded(_overlap_ns(llm_spans, passes_ns) / 1e6 if llm_spans else 0.0,
+                                    2),
         "requests": run.requests,
         "answered": len(answered),
         "slo_ms": setting.slo_ms,
@@ -262,7 +273,7 @@ def summarize(
         row["runtime"] = {
             key: stats[key]
             for key in ("subtasks", "batched_subtasks", "prefix_hits", "escalations", "errors",
-                        "contended_subtasks", "llm_busy_ms")
+                        "contended_subtasks", "relevels", "llm_busy_ms")
         }
     return row
 

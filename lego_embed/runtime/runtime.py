@@ -208,9 +208,11 @@ class Runtime:
         self._prefixes: dict[tuple[int, ...], PrefixCache] = {}
         self._persona_ids: dict[str, list[int]] = {}
         self._last_event_ns: int | None = None
+        self._window_busy_ns = 0
+        self._window_backlogged = False
         self._counters = {
             "subtasks": 0, "batched_subtasks": 0, "prefix_hits": 0, "escalations": 0,
-            "llm_busy_ns": 0, "errors": 0, "contended_subtasks": 0,
+            "llm_busy_ns": 0, "errors": 0, "contended_subtasks": 0, "relevels": 0,
         }
 
     @staticmethod
@@ -309,6 +311,7 @@ class Runtime:
             "escalations": self._counters["escalations"],
             "errors": self._counters["errors"],
             "contended_subtasks": self._counters["contended_subtasks"],
+            "relevels": self._counters["relevels"],
             "llm_busy_ms": self._counters["llm_busy_ns"] / 1e6,
             "frames_seen": self.tracker.frames,
             "windows": len(windows),
@@ -334,7 +337,17 @@ class Runtime:
                 self.scheduler.record(timing.subtask, timing.duration_ns)
 
     def _window(self, window: WindowHeadroom) -> None:
+        rate = self.headroom_rate()
+        if self._window_backlogged and len(self.scheduler) and rate < 1.0:
+            # requests waited the whole window: its compute shows what dispatch can really get
+            busy_fraction = self._window_busy_ns / 1e6 / self.tracker.window_ms
+            self.scheduler.observe_usable_fraction(busy_fraction / rate)
+        self._window_busy_ns = 0
+        self._window_backlogged = len(self.scheduler) > 0
         self.predictor.observe(window.total_ms)
+        self._counters["relevels"] += self.scheduler.relevel_waiting(
+            window.start_ns + self.tracker.window_ns, self.headroom_rate()
+        )
 
     def headroom_rate(self) -> float:
         """Predicted fraction of wall time that is headroom (1.0 with no renderer reporting)."""
@@ -358,6 +371,8 @@ class Runtime:
                 now_ns, self.tracker.open_gap(), self._last_event_ns
             )
             if dispatch is None:
+                if not len(self.scheduler):
+                    self._window_backlogged = False
                 self._wake.wait(PENDING_WAIT_S if len(self.scheduler) else IDLE_WAIT_S)
                 continue
             self._execute(dispatch)
@@ -422,6 +437,7 @@ class Runtime:
         self._counters["subtasks"] += 1
         self._counters["batched_subtasks"] += len(batch) > 1
         self._counters["llm_busy_ns"] += end_ns - start_ns
+        self._window_busy_ns += end_ns - start_ns
         if self.config.record_timeline:
             self.timeline.append((start_ns, end_ns, timing.subtask.kind.value, len(batch)))
         keep_going = True
@@ -507,6 +523,7 @@ class Runtime:
             # headroom dispatch really gets: its compute over (its wall time x headroom rate)
             wall_ns = now_ns - request.arrival_ns
             self.scheduler.observe_usable_fraction(decision.compute_ms * 1e6 / (wall_ns * rate))
+        self._counters["relevels"] += self.scheduler.relevel_waiting(now_ns, self.headroom_rate())
         self._decisions.append(decision)
         self._done.append(decision)
         if incoming.callback is not None:

@@ -81,7 +81,7 @@ class CostModel:
         self._estimates: dict[tuple[str, str, int], _CostEstimate] = {
             key: _CostEstimate(float(ns), 0.0) for key, ns in (profile_ns or {}).items()
         }
-        self._cache: dict[tuple[str, str, int], float] = {}
+        self._cache: dict[tuple[str, str, int, float], float] = {}
 
     @classmethod
     def from_profile(cls, profile: CostProfile, deviations: float = 2.0) -> CostModel:
@@ -101,22 +101,25 @@ class CostModel:
             self._estimates[key] = _CostEstimate(float(duration_ns), duration_ns * 0.25)
         else:
             estimate.update(duration_ns)
-        self._cache.pop(key, None)
+        self._cache.clear()
 
-    def predict_ns(self, subtask: Subtask) -> float:
-        key = cost_key(subtask)
+    def predict_ns(self, subtask: Subtask, deviations: float | None = None) -> float:
+        """Conservative duration for gap fitting: mean + `deviations` (default: the model's)
+        EWMA deviations. `deviations=0` gives the mean, for sums over many subtasks."""
+        deviations = self.deviations if deviations is None else deviations
+        key = (*cost_key(subtask), deviations)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        estimate = self._estimates.get(key)
+        estimate = self._estimates.get(key[:3])
         if estimate is not None:
-            value = estimate.mean_ns + self.deviations * estimate.deviation_ns
+            value = estimate.mean_ns + deviations * estimate.deviation_ns
         else:
             same_kind = [(k, e) for k, e in self._estimates.items() if k[:2] == key[:2]]
             if same_kind:
                 near_key, near = min(same_kind, key=lambda item: abs(item[0][2] - key[2]))
                 scale = 2.0 ** max(key[2] - near_key[2], 0)
-                value = (near.mean_ns + self.deviations * near.deviation_ns) * scale
+                value = (near.mean_ns + deviations * near.deviation_ns) * scale
             else:
                 value = float(DEFAULT_SUBTASK_NS)
         self._cache[key] = value
@@ -127,10 +130,12 @@ class CostModel:
         return {"/".join(map(str, k)): e.mean_ns for k, e in self._estimates.items()}
 
     def pass_cost_ns(self, plan: LayerPlan, phase: str, tokens: int, context: int) -> float:
-        """Predicted duration of one whole pass (prefill chunk or decode step) under `plan`."""
+        """Predicted mean duration of one whole pass (prefill chunk or decode step) under
+        `plan` (means: over dozens of subtasks the deviations average out)."""
         def one(kind: SubtaskKind, first: int = -1, last: int = -1) -> float:
             query_tokens = 1 if kind is SubtaskKind.HEAD else tokens  # the head reads one position
-            return self.predict_ns(Subtask(kind, phase, first, last, query_tokens, context))
+            subtask = Subtask(kind, phase, first, last, query_tokens, context)
+            return self.predict_ns(subtask, deviations=0.0)
 
         layer_kinds = (
             (SubtaskKind.ATTENTION, SubtaskKind.FFN) if phase == PREFILL else (SubtaskKind.LAYER,)
@@ -262,7 +267,7 @@ class Scheduler:
         cost = 0.0
         if state.program is not None and state.cursor:
             cost += sum(
-                self.cost.predict_ns(p.subtask) for p in state.program[state.cursor:]
+                self.cost.predict_ns(p.subtask, 0.0) for p in state.program[state.cursor:]
             )
             in_prefill = state.program[0].subtask.phase == PREFILL
         else:
@@ -323,6 +328,24 @@ class Scheduler:
         request.escalations += 1
         self._apply_level(request)
         return True
+
+    def relevel_waiting(self, now_ns: int, headroom_rate: float) -> int:
+        """Re-chooses the level of every request that has not started yet, in EDF order, against
+        the current backlog and headroom (nothing is lost: no subtask of theirs has run).
+        Returns how many changed level."""
+        if self.config.policy != "lego":
+            return 0
+        changed = 0
+        for request in sorted(self._queue):
+            state = request.state
+            if state.timings or not state.at_pass_start:
+                continue
+            level = self.choose_level(request, now_ns, headroom_rate)
+            if level != request.level:
+                request.level = level
+                self._apply_level(request)
+                changed += 1
+        return changed
 
     def _apply_level(self, request: ScheduledRequest) -> None:
         if request.state.at_pass_start:
@@ -404,7 +427,8 @@ class Scheduler:
 
     def observe_usable_fraction(self, fraction: float) -> None:
         """Learns which share of the predicted headroom dispatch really fills (the runtime
-        measures it on requests that never waited behind another one)."""
+        measures it on requests that never waited behind another one, and on windows in which
+        requests waited the whole time)."""
         fraction = min(max(fraction, 0.05), 1.0)
         self.usable_fraction += USABLE_ALPHA * (fraction - self.usable_fraction)
 

@@ -232,3 +232,17 @@ def test_a_gap_too_short_for_the_first_request_is_filled_by_another(
         no_fill.admit(request, 0, headroom_rate=1.0)
     no_fill.executor.step(no_fill.pending[0].state)
     assert no_fill.next_dispatch(now, gap, now) is None
+
+
+def test_waiting_requests_are_releveled_when_the_backlog_grows(npc_loaded: LoadedModel) -> None:
+    scheduler = make(npc_loaded, usable_fraction=1.0)
+    n = npc_loaded.num_layers
+    full_ms = 0.4 + 2 * n + 3 * (n + 0.2)
+    waiting = new_request(scheduler, 1, 3 * full_ms)
+    scheduler.admit(waiting, 0, headroom_rate=1.0)
+    assert waiting.level == 0
+    # headroom turns out scarcer: the request that has not started yet moves up a level
+    assert scheduler.relevel_waiting(0, headroom_rate=0.5) == 1
+    assert waiting.level > 0 and waiting.state.plan.skipped_layers > 0
+    scheduler.executor.step(waiting.state)  # once it runs, its level is kept
+    assert scheduler.relevel_waiting(0, headroom_rate=0.1) == 0
