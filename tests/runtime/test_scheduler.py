@@ -242,7 +242,7 @@ def test_waiting_requests_are_releveled_when_the_backlog_grows(npc_loaded: Loade
     scheduler.admit(waiting, 0, headroom_rate=1.0)
     assert waiting.level == 0
     # headroom turns out scarcer: the request that has not started yet moves up a level
-    assert scheduler.relevel_waiting(0, headroom_rate=0.5) == 1
+    assert scheduler.relevel_waiting(0, headroom_rate=0.25) == 1
     assert waiting.level > 0 and waiting.state.plan.skipped_layers > 0
     scheduler.executor.step(waiting.state)  # once it runs, its level is kept
     assert scheduler.relevel_waiting(0, headroom_rate=0.1) == 0
