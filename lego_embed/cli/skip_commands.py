@@ -34,7 +34,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     build.add_argument("--budgets", type=int, nargs="+", default=list(DEFAULT_BUDGETS),
                        help="numbers of layers to skip, one level each")
     build.add_argument("--out", type=Path, help="bundle folder (default MODEL/skip_bundle)")
-    build.add_argument("--intermediate", type=int, help="adaptor width (default hidden size)")
+    build.add_argument("--intermediate", type=int,
+                       help="adaptor width (default: grows with the span, 1x..4x hidden)")
     build.add_argument("--mse-steps", type=int, help="stage-1 steps (default: DistillConfig's)")
     build.add_argument("--kl-steps", type=int, help="stage-2 steps (default: DistillConfig's)")
     build.add_argument("--heldout", type=int, default=1000,

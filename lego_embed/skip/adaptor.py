@@ -4,9 +4,10 @@ Shape (LEGO's adaptor): ``x + down(act(up(rms_norm(x))))``.
 
 - ``up`` maps ``hidden_size -> intermediate_size``, ``down`` maps back; both without bias, as
   in the Llama MLP the adaptor sits among.
-- The intermediate size is small: by default ``hidden_size`` (expansion 1x, so the adaptor has
-  ``2 * hidden_size**2`` weights, about a sixth of one Llama decoder layer with the usual 8/3
-  MLP ratio and no attention at all).
+- The intermediate size is small and grows with the span (``distill.default_adaptor_width``):
+  ``hidden_size / 2`` per skipped layer, from 1x to 4x ``hidden_size``. At 1x the adaptor has
+  ``2 * hidden_size**2`` weights, about a sixth of one Llama decoder layer with a 3x MLP, and it
+  has no attention at all, so its cost stays a small fraction of the span it replaces.
 - ``down`` starts at zero, so a fresh adaptor is exactly the identity: before distillation it
   behaves like plain skipping, and distillation can only move it towards the skipped span.
 """

@@ -45,7 +45,7 @@ HELD_OUT_TOKEN_FRACTION = 0.1
 class DistillConfig:
     """Distillation settings.
 
-    intermediate_size: adaptor width (None: the model's hidden size, expansion 1x).
+    intermediate_size: adaptor width (None: default_adaptor_width of the span).
     mse_steps / mse_batch_tokens: stage-1 Adam steps and tokens per minibatch.
     kl_steps: stage-2 steps, one calibration batch each (0: MSE only); kl_batches: how many
     calibration batches (the first ones) stage 2 draws from (their teacher log-probabilities
@@ -58,12 +58,19 @@ class DistillConfig:
     intermediate_size: int | None = None
     mse_steps: int = 2000
     mse_batch_tokens: int = 1024
-    kl_steps: int = 100
+    kl_steps: int = 150
     kl_batches: int = 8
     kl_weight: float = 1.0
     mse_anchor_weight: float = 0.1
     learning_rate: float = 2e-3
     seed: int = 0
+
+
+def default_adaptor_width(hidden_size: int, skipped_layers: int) -> int:
+    """Adaptor width grows with the span it replaces: hidden_size / 2 per skipped layer, at
+    least hidden_size (1x) and at most 4 * hidden_size (a Llama MLP's usual expansion). The
+    adaptor's cost therefore stays a small, roughly constant fraction of the span's cost."""
+    return hidden_size * min(4, max(1, skipped_layers // 2))
 
 
 @dataclass(frozen=True)
@@ -249,7 +256,8 @@ def distill_adaptor(
     model_config = model.config
     shape = AdaptorShape(
         hidden_size=int(model_config.hidden_size),
-        intermediate_size=config.intermediate_size or int(model_config.hidden_size),
+        intermediate_size=config.intermediate_size
+        or default_adaptor_width(int(model_config.hidden_size), span.skipped_layers),
         rms_norm_eps=float(getattr(model_config, "rms_norm_eps", 1e-6)),
     )
     adaptor = SpanAdaptor(shape).float()

@@ -11,6 +11,7 @@ from lego_embed.npc.combat_task import ACTIONS
 from lego_embed.skip.adaptor import AdaptorShape, SpanAdaptor
 from lego_embed.skip.distill import (
     DistillConfig,
+    default_adaptor_width,
     distill_adaptor,
     distill_spans,
     record_teacher,
@@ -87,3 +88,8 @@ def test_teacher_record_holds_the_full_models_states_and_log_probs(tiny_loaded):
     logits = plan_logits(tiny_loaded.model, batches[0].input_ids, batches[0].attention_mask, None)
     torch.testing.assert_close(teacher.log_probs[0], torch.log_softmax(logits, -1))
     assert teacher.real_tokens(0).shape[0] == sum(b.real_tokens for b in batches)
+
+
+def test_default_width_grows_with_the_span_between_1x_and_4x():
+    assert [default_adaptor_width(128, k) for k in (1, 2, 4, 6, 8, 12)] == [
+        128, 128, 256, 384, 512, 512]
