@@ -32,8 +32,13 @@ class GpuAssignment:
     def offered_tok_s(self) -> float:
         return sum(a.token_rate_tok_s for a in self.adapters)
 
+    @property
+    def max_cpu_loras(self) -> int:
+        """Every adapter in the CPU cache; vLLM requires max_cpu_loras >= max_loras."""
+        return max(len(self.adapters), self.max_loras)
+
     def instance(self, gpu_memory_gib: float | None = None) -> InstanceConfig:
-        return InstanceConfig(max_loras=self.max_loras, max_cpu_loras=len(self.adapters),
+        return InstanceConfig(max_loras=self.max_loras, max_cpu_loras=self.max_cpu_loras,
                               max_lora_rank=self.max_lora_rank, gpu_memory_gib=gpu_memory_gib)
 
 

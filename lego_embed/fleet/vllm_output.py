@@ -21,7 +21,7 @@ def serve_command(gpu: GpuAssignment, index: int, model_id: str, adapter_dir: st
                        for a in gpu.adapters)
     return (f"CUDA_VISIBLE_DEVICES={index} vllm serve {shlex.quote(model_id)} "
             f"--port {BASE_PORT + index} --enable-lora "
-            f"--max-loras {gpu.max_loras} --max-cpu-loras {len(gpu.adapters)} "
+            f"--max-loras {gpu.max_loras} --max-cpu-loras {gpu.max_cpu_loras} "
             f"--max-lora-rank {gpu.max_lora_rank} --max-num-seqs 2048 "
             f"--lora-modules {modules}")
 
@@ -36,7 +36,7 @@ def write_plan(plan: Plan, workload: WorkloadSpec, out_dir: str | Path,
         "workload": workload.name, "strategy": plan.strategy, "n_gpus": plan.n_gpus,
         "model_id": model_id, "gpus": [
             {"gpu": i, "port": BASE_PORT + i, "max_loras": g.max_loras,
-             "max_cpu_loras": len(g.adapters), "max_lora_rank": g.max_lora_rank,
+             "max_cpu_loras": g.max_cpu_loras, "max_lora_rank": g.max_lora_rank,
              "offered_tok_s": round(g.offered_tok_s, 2),
              "adapters": [a.adapter_id for a in g.adapters],
              "twin": ({"total_throughput_tok_s": round(plan.twin[i].total_throughput_tok_s, 2),

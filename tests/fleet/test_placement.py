@@ -97,6 +97,8 @@ def test_operator_output_round_trips(tmp_path: Path, calibration: Calibration) -
     assert command.count("=adapters/") == len(plan.gpus[0].adapters)
     assert f"--max-loras {plan.gpus[0].max_loras}" in command
     assert "--max-lora-rank" in command and "--enable-lora" in command
+    small = GpuAssignment(plan.gpus[0].adapters[:3], 16)
+    assert "--max-cpu-loras 16" in serve_command(small, 1, "m", "adapters")
     routing = (tmp_path / "routing.json").read_text()
     assert all(a.adapter_id in routing for a in workload.adapters)
 
