@@ -80,7 +80,7 @@ def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_xticks(np.arange(len(policies)) + width * (len(npcs_values) - 1) / 2, policies)
         ax.set_title(metric.replace("_", " "))
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="lower left")
     fig.suptitle("co-location on one CPU core: mean over traces and APMs")
     fig.tight_layout()
     fig.savefig(path, dpi=130)

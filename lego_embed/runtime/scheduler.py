@@ -82,6 +82,7 @@ class CostModel:
             key: _CostEstimate(float(ns), 0.0) for key, ns in (profile_ns or {}).items()
         }
         self._cache: dict[tuple[str, str, int, float], float] = {}
+        self._pass_cache: dict[tuple[int, str, int], float] = {}
 
     @classmethod
     def from_profile(cls, profile: CostProfile, deviations: float = 2.0) -> CostModel:
@@ -102,6 +103,7 @@ class CostModel:
         else:
             estimate.update(duration_ns)
         self._cache.clear()
+        self._pass_cache.clear()
 
     def predict_ns(self, subtask: Subtask, deviations: float | None = None) -> float:
         """Conservative duration for gap fitting: mean + `deviations` (default: the model's)
@@ -131,7 +133,16 @@ class CostModel:
 
     def pass_cost_ns(self, plan: LayerPlan, phase: str, tokens: int, context: int) -> float:
         """Predicted mean duration of one whole pass (prefill chunk or decode step) under
-        `plan` (means: over dozens of subtasks the deviations average out)."""
+        `plan` (means: over dozens of subtasks the deviations average out). Cached until the
+        next measurement."""
+        key = (id(plan), phase, max(tokens, 1).bit_length())
+        cached = self._pass_cache.get(key)
+        if cached is None:
+            cached = self._pass_cost_ns(plan, phase, tokens, context)
+            self._pass_cache[key] = cached
+        return cached
+
+    def _pass_cost_ns(self, plan: LayerPlan, phase: str, tokens: int, context: int) -> float:
         def one(kind: SubtaskKind, first: int = -1, last: int = -1) -> float:
             query_tokens = 1 if kind is SubtaskKind.HEAD else tokens  # the head reads one position
             subtask = Subtask(kind, phase, first, last, query_tokens, context)
