@@ -420,7 +420,7 @@ class RenderProcess:
     Each pass busy-burns exactly its share of the frame's render time in CPU time (so it takes
     longer in wall time when another thread competes for the core), gaps and the wait for vsync
     sleep. With device="cuda" the passes are GPU work instead (`CudaPassBurner`). Events
-    arrive through `events()` / `poll_event()` as EngineEvents with the render process's
+    arrive through `poll_event()` as EngineEvents with the render process's
     `time.monotonic_ns()` timestamps; `origin_ns` is the first vsync tick (known once the first
     event arrived); after the last frame `records` holds every FrameRecord.
     """
@@ -477,13 +477,6 @@ class RenderProcess:
             self.done = True
             return None
         return EngineEvent(*message)
-
-    def events(self) -> Iterator[EngineEvent]:
-        """Blocks for each next event; ends after the last frame (then `records` is filled)."""
-        while not self.done:
-            event = self.poll_event(1.0)
-            if event is not None:
-                yield event
 
     def join(self, timeout_s: float = 10.0) -> None:
         if self._process is not None:
