@@ -1,4 +1,5 @@
-"""Batched decode steps and the prefix cache give the same results as plain single requests."""
+"""Batched decode and prefill steps and the prefix cache give the same results as plain single
+requests."""
 
 from __future__ import annotations
 
@@ -68,16 +69,46 @@ def run_prefill_plan_then_full(executor, prompt, max_new_tokens, prefill_plan):
     return state, torch.stack(sampler.logits)
 
 
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_batched_prefill_of_equal_length_prompts_equals_unbatched(loaded, family):
+    model = loaded[family]
+    skip = LayerPlan((0, AdaptorStep(1, 2, torch.nn.Linear(64, 64)), 3))
+    prompts = [random_prompt(9, seed=n) for n in (21, 22, 23)]
+    plans = [skip, skip, skip]
+    executor = Executor(model, prefill_chunk_tokens=5)  # chunks of 5 then 4 tokens
+    alone = []
+    for prompt, plan in zip(prompts, plans, strict=True):
+        sampler = RecordingSampler(None, 3)
+        state = executor.start(prompt, sampler, layer_plan=plan)
+        executor.run_to_completion(state)
+        alone.append((state.generated, torch.stack(sampler.logits)))
+    samplers = [RecordingSampler(None, 3) for _ in prompts]
+    states = [
+        executor.start(p, s, layer_plan=plan)
+        for p, s, plan in zip(prompts, samplers, plans, strict=True)
+    ]
+    prefill_batches = 0
+    while executor.peek(states[0]) is not None:
+        timing = executor.step_batch(states)
+        prefill_batches += timing.subtask.phase == "prefill"
+        assert timing.subtask.tokens in (3, 15, 12)  # 3 decode/head rows or 3 x chunk tokens
+    assert prefill_batches == 2 * (1 + 2 + 1 + 2) + 1  # per chunk: embed, layer 0, adaptor,
+    # layer 3 (attention + FFN each); then the head
+    for (generated, logits), state, sampler in zip(alone, states, samplers, strict=True):
+        assert state.generated == generated
+        torch.testing.assert_close(torch.stack(sampler.logits), logits, atol=1e-5, rtol=0)
+
+
 def test_batching_different_subtasks_is_refused(loaded):
     executor = Executor(loaded["qwen2"])
     a = executor.start(random_prompt(4, seed=1), GreedySampler(None, 3))
     b = executor.start(random_prompt(6, seed=2), GreedySampler(None, 3))
-    with pytest.raises(ExecutorUsageError, match="same decode subtask"):
-        executor.step_batch([a, b])  # prefill subtasks are never batched
+    with pytest.raises(ExecutorUsageError, match="same subtask"):
+        executor.step_batch([a, b])  # prefill over different token counts
     prefill(executor, a)
     prefill(executor, b)
     executor.step(a)
-    with pytest.raises(ExecutorUsageError, match="same decode subtask"):
+    with pytest.raises(ExecutorUsageError, match="same subtask"):
         executor.step_batch([a, b])
     with pytest.raises(ExecutorUsageError, match="distinct"):
         executor.step_batch([b, b])

@@ -82,6 +82,13 @@ class RequestState:
         return len(self.kv[layer])
 
 
+def batch_key(subtask: Subtask) -> tuple:
+    """Subtasks with equal keys can run as one batched forward (`Executor.step_batch`): same
+    kind, phase and layers, and in prefill the same number of new tokens."""
+    tokens = subtask.tokens if subtask.phase == PREFILL else 1
+    return (subtask.kind, subtask.phase, subtask.first_layer, subtask.last_layer, tokens)
+
+
 def _sliding_window(config, layer_idx: int) -> int | None:
     """The attention window of one layer in tokens (None: full causal attention)."""
     window = getattr(config, "sliding_window", None)
@@ -245,23 +252,23 @@ class Executor:
 
     @torch.inference_mode()
     def step_batch(self, states: Sequence[RequestState]) -> SubtaskTiming:
-        """Runs the same decode subtask (same kind and layers) of several requests in one
-        forward. Each request records its own subtask with the batch's duration; the returned
-        timing's subtask counts all query tokens and the longest context."""
+        """Runs the same subtask (same kind, phase and layers) of several requests in one
+        forward: decode steps, or prefill subtasks over the same number of new tokens (e.g.
+        NPC prompts of one format). Each request records its own subtask with the batch's
+        duration; the returned timing's subtask counts all query tokens and the longest
+        context."""
         if len(states) == 1:
             return self.step(states[0])
         if not states or len({id(s) for s in states}) != len(states):
             raise ExecutorUsageError("step_batch needs distinct requests; got none or duplicates")
         planned = [self._next(s) for s in states]
         first = planned[0]
-        key = (first.subtask.kind, first.subtask.first_layer, first.subtask.last_layer)
+        key = batch_key(first.subtask)
         for p in planned:
-            if p.subtask.phase != DECODE or (
-                (p.subtask.kind, p.subtask.first_layer, p.subtask.last_layer) != key
-            ):
+            if batch_key(p.subtask) != key:
                 raise ExecutorUsageError(
-                    "step_batch needs the same decode subtask in every request; got "
-                    f"{[q.subtask for q in planned]}"
+                    "step_batch needs the same subtask (kind, phase, layers; in prefill the "
+                    f"same token count) in every request; got {[q.subtask for q in planned]}"
                 )
             if p.adaptor is not None and p.adaptor.module is not first.adaptor.module:
                 raise ExecutorUsageError("batched ADAPTOR subtasks must share one adaptor module")
@@ -271,7 +278,7 @@ class Executor:
             self._advance(state)
         batch = Subtask(
             first.subtask.kind,
-            DECODE,
+            first.subtask.phase,
             first.subtask.first_layer,
             first.subtask.last_layer,
             sum(p.subtask.tokens for p in planned),
@@ -336,10 +343,13 @@ class Executor:
     def _run(self, planned: _PlannedSubtask, states: list[RequestState]) -> None:
         subtask = planned.subtask
         if subtask.kind is SubtaskKind.EMBED:
-            state = states[0]
-            ids = state.pending_ids[: subtask.tokens]
-            del state.pending_ids[: subtask.tokens]
-            state.hidden = self.embed_tokens(torch.tensor([ids], device=self.device))
+            rows = []
+            for state in states:
+                rows.append(state.pending_ids[: subtask.tokens])
+                del state.pending_ids[: subtask.tokens]
+            hidden = self.embed_tokens(torch.tensor(rows, device=self.device))
+            for row, state in enumerate(states):
+                state.hidden = hidden[row : row + 1]
             return
         hidden = states[0].hidden if len(states) == 1 else torch.cat([s.hidden for s in states])
         if subtask.kind is SubtaskKind.HEAD:

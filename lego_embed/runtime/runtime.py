@@ -35,7 +35,7 @@ from lego_embed.npc.combat_task import random_situation
 from lego_embed.npc.decider import PreparedDecision, prepare_decision
 from lego_embed.npc.prompt import build_prompt, persona_prefix
 from lego_embed.npc.state import validate_state
-from lego_embed.runtime.events import EngineEvent
+from lego_embed.runtime.events import PASS_BEGIN, EngineEvent
 from lego_embed.runtime.gpu_stats import nvml_stats
 from lego_embed.runtime.headroom import HeadroomTracker, WindowHeadroom
 from lego_embed.runtime.predictor import HeadroomPredictor
@@ -50,8 +50,6 @@ from lego_embed.runtime.scheduler import (
 )
 
 FREE_TEXT_TOKENS = 16
-IDLE_WAIT_S = 0.05
-PENDING_WAIT_S = 0.002
 WARMUP_DECODE_TOKENS = 3
 
 
@@ -250,10 +248,13 @@ class Runtime:
             self._thread = None
 
     def on_event(self, event: EngineEvent) -> None:
-        """Reports a rendering event; O(1), never blocks on inference."""
+        """Reports a rendering event; O(1), never blocks on inference. Only events that can
+        open a gap wake the worker: a pass_begin closes one, and the worker sees it between
+        subtasks without being woken, so it never takes the device from a starting pass."""
         self._events.append(event)
         self._last_event_ns = event.t_ns
-        self._wake.set()
+        if event.kind != PASS_BEGIN:
+            self._wake.set()
 
     def request(
         self,
@@ -373,9 +374,19 @@ class Runtime:
             if dispatch is None:
                 if not len(self.scheduler):
                     self._window_backlogged = False
-                self._wake.wait(PENDING_WAIT_S if len(self.scheduler) else IDLE_WAIT_S)
+                self._wake.wait(self._wait_s())
                 continue
             self._execute(dispatch)
+
+    def _wait_s(self) -> float:
+        """How long to sleep when nothing may run: until an event or request wakes the worker,
+        or, with requests waiting, until the engine has been silent long enough to run them
+        freely (no renderer to protect)."""
+        silence_ns = self.scheduler.config.engine_silence_ns
+        if self._last_event_ns is None or not len(self.scheduler):
+            return silence_ns / 1e9
+        until_silent_ns = self._last_event_ns + silence_ns - time.monotonic_ns()
+        return max(until_silent_ns, 0) / 1e9 + 0.001
 
     def _drain_events(self) -> None:
         while self._events:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lego_embed.model.executor import Executor, RequestState
+from lego_embed.model.executor import Executor, RequestState, batch_key
 from lego_embed.model.layer_plan import AdaptorStep, LayerPlan
 from lego_embed.model.profile import CostProfile
 from lego_embed.model.subtask import DECODE, PREFILL, Subtask, SubtaskKind
@@ -185,7 +185,7 @@ class ScheduledRequest:
 
 @dataclass(frozen=True)
 class Dispatch:
-    """Run the next subtask of `requests` (several: one batched decode subtask), up to
+    """Run the next subtask of `requests` (several: one batched subtask), up to
     `max_subtasks` times while the gap lasts (coarse slices in the inter-frame gap)."""
 
     requests: tuple[ScheduledRequest, ...]
@@ -204,6 +204,8 @@ class SchedulerConfig:
     online (`observe_usable_fraction`). static_level and
     static_slice_ns: the static_skip policy's fixed level and compute per inter-frame gap.
     fill_gaps: when the first request's subtask does not fit, run another request's that does.
+    batching / max_batch: run the same subtask of up to `max_batch` same-level requests as one
+    batched forward (decode steps; prefill of equal-length prompts), shrunk to what fits a gap.
     """
 
     policy: str = "lego"
@@ -216,6 +218,7 @@ class SchedulerConfig:
     static_slice_ns: int = 4_000_000
     engine_silence_ns: int = 500_000_000
     fill_gaps: bool = True
+    max_batch: int = 4
 
 
 class Scheduler:
@@ -365,26 +368,38 @@ class Scheduler:
     # ------------------------------------------------------------------ dispatch
     def _batch(self, head: ScheduledRequest) -> tuple[ScheduledRequest, ...]:
         subtask = self.executor.peek(head.state)
-        if not self.config.batching or subtask is None or subtask.phase != DECODE:
+        if not self.config.batching or subtask is None:
             return (head,)
-        key = (subtask.kind, subtask.first_layer, subtask.last_layer)
+        key = batch_key(subtask)
         batch = [head]
-        for other in self._queue:
+        for other in sorted(self._queue) if self.config.edf else self._queue:
+            if len(batch) == self.config.max_batch:
+                break
             if other is head or other.level != head.level:
                 continue
             peer = self.executor.peek(other.state)
-            if peer is not None and peer.phase == DECODE and (
-                (peer.kind, peer.first_layer, peer.last_layer) == key
-            ):
+            if peer is not None and batch_key(peer) == key:
                 batch.append(other)
         return tuple(batch)
+
+    def _fitting_batch(
+        self, batch: tuple[ScheduledRequest, ...], now_ns: int, gap_end_ns: int
+    ) -> tuple[tuple[ScheduledRequest, ...], float] | None:
+        """The largest most-urgent part of `batch` whose predicted duration fits the rest of
+        the gap, with that prediction; None when not even the first request's subtask fits."""
+        for size in range(len(batch), 0, -1):
+            predicted_ns = self.predicted_ns(batch[:size])
+            if self.fits(predicted_ns, now_ns, gap_end_ns):
+                return batch[:size], predicted_ns
+        return None
 
     def predicted_ns(self, batch: tuple[ScheduledRequest, ...]) -> float:
         subtask = self.executor.peek(batch[0].state)
         assert subtask is not None
         if len(batch) > 1:
             subtask = Subtask(subtask.kind, subtask.phase, subtask.first_layer,
-                              subtask.last_layer, len(batch), subtask.context_tokens)
+                              subtask.last_layer, subtask.tokens * len(batch),
+                              subtask.context_tokens)
         return self.cost.predict_ns(subtask)
 
     def fits(self, predicted_ns: float, now_ns: int, gap_end_ns: int) -> bool:
@@ -419,9 +434,10 @@ class Scheduler:
             if self._static_used_ns >= self.config.static_slice_ns:
                 return None
             return Dispatch(batch, predicted_ns, None, 1)
-        if self.fits(predicted_ns, now_ns, gap.end_estimate_ns):
+        fitting = self._fitting_batch(batch, now_ns, gap.end_estimate_ns)
+        if fitting is not None:
             slice_subtasks = 64 if gap.inter_frame else 1
-            return Dispatch(batch, predicted_ns, gap.end_estimate_ns, slice_subtasks)
+            return Dispatch(*fitting, gap.end_estimate_ns, slice_subtasks)
         return self._fill(head, now_ns, gap.end_estimate_ns) if self.config.fill_gaps else None
 
     def _fill(self, head: ScheduledRequest, now_ns: int, gap_end_ns: int) -> Dispatch | None:

@@ -170,6 +170,18 @@ def test_edf_serves_the_earliest_deadline_first(npc_loaded: LoadedModel) -> None
         assert dispatch is not None and dispatch.requests[0].request_id == expected_first
 
 
+def test_waiting_prompts_of_one_length_are_prefilled_in_one_batch(npc_loaded: LoadedModel) -> None:
+    scheduler = make(npc_loaded, policy="free")
+    requests = [new_request(scheduler, i, 300.0 + i) for i in (1, 2, 3)]
+    for request in requests:
+        scheduler.admit(request, 0, 1.0)
+    dispatch = scheduler.next_dispatch(0, None, None)
+    assert dispatch is not None and len(dispatch.requests) == 3
+    scheduler.executor.step(requests[0].state)  # one request moves ahead: no longer batchable
+    dispatch = scheduler.next_dispatch(0, None, None)
+    assert dispatch is not None and [r.request_id for r in dispatch.requests] == [1]
+
+
 def test_same_level_decode_steps_are_batched(npc_loaded: LoadedModel) -> None:
     scheduler = make(npc_loaded, policy="free")
     first, second = new_request(scheduler, 1, 500.0), new_request(scheduler, 2, 600.0)
