@@ -36,14 +36,15 @@ def _run_predictor(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'trace':42s} {'window':>7s} {'LR mean/max %':>15s} {'last mean %':>11s} "
-          f"{'MA3 mean %':>10s} {'hindsight %':>11s}")
+          f"{'MA3 mean %':>10s} {'centred %':>9s} {'best LR %':>9s}")
     for row in rows:
         base = row["baselines"]
         print(f"{row['trace']:42s} {row['window_ms']:7.0f} "
               f"{row['mean_abs_pct_error']:7.2f}/{row['max_abs_pct_error']:7.2f} "
               f"{base['last_value']['mean_abs_pct_error']:11.2f} "
               f"{base['moving_average_3']['mean_abs_pct_error']:10.2f} "
-              f"{row['hindsight_centred_mean_abs_pct_error']:11.2f}")
+              f"{row['hindsight_centred_mean_abs_pct_error']:9.2f} "
+              f"{row['hindsight_linear_abs_pct_error']:9.2f}")
     print(f"wrote {out}")
     return 0
 

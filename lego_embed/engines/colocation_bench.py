@@ -341,6 +341,7 @@ ABLATIONS = (
     ("no_edf", {"edf": False}),
     ("prefix_reuse_of_4_token_persona", {"prefix_min_tokens": 1}),
     ("free_text_16_tokens", {"constrained": False}),
+    ("no_batching", {"batching": False}),
     ("free_text_16_tokens_no_batching", {"constrained": False, "batching": False}),
 )
 

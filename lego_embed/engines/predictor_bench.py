@@ -7,6 +7,9 @@ window total, over every window from the fourth on (the first three feed the reg
 `hindsight_centred_mean` is the error of a predictor that knows, in hindsight, the mean of the 9
 windows centred on the predicted one: a reference for the window-to-window noise of a trace
 that no history of past totals can explain (not a strict bound: level shifts raise it).
+`hindsight_linear` is the error of the best fixed-weight regression on the last 3 windows
+(plus intercept), fitted by least squares on the whole trace in hindsight: what LEGO's
+hand-tuned per-scene weights could reach at best, and roughly what an online fit can approach.
 """
 
 from __future__ import annotations
@@ -70,6 +73,20 @@ def hindsight_centred_mean_pct(totals_ms: list[float]) -> float:
     return float(np.mean(errors)) if errors else float("nan")
 
 
+def hindsight_linear_pct(totals_ms: list[float], lags: int = WARMUP_WINDOWS) -> float:
+    """Mean abs % error of the in-hindsight least-squares fit (see the module docstring)."""
+    values = np.asarray(totals_ms)
+    if len(values) <= lags + 1:
+        return float("nan")
+    columns = [values[lags - k - 1 : len(values) - k - 1] for k in range(lags)]
+    features = np.column_stack([*columns, np.ones(len(values) - lags)])
+    target = values[lags:]
+    weights = np.linalg.lstsq(features, target, rcond=None)[0]
+    keep = target > 0
+    errors = np.abs(features @ weights - target)[keep] / target[keep] * 100.0
+    return float(errors.mean()) if keep.any() else float("nan")
+
+
 def benchmark_trace(trace: RenderTrace, window_ms: float) -> dict:
     """One row of predictor.json: errors of the regression and baselines, hindsight ref, in %."""
     totals_ms = window_totals_ms(trace, window_ms)
@@ -94,4 +111,5 @@ def benchmark_trace(trace: RenderTrace, window_ms: float) -> dict:
             },
         },
         "hindsight_centred_mean_abs_pct_error": round(hindsight_centred_mean_pct(totals_ms), 3),
+        "hindsight_linear_abs_pct_error": round(hindsight_linear_pct(totals_ms), 3),
     }

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from lego_embed.engines.predictor_bench import benchmark_trace, predictor_error
+from lego_embed.engines.predictor_bench import (
+    benchmark_trace,
+    hindsight_linear_pct,
+    predictor_error,
+)
 from lego_embed.engines.trace_replay import all_shared_traces, simulate_frames
 from lego_embed.errors import InvalidEngineEventError
 from lego_embed.runtime.events import EngineEvent
@@ -120,3 +124,14 @@ def test_benchmark_row_on_a_real_trace(shared_dir: Path) -> None:
     for key in ("mean_abs_pct_error", "max_abs_pct_error"):
         assert math.isfinite(row[key])
     assert set(row["baselines"]) == {"last_value", "moving_average_3"}
+    assert 0 < row["hindsight_linear_abs_pct_error"] <= row["mean_abs_pct_error"] * 1.5
+
+
+def test_hindsight_linear_fit_is_exact_on_a_linear_recurrence() -> None:
+    rng = random.Random(3)
+    series = [100 + rng.uniform(-20, 20) for _ in range(3)]
+    for _ in range(60):
+        series.append(0.5 * series[-1] + 0.3 * series[-2] + 0.1 * series[-3] + 12.0)
+    assert hindsight_linear_pct(series) < 1e-6
+    noisy = [value + rng.gauss(0, 5) for value in series]
+    assert hindsight_linear_pct(noisy) > 1.0
