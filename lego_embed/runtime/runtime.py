@@ -4,11 +4,12 @@ Threading model. The game (or an engine bridge) calls `on_event`, `request`, `po
 `stats` from its own threads; none of them runs inference or waits for it. One background
 worker thread, started by `start()`, owns the executor, the scheduler, the headroom tracker and
 the predictor: it drains the engine events, admits new requests (choosing their skip level),
-asks the scheduler what may run now and runs one subtask (or a batched decode subtask) at a
-time, so it can stop at any subtask boundary when a gap closes. Finished decisions go to a
-queue that `poll()` empties and, if given, to the request's callback, which runs on the worker
-thread (keep it short; hand the result to the game thread). On CUDA the subtasks run on the
-executor's low-priority stream; the render work is expected on the engine's own streams.
+asks the scheduler what may run now and runs one subtask (or one batched subtask of several
+requests) at a time, so it can stop at any subtask boundary when a gap closes. Finished
+decisions go to a queue that `poll()` empties and, if given, to the request's callback, which
+runs on the worker thread (keep it short; hand the result to the game thread). On CUDA the
+subtasks run on the executor's low-priority stream; the render work is expected on the engine's
+own streams.
 """
 
 from __future__ import annotations
