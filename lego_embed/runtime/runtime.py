@@ -89,10 +89,12 @@ class RuntimeConfig:
     engine's frame period (60 FPS: 16.67). window_ms: execution window for headroom totals
     (one SLO period). margin_us / margin_fraction: dispatch margin. usable_fraction: share of
     predicted headroom the level choice relies on. edf / batching / prefix_reuse: the
-    beyond-LEGO features (earliest deadline first, batched same-level decode steps, persona
-    prefix KV reuse). static_level / static_slice_ms: the static_skip policy. cpu_core: pin the
-    worker thread to this core (CPU runs). record_timeline: keep (start_ns, end_ns, kind,
-    batch) of every subtask in `Runtime.timeline`. warmup: measure the cost profile at start().
+    beyond-LEGO features (earliest deadline first, batched same-level subtasks: decode steps
+    and equal-length prefills, persona prefix KV reuse). static_level / static_slice_ms: the
+    static_skip policy. cpu_core: pin the worker thread to this core (CPU runs).
+    record_timeline: keep (start_ns, end_ns, kind, batch) of every subtask in `Runtime.timeline`.
+    warmup: measure the cost profile at start() (one request per level, and batches of
+    2..max_batch requests when batching).
     constrained: decode with the action trie (default); False generates up to 16 free tokens
     (LEGO's shape) and accepts the answer only if its text is an allowed action. cost_profile:
     a `lego-embed profile` JSON that seeds the cost model (the warm-up and every measured
@@ -337,6 +339,21 @@ class Runtime:
             )
             for timing in self.executor.run_to_completion(request):
                 self.scheduler.record(timing.subtask, timing.duration_ns)
+        if not self.config.batching:
+            return
+        # batched shapes too, at the full model and the largest level (the only one with every
+        # adaptor kind), so a batch's first prediction is measured, not scaled from one request
+        for size in range(2, self.scheduler.config.max_batch + 1):
+            for option in (self.levels[0], self.levels[-1]):
+                states = [
+                    self.executor.start(
+                        prompt_ids, GreedySampler(None, WARMUP_DECODE_TOKENS), option.plan
+                    )
+                    for _ in range(size)
+                ]
+                while self.executor.peek(states[0]) is not None:
+                    timing = self.executor.step_batch(states)
+                    self.scheduler.record(timing.subtask, timing.duration_ns)
 
     def _window(self, window: WindowHeadroom) -> None:
         rate = self.headroom_rate()
