@@ -86,7 +86,7 @@ def representative_start(trace: RenderTrace, frames: int) -> int:
     if len(render) <= frames:
         return 0
     means = np.convolve(render, np.ones(frames) / frames, mode="valid")
-    skip = len(render) // 20
+    skip = min(len(render) // 20, len(means) - 1)  # a trace barely longer than the replay
     return skip + int(np.argmin(np.abs(means[skip:] - render.mean())))
 
 

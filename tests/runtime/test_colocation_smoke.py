@@ -9,6 +9,7 @@ from lego_embed.engines.colocation_bench import (
     ColocationSetting,
     _gaps_ns,
     _overlap_ns,
+    representative_start,
     run_colocation,
     summarize,
 )
@@ -52,3 +53,13 @@ def test_headroom_accounting_of_a_run() -> None:
     gaps = _gaps_ns(frames, budget_ns=16, pass_model=model)
     assert gaps == [(4, 6), (10, 16), (20, 22), (29, 32), (36, 38)]
     assert _overlap_ns([(3, 7), (12, 21)], gaps) == 2 + 4 + 1
+
+
+def test_replay_segment_of_a_trace_barely_longer_than_the_replay() -> None:
+    render = tuple([12.0] * 20 + [10.0, 6.0] * 140 + [5.0] * 3)  # 303 frames
+    trace = RenderTrace("short", Path("short.csv"), "rendertime", render)
+    assert 0 <= representative_start(trace, 300) <= 3  # 300 asked: 4 possible segments
+    start = representative_start(trace, 100)
+    assert start >= len(render) // 20  # past the first 5% (loading screens)
+    segment_mean = sum(render[start : start + 100]) / 100
+    assert abs(segment_mean - sum(render) / len(render)) < 0.1
