@@ -212,9 +212,10 @@ def summarize(
 ) -> dict[str, Any]:
     """One row of colocation_*.json (see the issue for the fields). headroom_utilization: LLM
     subtask time inside the headroom spans of `_gaps_ns` over their total length. Extra fields:
-    llm_overlapped_miss_rate (missed frames during whose passes an LLM subtask ran: the misses
-    the LLM can have caused, unlike the machine's own noise) and llm_in_passes_ms (LLM subtask
-    time overlapping render passes)."""
+    llm_overlapped_miss_rate (missed frames during whose recorded passes an LLM subtask ran; a
+    lower bound on the misses the LLM caused, since a subtask still holding the core when the
+    render process wakes delays the pass's start rather than overlapping it) and
+    llm_in_passes_ms (LLM subtask time overlapping render passes)."""
     frames = run.frames
     budget_ns = round(FRAME_BUDGET_60FPS_MS * 1e6)
     misses = sum(frame.missed for frame in frames)
