@@ -182,6 +182,23 @@ def test_waiting_prompts_of_one_length_are_prefilled_in_one_batch(npc_loaded: Lo
     assert dispatch is not None and [r.request_id for r in dispatch.requests] == [1]
 
 
+def test_a_batch_that_does_not_fit_the_gap_is_shrunk_to_its_most_urgent(
+    npc_loaded: LoadedModel,
+) -> None:
+    scheduler = make(npc_loaded)
+    for i in (1, 2, 3):
+        scheduler.admit(new_request(scheduler, i, 300.0 + i), 0, 1.0)
+    # embeddings: 0.2 ms for one 8-token prompt, 0.4 ms predicted for 3 x 8 tokens (scaled from
+    # the nearest measured bucket); a dispatch needs predicted * 1.1 + 0.15 ms
+    short_gap = OpenGap("after:shadow", 0, round(0.45 * MS))
+    single = scheduler.next_dispatch(0, short_gap, 0)
+    assert single is not None and [r.request_id for r in single.requests] == [1]
+    long_gap = OpenGap("after:shadow", 0, round(0.7 * MS))
+    whole = scheduler.next_dispatch(0, long_gap, 0)
+    assert whole is not None and [r.request_id for r in whole.requests] == [1, 2, 3]
+    assert whole.predicted_ns > single.predicted_ns
+
+
 def test_same_level_decode_steps_are_batched(npc_loaded: LoadedModel) -> None:
     scheduler = make(npc_loaded, policy="free")
     first, second = new_request(scheduler, 1, 500.0), new_request(scheduler, 2, 600.0)
