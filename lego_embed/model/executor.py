@@ -82,7 +82,7 @@ class RequestState:
         return len(self.kv[layer])
 
 
-def batch_key(subtask: Subtask) -> tuple:
+def batch_key(subtask: Subtask) -> tuple[SubtaskKind, str, int, int, int]:
     """Subtasks with equal keys can run as one batched forward (`Executor.step_batch`): same
     kind, phase and layers, and in prefill the same number of new tokens."""
     tokens = subtask.tokens if subtask.phase == PREFILL else 1

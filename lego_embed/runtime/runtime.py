@@ -52,6 +52,7 @@ from lego_embed.runtime.scheduler import (
 
 FREE_TEXT_TOKENS = 16
 WARMUP_DECODE_TOKENS = 3
+SILENCE_CHECK_SLACK_S = 0.001  # wake just after the engine-silence threshold, not just before
 
 
 @dataclass(frozen=True)
@@ -404,7 +405,7 @@ class Runtime:
         if self._last_event_ns is None or not len(self.scheduler):
             return silence_ns / 1e9
         until_silent_ns = self._last_event_ns + silence_ns - time.monotonic_ns()
-        return max(until_silent_ns, 0) / 1e9 + 0.001
+        return max(until_silent_ns, 0) / 1e9 + SILENCE_CHECK_SLACK_S
 
     def _drain_events(self) -> None:
         while self._events:
