@@ -10,11 +10,21 @@ class ModelNotFoundError(LegoEmbedError):
 
 
 class UnsupportedArchitectureError(LegoEmbedError):
-    """The model's architecture is not one the partitioned executor can run."""
+    """The model's architecture (model_type, rope type, activation, quantization) is not one
+    our decoder runs."""
+
+
+class ModelConfigError(LegoEmbedError):
+    """A model's config.json is malformed or lacks a required field."""
+
+
+class ModelWeightsError(LegoEmbedError):
+    """A model's safetensors checkpoint is damaged, lacks a shard or a tensor, or has a tensor
+    of the wrong shape for its config.json."""
 
 
 class TokenizerMissingError(LegoEmbedError):
-    """The model folder has no tokenizer files."""
+    """The model folder has no readable tokenizer.json, or its special tokens are not in it."""
 
 
 class PromptTooLongError(LegoEmbedError):

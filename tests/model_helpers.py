@@ -1,4 +1,7 @@
-"""Tiny randomly initialised Llama / Qwen2 / Mistral models saved as local HF folders, for tests."""
+"""Tiny randomly initialised Llama / Qwen2 / Mistral models saved as local HF folders, for tests.
+
+The folders are written with transformers (the way users get their models), and read by our
+loader; tests compare our decoder with transformers on the same folder (`hf_oracle`)."""
 
 from __future__ import annotations
 
@@ -35,10 +38,11 @@ COMMON = dict(
     eos_token_id=EOS_ID,
     pad_token_id=0,
 )
-CONFIGS = {
-    "llama": lambda: LlamaConfig(**{**COMMON, "tie_word_embeddings": True}),
-    "qwen2": lambda: Qwen2Config(**COMMON),
-    "mistral": lambda: MistralConfig(**COMMON, sliding_window=8),
+CONFIG_CLASSES = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
+FAMILY_SETTINGS = {
+    "llama": {"tie_word_embeddings": True},
+    "qwen2": {},
+    "mistral": {"sliding_window": 8},
 }
 
 
@@ -58,11 +62,18 @@ def save_tokenizer(folder: Path) -> None:
     fast.save_pretrained(folder)
 
 
-def save_tiny_model(folder: Path, family: str, seed: int = 0) -> Path:
-    """Saves a tiny random `family` model plus tokenizer in `folder`; returns the folder."""
+def save_tiny_model(
+    folder: Path, family: str, seed: int = 0, shard_size: str | None = None, **overrides
+) -> Path:
+    """Saves a tiny random `family` model plus tokenizer in `folder`; returns the folder.
+    `overrides` change config fields; `shard_size` (e.g. "40KB") saves a sharded checkpoint."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(CONFIGS[family]())
-    model.save_pretrained(folder)
+    config = CONFIG_CLASSES[family](**{**COMMON, **FAMILY_SETTINGS[family], **overrides})
+    model = AutoModelForCausalLM.from_config(config)
+    if shard_size is None:
+        model.save_pretrained(folder)
+    else:
+        model.save_pretrained(folder, max_shard_size=shard_size)
     save_tokenizer(folder)
     return folder
 
@@ -70,23 +81,6 @@ def save_tiny_model(folder: Path, family: str, seed: int = 0) -> Path:
 def random_prompt(length: int, seed: int) -> list[int]:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(4, VOCAB_SIZE, (length,), generator=generator).tolist()
-
-
-def hf_greedy_reference(model, prompt: list[int], max_new_tokens: int, eos_token_id=EOS_ID):
-    """`model.generate(do_sample=False)` tokens and the logits generate chose each one from."""
-    with torch.no_grad():
-        output = model.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id,
-            pad_token_id=0,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    tokens = output.sequences[0, len(prompt) :].tolist()
-    return tokens, torch.stack([step[0] for step in output.logits]).float()
 
 
 @dataclass

@@ -1,17 +1,11 @@
-"""The partitioned executor equals Hugging Face generate/forward, subtask by subtask."""
+"""The partitioned executor on our decoder equals Hugging Face generate, subtask by subtask."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import (
-    EOS_ID,
-    RecordingSampler,
-    hf_greedy_reference,
-    random_prompt,
-    run_greedy,
-    save_tiny_model,
-)
+from hf_oracle import hf_greedy_reference, hf_model
+from model_helpers import EOS_ID, RecordingSampler, random_prompt, run_greedy, save_tiny_model
 
 from lego_embed.errors import ExecutorUsageError, InvalidPromptError, PromptTooLongError
 from lego_embed.model.executor import Executor, GreedySampler
@@ -34,7 +28,7 @@ def loaded(tmp_path_factory):
 def test_subtask_execution_equals_hf_generate(loaded, family, chunk):
     model = loaded[family]
     prompt = random_prompt(13, seed=1)
-    expected_tokens, expected_logits = hf_greedy_reference(model.model, prompt, 8)
+    expected_tokens, expected_logits = hf_greedy_reference(hf_model(model.path), prompt, 8, EOS_ID)
     state, logits = run_greedy(Executor(model, prefill_chunk_tokens=chunk), prompt, 8)
     assert state.generated == expected_tokens
     assert state.finished
@@ -124,14 +118,13 @@ def test_context_limit_ends_generation(loaded):
     assert len(state.generated) == 128 - 120
 
 
-def test_eager_attention_with_additive_masks_equals_hf(tmp_path):
-    """The executor also runs models set to eager attention (float masks, not boolean)."""
-    model = load_model(save_tiny_model(tmp_path, "mistral", seed=4))
-    model.model.set_attn_implementation("eager")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_equals_hf_eager_attention_too(loaded, family):
+    """The oracle's plain matmul-softmax attention (not SDPA) agrees as well, chunked."""
+    model = loaded[family]
     prompt = random_prompt(12, seed=10)
-    expected_tokens, expected_logits = hf_greedy_reference(model.model, prompt, 6)
-    executor = Executor(model, prefill_chunk_tokens=5)
-    assert not executor.boolean_mask
-    state, logits = run_greedy(executor, prompt, 6)
+    eager = hf_model(model.path, attention="eager")
+    expected_tokens, expected_logits = hf_greedy_reference(eager, prompt, 6, EOS_ID)
+    state, logits = run_greedy(Executor(model, prefill_chunk_tokens=5), prompt, 6)
     assert state.generated == expected_tokens
     torch.testing.assert_close(logits, expected_logits, atol=1e-5, rtol=0)

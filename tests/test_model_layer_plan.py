@@ -1,9 +1,11 @@
-"""Layer plans with adaptor steps, checked against a hand-written token-by-token reference."""
+"""Layer plans with adaptor steps, checked against a hand-written token-by-token reference built
+from the Hugging Face model's modules (the oracle), not ours."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from hf_oracle import hf_model
 from model_helpers import EOS_ID, RecordingSampler, random_prompt, save_tiny_model
 
 from lego_embed.errors import ExecutorUsageError, LayerPlanError
@@ -54,7 +56,8 @@ def reference_layer(layer, config, x, position, layer_kv: list, window):
 @torch.no_grad()
 def reference_run(loaded, prompt, plans_by_position, max_new_tokens):
     """Greedy decoding one token at a time; position p runs plans_by_position(p)."""
-    model, config = loaded.model, loaded.model.config
+    model = hf_model(loaded.path)
+    config = model.config
     kv = [[] for _ in range(config.num_hidden_layers)]
     window = getattr(config, "sliding_window", None)
     tokens, all_logits = list(prompt), []

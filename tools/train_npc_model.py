@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from lego_embed.npc.combat_task import expert_action, noisy_expert_action, random_situation
 from lego_embed.npc.prompt import ANSWER_PREFIX, build_prompt
 from lego_embed.npc.state import validate_state
+from lego_embed.model.tokenizer import Tokenizer
 from lego_embed.npc.tokenizer import train_npc_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -43,9 +44,9 @@ def make_examples(count: int, seed: int, noisy: bool) -> list[tuple[str, str]]:
     return examples
 
 
-def model_config(tokenizer: PreTrainedTokenizerFast, layers: int, hidden: int) -> LlamaConfig:
+def model_config(tokenizer: Tokenizer, layers: int, hidden: int) -> LlamaConfig:
     return LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=tokenizer.vocab_size,
         hidden_size=hidden,
         intermediate_size=3 * hidden,
         num_hidden_layers=layers,
@@ -126,11 +127,11 @@ def main() -> None:
     examples = make_examples(args.examples, args.seed, noisy=True)
     tokenizer_dir = args.work / "tokenizer"
     if tokenizer_dir.is_dir():
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+        tokenizer = Tokenizer.from_folder(tokenizer_dir)
     else:
         texts = [f"{p}{ANSWER_PREFIX}{a}" for p, a in examples[:50_000]]
         tokenizer = train_npc_tokenizer(texts, args.vocab)
-        tokenizer.save_pretrained(tokenizer_dir)
+        tokenizer.save(tokenizer_dir)
     data = encode(tokenizer, examples)
     check = make_examples(400, args.seed + 7, noisy=False)
 
@@ -193,11 +194,11 @@ def main() -> None:
     model.eval()
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
-    tokenizer.save_pretrained(args.out)
+    tokenizer.save(args.out)
     summary = {
         "examples": args.examples, "steps": args.steps, "batch": args.batch, "lr": args.lr,
         "seed": args.seed, "threads": args.threads, "layers": args.layers,
-        "hidden": args.hidden, "vocab": len(tokenizer),
+        "hidden": args.hidden, "vocab": tokenizer.vocab_size,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(train_seconds, 1),
         "wall_seconds_last_run": round(time.time() - started, 1), "log": log,

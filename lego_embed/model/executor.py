@@ -1,10 +1,10 @@
-"""The partitioned executor: runs a Hugging Face decoder model one subtask at a time.
+"""The partitioned executor: runs our decoder (`model.decoder`) one subtask at a time.
 
-A request is a program of subtasks over the model's own modules (embed_tokens, each layer's
-input_layernorm / self_attn / post_attention_layernorm / mlp, norm, lm_head, rotary_emb).
-The program is built one pass at a time (one prefill chunk, or one decode step), so the layer
-plan can change between decode steps. The KV cache and the hidden state live in RequestState,
-so a request can pause between any two subtasks and resume later with no recomputation.
+A request is a program of subtasks over the decoder's modules (the embedding, each layer's
+`attention_block` and `ffn_block`, the head). The program is built one pass at a time (one
+prefill chunk, or one decode step), so the layer plan can change between decode steps. The KV
+cache and the hidden state live in RequestState, so a request can pause between any two
+subtasks and resume later with no recomputation.
 """
 
 from __future__ import annotations
@@ -15,13 +15,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from lego_embed.errors import (
-    ExecutorUsageError,
-    InvalidPromptError,
-    PromptTooLongError,
-    UnsupportedArchitectureError,
-)
-from lego_embed.model.kv_cache import BatchCacheCall, LayerKV, PrefixCache
+from lego_embed.errors import ExecutorUsageError, InvalidPromptError, PromptTooLongError
+from lego_embed.model.decoder import attention_mask
+from lego_embed.model.kv_cache import LayerKV, PrefixCache
 from lego_embed.model.layer_plan import AdaptorStep, LayerPlan, LayerStep, as_layer_plan
 from lego_embed.model.loading import LoadedModel
 from lego_embed.model.sampling import GreedySampler, TokenSampler
@@ -89,15 +85,6 @@ def batch_key(subtask: Subtask) -> tuple[SubtaskKind, str, int, int, int]:
     return (subtask.kind, subtask.phase, subtask.first_layer, subtask.last_layer, tokens)
 
 
-def _sliding_window(config, layer_idx: int) -> int | None:
-    """The attention window of one layer in tokens (None: full causal attention)."""
-    window = getattr(config, "sliding_window", None)
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None and layer_types[layer_idx] != "sliding_attention":
-        return None
-    return window
-
-
 def _padded(
     tensors: list[torch.Tensor | None], length: int, template: torch.Tensor
 ) -> torch.Tensor:
@@ -125,23 +112,10 @@ class Executor:
         self.loaded = loaded
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.device = loaded.device
-        causal_lm = loaded.model
-        self.config = causal_lm.config
-        self.embed_tokens = causal_lm.model.embed_tokens
-        self.layers = causal_lm.model.layers
-        self.norm = causal_lm.model.norm
-        self.rotary_emb = causal_lm.model.rotary_emb
-        self.lm_head = causal_lm.lm_head
+        self.model = loaded.model
+        self.layers = self.model.layers
         self.num_layers = len(self.layers)
-        self.vocab_size = int(self.embed_tokens.num_embeddings)
-        self.windows = [_sliding_window(self.config, i) for i in range(self.num_layers)]
-        attention = self.config._attn_implementation
-        if attention not in ("sdpa", "eager"):
-            raise UnsupportedArchitectureError(
-                f"the model uses '{attention}' attention; the executor needs 'sdpa' or 'eager' "
-                "(load it with lego_embed.model.loading.load_model, which picks 'sdpa')"
-            )
-        self.boolean_mask = attention == "sdpa"
+        self.vocab_size = self.model.args.vocab_size
         self.timer = SubtaskTimer(self.device)
         self._positions_cache: tuple | None = None
 
@@ -347,7 +321,7 @@ class Executor:
             for state in states:
                 rows.append(state.pending_ids[: subtask.tokens])
                 del state.pending_ids[: subtask.tokens]
-            hidden = self.embed_tokens(torch.tensor(rows, device=self.device))
+            hidden = self.model.embed(torch.tensor(rows, device=self.device))
             for row, state in enumerate(states):
                 state.hidden = hidden[row : row + 1]
             return
@@ -362,18 +336,19 @@ class Executor:
             if subtask.kind in (SubtaskKind.ATTENTION, SubtaskKind.LAYER):
                 hidden = self._attention(subtask.first_layer, hidden, states)
             if subtask.kind in (SubtaskKind.FFN, SubtaskKind.LAYER):
-                hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+                hidden = layer.ffn_block(hidden)
         for row, state in enumerate(states):
             state.hidden = hidden if len(states) == 1 else hidden[row : row + 1]
 
     def _attention(
         self, layer_idx: int, hidden: torch.Tensor, states: list[RequestState]
     ) -> torch.Tensor:
-        """norm -> attention over this layer's own cached positions + the new ones -> residual."""
+        """The layer's attention block over its own cached positions + the new ones; appends
+        the new tokens' KV to each request's cache of this layer."""
         layer = self.layers[layer_idx]
         caches = [s.kv[layer_idx] for s in states]
         starts = tuple(s.position for s in states)
-        query_pos, position_embeddings = self._positions(hidden, starts)
+        query_pos, cos, sin = self._positions(hidden, starts)
         past = max(len(cache) for cache in caches)
         keys = values = None
         if len(states) == 1:
@@ -382,30 +357,26 @@ class Executor:
             template = next(c.keys for c in caches if c.keys is not None)
             keys = _padded([c.keys for c in caches], past, template)
             values = _padded([c.values for c in caches], past, template)
-        cache_call = BatchCacheCall(keys, values)
-        attention, _ = layer.self_attn(
-            hidden_states=layer.input_layernorm(hidden),
-            position_embeddings=position_embeddings,
-            attention_mask=self._mask(caches, query_pos, starts, past, layer_idx, hidden),
-            past_key_values=cache_call,
-        )
+        mask = self._mask(caches, query_pos, starts, past, layer.window)
+        hidden, new_keys, new_values = layer.attention_block(hidden, cos, sin, keys, values, mask)
         for row, (state, cache) in enumerate(zip(states, caches, strict=True)):
             state.kv[layer_idx] = cache.appended(
-                cache_call.new_keys[row : row + 1],
-                cache_call.new_values[row : row + 1],
-                query_pos[row],
+                new_keys[row : row + 1], new_values[row : row + 1], query_pos[row]
             )
-        return hidden + attention
+        return hidden
 
-    def _positions(self, hidden: torch.Tensor, starts: tuple[int, ...]):
-        """Absolute query positions (batch, tokens) and their RoPE (cos, sin), computed once per
-        pass rather than once per layer."""
+    def _positions(
+        self, hidden: torch.Tensor, starts: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Absolute query positions (batch, tokens) and their rotary cos/sin, computed once
+        per pass rather than once per layer."""
         key = (starts, hidden.shape[1], hidden.dtype)
         if self._positions_cache is None or self._positions_cache[0] != key:
             offsets = torch.arange(hidden.shape[1], device=self.device)
             query_pos = torch.tensor(starts, device=self.device)[:, None] + offsets
-            self._positions_cache = (key, query_pos, self.rotary_emb(hidden, query_pos))
-        return self._positions_cache[1], self._positions_cache[2]
+            cos, sin = self.model.rotary(query_pos, hidden.dtype)
+            self._positions_cache = (key, query_pos, cos, sin)
+        return self._positions_cache[1:]
 
     def _mask(
         self,
@@ -413,19 +384,14 @@ class Executor:
         query_pos: torch.Tensor,
         starts: tuple[int, ...],
         past: int,
-        layer_idx: int,
-        hidden: torch.Tensor,
+        window: int | None,
     ) -> torch.Tensor | None:
-        """Which keys each query may attend to, shape (batch, 1, tokens, past + tokens): causal by
-        absolute position, inside the sliding window, not padding. None where plain causal
-        attention over everything is exact (one request, one query or an SDPA prefill with no
-        past, window not reached)."""
+        """Which keys each query may attend to (see decoder.attention_mask). None where plain
+        causal attention over everything is exact: one request whose keys are all visible to
+        every query (one query, or no past), with the window not reached."""
         batch, tokens = query_pos.shape
-        window = self.windows[layer_idx]
         last_query = starts[0] + tokens - 1
-        # SDPA applies the causal mask itself when given none (HF passes is_causal); eager not.
-        causal_by_itself = tokens == 1 or (past == 0 and self.boolean_mask)
-        if batch == 1 and causal_by_itself and (window is None or last_query < window):
+        if batch == 1 and (tokens == 1 or past == 0) and (window is None or last_query < window):
             return None
         past_pos = torch.stack([F.pad(c.positions, (0, past - len(c))) for c in caches])
         past_valid = torch.arange(past, device=self.device)[None, :] < torch.tensor(
@@ -433,17 +399,12 @@ class Executor:
         )
         key_pos = torch.cat([past_pos, query_pos], dim=1)
         key_valid = torch.cat([past_valid, torch.ones_like(query_pos, dtype=torch.bool)], dim=1)
-        allowed = key_valid[:, None, :] & (key_pos[:, None, :] <= query_pos[:, :, None])
-        if window is not None:
-            allowed &= key_pos[:, None, :] > query_pos[:, :, None] - window
-        if self.boolean_mask:
-            return allowed[:, None]
-        additive = torch.zeros(allowed.shape, dtype=hidden.dtype, device=self.device)
-        return additive.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[:, None]
+        return attention_mask(query_pos, key_pos, key_valid, window)
 
     def _head(self, hidden: torch.Tensor, states: list[RequestState]) -> None:
-        """Final norm + lm_head on the last position, sampling, and embedding the new token."""
-        logits = self.lm_head(self.norm(hidden[:, -1, :])).float()
+        """Final norm + output head on the last position, sampling, and embedding the new
+        token."""
+        logits = self.model.head(hidden[:, -1, :]).float()
         next_ids = []
         for row, state in enumerate(states):
             token = int(state.sampler.next_token(logits[row], state.generated))
@@ -453,6 +414,6 @@ class Executor:
                 sequence_tokens >= self.loaded.max_context_tokens
             )
             next_ids.append(token)
-        embedded = self.embed_tokens(torch.tensor(next_ids, device=self.device)[:, None])
+        embedded = self.model.embed(torch.tensor(next_ids, device=self.device)[:, None])
         for row, state in enumerate(states):
             state.hidden = None if state.finished else embedded[row : row + 1]

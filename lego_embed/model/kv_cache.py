@@ -54,22 +54,3 @@ class PrefixCache:
 
     token_ids: tuple[int, ...]
     layers: tuple[LayerKV, ...]
-
-
-class BatchCacheCall:
-    """Stands in for a Hugging Face `Cache` during one attention call over a batch of requests.
-
-    Holds the batch's past keys/values (right-padded to a common length); `update` (called by
-    the HF attention module) keeps the new keys/values and returns past + new.
-    """
-
-    def __init__(self, keys: torch.Tensor | None, values: torch.Tensor | None) -> None:
-        self.keys, self.values = keys, values
-        self.new_keys: torch.Tensor | None = None
-        self.new_values: torch.Tensor | None = None
-
-    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
-        self.new_keys, self.new_values = key_states, value_states
-        if self.keys is None:
-            return key_states, value_states
-        return torch.cat([self.keys, key_states], dim=2), torch.cat([self.values, value_states], 2)

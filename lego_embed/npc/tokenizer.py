@@ -4,26 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from tokenizers import Tokenizer as BackendTokenizer
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+from lego_embed.model.tokenizer import Tokenizer
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
-MAX_LENGTH_TOKENS = 128
 
 
-def train_npc_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Trains a BPE tokenizer (Metaspace words, BOS prepended) and wraps it for transformers."""
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
-    tokenizer.decoder = decoders.Metaspace(prepend_scheme="never")
+def train_npc_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Trains a BPE tokenizer (Metaspace words, BOS prepended) on `texts`."""
+    backend = BackendTokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+    backend.decoder = decoders.Metaspace(prepend_scheme="never")
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS))
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    bos = tokenizer.token_to_id("<s>")
-    tokenizer.post_processor = processors.TemplateProcessing(
+    backend.train_from_iterator(texts, trainer=trainer)
+    bos = backend.token_to_id("<s>")
+    backend.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)]
     )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        model_max_length=MAX_LENGTH_TOKENS,
-    )
+    return Tokenizer(backend, {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>"})

@@ -45,14 +45,13 @@ class ModelIdentity:
 
     @classmethod
     def of(cls, loaded: LoadedModel) -> ModelIdentity:
-        config = loaded.model.config
         weights = Path(loaded.path) / MODEL_WEIGHTS_NAME
         digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else ""
         return cls(
             family=loaded.family,
             num_layers=loaded.num_layers,
-            hidden_size=int(config.hidden_size),
-            vocab_size=int(config.vocab_size),
+            hidden_size=loaded.args.hidden_size,
+            vocab_size=loaded.args.vocab_size,
             weights_sha256=digest,
         )
 

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lego_embed.model.decoder import Transformer
 from lego_embed.model.layer_plan import AdaptorStep, LayerPlan
 from lego_embed.skip.adaptor import AdaptorShape, SpanAdaptor
 from lego_embed.skip.calibration import CalibrationBatch
-from lego_embed.skip.reference import decoder_layers, plan_logits
-from lego_embed.skip.similarity import LayerInputRecorder
+from lego_embed.skip.reference import plan_logits
 from lego_embed.skip.spans import Span
 
 ANSWER_WEIGHT = 4.0
@@ -112,7 +112,7 @@ class TeacherRecord:
 
 @torch.no_grad()
 def record_teacher(
-    model: nn.Module, batches: Sequence[CalibrationBatch], states: Sequence[int],
+    model: Transformer, batches: Sequence[CalibrationBatch], states: Sequence[int],
     log_prob_batches: int,
 ) -> TeacherRecord:
     """One full-model pass over ``batches`` keeping the hidden states at ``states`` and the
@@ -121,16 +121,11 @@ def record_teacher(
     kept: dict[int, list[torch.Tensor]] = {s: [] for s in states}
     log_probs = []
     for index, batch in enumerate(batches):
-        recorder = LayerInputRecorder(model, states)
-        try:
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           use_cache=False).logits
-        finally:
-            recorder.remove()
+        output = model(batch.input_ids, batch.attention_mask, capture=set(states))
         for state in states:
-            kept[state].append(recorder.captured[state].float())
+            kept[state].append(output.states[state].float())
         if index < log_prob_batches:
-            log_probs.append(torch.log_softmax(logits.float(), dim=-1))
+            log_probs.append(torch.log_softmax(output.logits.float(), dim=-1))
     return TeacherRecord(list(batches), kept, log_probs, time.perf_counter() - started)
 
 
@@ -197,9 +192,9 @@ def _position_weights(batch: CalibrationBatch) -> torch.Tensor:
     return weights + (ANSWER_WEIGHT - 1.0) * batch.answer_mask.float()
 
 
-def _fit_kl(model: nn.Module, adaptor: SpanAdaptor, span: Span, teacher: TeacherRecord,
+def _fit_kl(model: Transformer, adaptor: SpanAdaptor, span: Span, teacher: TeacherRecord,
             config: DistillConfig, generator: torch.Generator) -> float:
-    num_layers = len(decoder_layers(model))
+    num_layers = model.args.num_layers
     replay = _Replay()
     recorder = _OutputRecorder(adaptor)
     plan = LayerPlan((
@@ -236,12 +231,12 @@ def _fit_kl(model: nn.Module, adaptor: SpanAdaptor, span: Span, teacher: Teacher
 
 
 def distill_adaptor(
-    model: nn.Module, teacher: TeacherRecord, span: Span, config: DistillConfig
+    model: Transformer, teacher: TeacherRecord, span: Span, config: DistillConfig
 ) -> DistilledAdaptor:
     """Trains the adaptor for ``span`` against the frozen ``model``, from a teacher record
     holding the span's input and output states (see record_teacher)."""
     started = time.perf_counter()
-    num_layers = len(decoder_layers(model))
+    num_layers = model.args.num_layers
     if span.first_layer < 1 or span.last_layer >= num_layers:
         raise ValueError(f"span {span} must lie within layers 1..{num_layers - 1}")
     missing = {span.first_layer, span.last_layer + 1} - set(teacher.states)
@@ -253,12 +248,12 @@ def distill_adaptor(
     order = torch.randperm(x.shape[0], generator=generator)
     held_out = max(1, int(x.shape[0] * HELD_OUT_TOKEN_FRACTION))
     test, train = order[:held_out], order[held_out:]
-    model_config = model.config
+    args = model.args
     shape = AdaptorShape(
-        hidden_size=int(model_config.hidden_size),
+        hidden_size=args.hidden_size,
         intermediate_size=config.intermediate_size
-        or default_adaptor_width(int(model_config.hidden_size), span.skipped_layers),
-        rms_norm_eps=float(getattr(model_config, "rms_norm_eps", 1e-6)),
+        or default_adaptor_width(args.hidden_size, span.skipped_layers),
+        rms_norm_eps=args.rms_norm_eps,
     )
     adaptor = SpanAdaptor(shape).float()
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -284,7 +279,7 @@ def distill_adaptor(
 
 
 def distill_spans(
-    model: nn.Module,
+    model: Transformer,
     batches: Sequence[CalibrationBatch],
     spans: Sequence[Span],
     config: DistillConfig,

@@ -33,6 +33,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from lego_embed.model.decoder import Transformer
 from lego_embed.model.layer_plan import LayerPlan
 from lego_embed.skip.bundle import SkipBundle
 from lego_embed.skip.calibration import CalibrationBatch
@@ -189,7 +190,7 @@ def _agrees_with_expert(
 
 @torch.no_grad()
 def score_plan(
-    model: nn.Module, plan: LayerPlan | None, batches: Sequence[CalibrationBatch],
+    model: Transformer, plan: LayerPlan | None, batches: Sequence[CalibrationBatch],
     sampler: ActionSampler,
 ) -> PlanScore:
     """Decision agreement and perplexity of ``plan`` on held-out batches of prompt + expert
@@ -216,7 +217,7 @@ def score_plan(
 
 
 def evaluate_bundle(
-    model: nn.Module,
+    model: Transformer,
     bundle: SkipBundle,
     similarity: SimilarityMap,
     heldout_batches: Sequence[CalibrationBatch],

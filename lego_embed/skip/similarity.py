@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lego_embed.model.decoder import Transformer
 from lego_embed.skip.calibration import CalibrationBatch
-from lego_embed.skip.reference import decoder_layers
 
 
 @dataclass(frozen=True)
@@ -45,57 +45,24 @@ class SimilarityMap:
         return 1.0 - float(self.matrix[layer, layer + 1])
 
 
-class LayerInputRecorder:
-    """Forward pre-hooks that capture the hidden state entering chosen decoder layers (and the
-    final norm, as state ``num_layers``) during one forward pass of a HF causal LM."""
-
-    def __init__(self, model: nn.Module, states: Sequence[int]) -> None:
-        layers = decoder_layers(model)
-        self.num_layers = len(layers)
-        bad = [s for s in states if not 0 <= s <= self.num_layers]
-        if bad:
-            raise ValueError(f"states {bad} out of range 0..{self.num_layers}")
-        self.captured: dict[int, torch.Tensor] = {}
-        self._handles = []
-        for state in sorted(set(states)):
-            target = layers[state] if state < self.num_layers else model.model.norm
-            self._handles.append(
-                target.register_forward_pre_hook(self._hook(state), with_kwargs=True)
-            )
-
-    def _hook(self, state: int):
-        def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            self.captured[state] = hidden.detach()
-
-        return capture
-
-    def remove(self) -> None:
-        """Removes the hooks; the recorder captures nothing afterwards."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-
 @torch.no_grad()
 def record_states(
-    model: nn.Module, batch: CalibrationBatch, states: Sequence[int]
+    model: Transformer, batch: CalibrationBatch, states: Sequence[int]
 ) -> dict[int, torch.Tensor]:
     """Runs the full model on ``batch`` and returns, per requested state index, the hidden
     states of the real tokens as (real_tokens, hidden) in row-major token order."""
-    recorder = LayerInputRecorder(model, states)
-    try:
-        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    finally:
-        recorder.remove()
+    bad = [s for s in states if not 0 <= s <= model.args.num_layers]
+    if bad:
+        raise ValueError(f"states {bad} out of range 0..{model.args.num_layers}")
+    captured = model(batch.input_ids, batch.attention_mask, capture=set(states)).states
     real = batch.attention_mask.bool()
-    return {state: hidden[real].float() for state, hidden in recorder.captured.items()}
+    return {state: hidden[real].float() for state, hidden in captured.items()}
 
 
 @torch.no_grad()
-def compute_similarity(model: nn.Module, batches: Sequence[CalibrationBatch]) -> SimilarityMap:
+def compute_similarity(model: Transformer, batches: Sequence[CalibrationBatch]) -> SimilarityMap:
     """Mean per-token cosine similarity between every pair of layer-input states."""
-    num_states = len(decoder_layers(model)) + 1
+    num_states = model.args.num_layers + 1
     total = torch.zeros((num_states, num_states), dtype=torch.float64)
     tokens = 0
     sequences = 0

@@ -30,12 +30,12 @@ def tiny_npc_model_dir(tmp_path_factory, npc_tokenizer) -> Path:
     """A 4-layer random-init Llama with the combat tokenizer, saved as a local HF folder."""
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(npc_tokenizer), hidden_size=64, intermediate_size=128,
+        vocab_size=npc_tokenizer.vocab_size, hidden_size=64, intermediate_size=128,
         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=128, bos_token_id=npc_tokenizer.bos_token_id,
         eos_token_id=npc_tokenizer.eos_token_id, pad_token_id=npc_tokenizer.pad_token_id,
     )
     folder = tmp_path_factory.mktemp("tiny_npc_model")
     LlamaForCausalLM(config).save_pretrained(folder)
-    npc_tokenizer.save_pretrained(folder)
+    npc_tokenizer.save(folder)
     return folder

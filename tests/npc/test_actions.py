@@ -28,7 +28,7 @@ def test_prefix_sharing_and_multi_token_actions(npc_tokenizer):
     sampler = ConstrainedActionSampler(trie)
     heal_ids = npc_tokenizer.encode(" heal", add_special_tokens=False)
     eos = npc_tokenizer.eos_token_id
-    vocab = len(npc_tokenizer)
+    vocab = npc_tokenizer.vocab_size
 
     def prefer(token):
         logits = torch.zeros(vocab)
@@ -68,7 +68,7 @@ def test_never_returns_an_action_outside_the_set(npc_tokenizer, actions, seed):
         assert "same to the model" in str(error)
         return
     generator = torch.Generator().manual_seed(seed)
-    vocab = len(npc_tokenizer)
+    vocab = npc_tokenizer.vocab_size
     chosen = decode(ConstrainedActionSampler(trie),
                     lambda step: torch.randn(vocab, generator=generator) * 5)
     assert chosen in actions

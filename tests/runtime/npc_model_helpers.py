@@ -29,12 +29,12 @@ def save_random_npc_model(
     tokenizer = train_npc_tokenizer(texts, vocab_size=400)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+        vocab_size=tokenizer.vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=128, initializer_range=0.1, tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tokenizer.save(folder)
     return folder

@@ -26,7 +26,7 @@ PROMPT = [5, 6, 7, 8, 9, 10, 11, 12]
 
 def levels_for(loaded: LoadedModel) -> list[LevelOption]:
     n = loaded.num_layers
-    hidden = loaded.model.config.hidden_size
+    hidden = loaded.args.hidden_size
     options = [LevelOption(0, LayerPlan.full(n), 0.95)]
     for level, skipped in ((1, 2), (2, 4), (3, 6)):
         adaptor = SpanAdaptor(AdaptorShape(hidden, hidden))

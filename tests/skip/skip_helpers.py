@@ -29,7 +29,7 @@ def save_tiny_npc_model(folder: Path, seed: int = 0) -> Path:
     texts += [ANSWER_PREFIX + action for action in ACTIONS]
     tokenizer = train_npc_tokenizer(texts, vocab_size=300)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+        vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128,
         num_hidden_layers=NUM_LAYERS, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=96, initializer_range=0.1, rms_norm_eps=1e-5,
         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
@@ -37,7 +37,7 @@ def save_tiny_npc_model(folder: Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tokenizer.save(folder)
     return folder
 
 
@@ -59,7 +59,7 @@ def random_bundle(loaded, spans: list[tuple[int, int]], seed: int = 0):
     from lego_embed.skip.spans import Span
 
     torch.manual_seed(seed)
-    hidden = loaded.model.config.hidden_size
+    hidden = loaded.args.hidden_size
     levels, adaptors = [], {}
     for number, (first, last) in enumerate(spans, start=1):
         shape = AdaptorShape(hidden, 32, 1e-5)

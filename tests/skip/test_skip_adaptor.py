@@ -50,12 +50,15 @@ def test_distillation_beats_plain_skipping(tiny_loaded):
     span = Span(2, 3)
     config = DistillConfig(intermediate_size=48, mse_steps=150, kl_steps=6, seed=1)
     teacher = record_teacher(model, batches, [2, 4], log_prob_batches=3)
+    model.layers[0].requires_grad_(True)  # distillation must leave every flag as it found it
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
     result = distill_adaptor(model, teacher, span, config)
     assert result.adaptor.shape == AdaptorShape(64, 48, 1e-5)
     assert result.unexplained_after_mse < 0.9  # plain skip is 1.0 by definition
     assert result.unexplained_final < 0.9
     assert result.final_kl is not None and result.final_kl >= 0.0
-    assert all(p.requires_grad for p in model.parameters())  # left as distillation found it
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == before
+    model.requires_grad_(False)
     heldout = task_batches(tiny_loaded.tokenizer, 16, seed=6, batch_size=16)
     sampler = ConstrainedActionSampler(ActionTrie(tiny_loaded.tokenizer, ACTIONS,
                                                   tiny_loaded.tokenizer.eos_token_id))

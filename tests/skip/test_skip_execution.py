@@ -1,37 +1,18 @@
-"""Running skip levels in the executor equals a plain reference implementation of the same skip:
+"""Running skip levels in our executor equals the oracle's plain implementation of the same skip:
 the Hugging Face model's own forward with the plan's steps as its layer list and its own KV
 cache, in which a skipped layer writes nothing. Also when the level changes mid-request."""
 
 from __future__ import annotations
 
 import torch
+from hf_oracle import hf_model, hf_plan_logits, hf_plan_run
 from skip_helpers import NUM_LAYERS, RecordingGreedySampler, random_bundle, task_examples
-from transformers import DynamicCache
 
 from lego_embed.model.executor import Executor
 from lego_embed.model.subtask import SubtaskKind
-from lego_embed.skip.reference import plan_applied, plan_logits
+from lego_embed.skip.reference import plan_logits
 
 SPANS = [(4, 5), (2, 5), (1, 2)]
-
-
-def reference_run(model, prompt: list[int], plans: list) -> tuple[list[int], torch.Tensor]:
-    """Greedy tokens and logits when pass i (0: the prompt, then one per token) runs plans[i]."""
-    cache = DynamicCache(config=model.config)
-    tokens, logits = [], []
-    with torch.no_grad():
-        for index, plan in enumerate(plans):
-            if index == 0:
-                ids, positions = torch.tensor([prompt]), None
-            else:
-                ids = torch.tensor([[tokens[-1]]])
-                positions = torch.tensor([[len(prompt) + index - 1]])
-            with plan_applied(model, plan):
-                out = model(input_ids=ids, past_key_values=cache, use_cache=True,
-                            position_ids=positions)
-            logits.append(out.logits[0, -1].float())
-            tokens.append(int(out.logits[0, -1].argmax()))
-    return tokens, torch.stack(logits)
 
 
 def executor_run(executor: Executor, prompt: list[int], plans: list):
@@ -49,27 +30,32 @@ def executor_run(executor: Executor, prompt: list[int], plans: list):
 
 def test_every_level_equals_the_reference(tiny_loaded):
     bundle = random_bundle(tiny_loaded, SPANS)
+    oracle = hf_model(tiny_loaded.path)
     executor = Executor(tiny_loaded)
     examples, _ = task_examples(tiny_loaded.tokenizer, 3, seed=11)
     for example in examples:
         prompt = list(example.prompt_ids)
         for level in range(bundle.max_level + 1):
             plans = [bundle.plan(level)] * 4
-            ref_tokens, ref_logits = reference_run(tiny_loaded.model, prompt, plans)
+            ref_tokens, ref_logits = hf_plan_run(oracle, prompt, plans)
             state, logits = executor_run(executor, prompt, plans)
             assert state.generated == ref_tokens
             torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
-            # whole-sequence reference (no cache) agrees too
-            whole = plan_logits(tiny_loaded.model, torch.tensor([prompt + ref_tokens[:-1]]),
-                                None, bundle.plan(level))[0, len(prompt) - 1 :]
-            torch.testing.assert_close(whole.float(), ref_logits, atol=1e-5, rtol=0)
+            # whole-sequence passes (no cache), ours and the oracle's, agree too
+            sequence = torch.tensor([prompt + ref_tokens[:-1]])
+            with torch.no_grad():
+                whole = plan_logits(tiny_loaded.model, sequence, None, bundle.plan(level))
+            oracle_whole = hf_plan_logits(oracle, sequence, bundle.plan(level))
+            torch.testing.assert_close(whole[0, len(prompt) - 1 :], ref_logits, atol=1e-5, rtol=0)
+            torch.testing.assert_close(whole, oracle_whole, atol=1e-5, rtol=0)
 
 
 def test_levels_differ_from_each_other(tiny_loaded):
     bundle = random_bundle(tiny_loaded, SPANS)
     prompt = list(task_examples(tiny_loaded.tokenizer, 1, seed=12)[0][0].prompt_ids)
-    outs = [plan_logits(tiny_loaded.model, torch.tensor([prompt]), None, bundle.plan(level))
-            for level in range(bundle.max_level + 1)]
+    with torch.no_grad():
+        outs = [plan_logits(tiny_loaded.model, torch.tensor([prompt]), None, bundle.plan(level))
+                for level in range(bundle.max_level + 1)]
     for a in range(len(outs)):
         for b in range(a + 1, len(outs)):
             assert (outs[a] - outs[b]).abs().max() > 1e-3
@@ -77,6 +63,7 @@ def test_levels_differ_from_each_other(tiny_loaded):
 
 def test_level_switching_mid_request_equals_the_reference(tiny_loaded):
     bundle = random_bundle(tiny_loaded, SPANS)
+    oracle = hf_model(tiny_loaded.path)
     executor = Executor(tiny_loaded)
     examples, _ = task_examples(tiny_loaded.tokenizer, 2, seed=13)
     schedules = [
@@ -88,7 +75,7 @@ def test_level_switching_mid_request_equals_the_reference(tiny_loaded):
         prompt = list(example.prompt_ids)
         for schedule in schedules:
             plans = [bundle.plan(level) for level in schedule]
-            ref_tokens, ref_logits = reference_run(tiny_loaded.model, prompt, plans)
+            ref_tokens, ref_logits = hf_plan_run(oracle, prompt, plans)
             state, logits = executor_run(executor, prompt, plans)
             assert state.generated == ref_tokens
             torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from hf_oracle import hf_model
 from skip_helpers import NUM_LAYERS, task_batches
 
 from lego_embed.skip.similarity import compute_similarity, record_states, save_similarity
 
 
 def test_recorded_states_are_the_layer_inputs_and_the_final_norm_input(tiny_loaded):
-    model = tiny_loaded.model
+    """Against the oracle: HF's hidden states of the same padded batch."""
     batch = task_batches(tiny_loaded.tokenizer, 5, seed=3, batch_size=5)[0]
-    states = record_states(model, batch, range(NUM_LAYERS + 1))
+    states = record_states(tiny_loaded.model, batch, range(NUM_LAYERS + 1))
     real = batch.attention_mask.bool()
+    oracle = hf_model(tiny_loaded.path)
     with torch.no_grad():
-        out = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          output_hidden_states=True)
+        out = oracle.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           output_hidden_states=True)
+        final = tiny_loaded.model.norm(states[NUM_LAYERS])
     for layer in range(NUM_LAYERS):
         torch.testing.assert_close(states[layer], out.hidden_states[layer][real])
-    torch.testing.assert_close(model.model.norm(states[NUM_LAYERS]), out.last_hidden_state[real])
-    assert states[0].shape == (int(real.sum()), model.config.hidden_size)
+    torch.testing.assert_close(final, out.last_hidden_state[real])
+    assert states[0].shape == (int(real.sum()), tiny_loaded.args.hidden_size)
 
 
 def test_similarity_matrix_is_a_mean_cosine_matrix(tiny_loaded, tmp_path):
