@@ -2,16 +2,34 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LATEST_VENV ?= .venv-latest
+PARITY_OUT ?= build/test-latest
 
-.PHONY: setup demo test lint train-model eval godot-bridge godot-compare
+.PHONY: setup demo test test-latest lint train-model eval godot-bridge godot-compare lock
 
-# torch==2.13.0 first: pip takes the CPU wheel on disk instead of pulling CUDA wheels.
-$(STAMP): pyproject.toml
+# Exact versions of every package from requirements.lock (made by `make lock`; torch is the CPU
+# wheel on disk), then the package itself without touching them.
+$(STAMP): pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# Re-resolve requirements.lock from pyproject.toml's ranges (newest releases they allow).
+lock:
+	tools/lock_dependencies.sh
+
+# The parity tests (our decoder against the transformers oracle) in a separate environment
+# with the newest releases pyproject.toml's ranges allow (torch stays the CPU wheel on disk).
+# Versions and the pytest summary go to $(PARITY_OUT); record them in docs/COMPATIBILITY.md.
+test-latest:
+	rm -rf $(LATEST_VENV) && python3 -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/pip install -q torch==2.13.0
+	$(LATEST_VENV)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
+	mkdir -p $(PARITY_OUT)
+	$(LATEST_VENV)/bin/pip freeze --all --exclude-editable > $(PARITY_OUT)/versions.txt
+	$(LATEST_VENV)/bin/python -m pytest -q -m parity 2>&1 | tee $(PARITY_OUT)/pytest.txt
 
 # Godot 3, Xvfb, Mesa and a C toolchain (apt, only when missing), GDNative headers from
 # Debian's godot source package, and the bridge compiled against the venv's Python.

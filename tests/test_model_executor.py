@@ -12,6 +12,8 @@ from lego_embed.model.executor import Executor, GreedySampler
 from lego_embed.model.loading import load_model
 from lego_embed.model.subtask import SubtaskKind
 
+pytestmark = pytest.mark.parity
+
 FAMILIES = ("llama", "qwen2", "mistral")
 
 

@@ -13,6 +13,8 @@ from lego_embed.model.executor import Executor, GreedySampler
 from lego_embed.model.layer_plan import AdaptorStep, LayerPlan
 from lego_embed.model.loading import load_model
 
+pytestmark = pytest.mark.parity
+
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):

@@ -23,6 +23,8 @@ from lego_embed.model.config import ModelArgs
 from lego_embed.model.executor import Executor
 from lego_embed.model.loading import BUNDLED_MODEL_DIR, load_model, resolve_model_path
 
+pytestmark = pytest.mark.parity
+
 ROPE_VARIANTS = {
     "linear": {"rope_type": "linear", "factor": 2.5},
     "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,

@@ -23,10 +23,10 @@ import torch
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lego_embed.model.tokenizer import Tokenizer
 from lego_embed.npc.combat_task import expert_action, noisy_expert_action, random_situation
 from lego_embed.npc.prompt import ANSWER_PREFIX, build_prompt
 from lego_embed.npc.state import validate_state
-from lego_embed.model.tokenizer import Tokenizer
 from lego_embed.npc.tokenizer import train_npc_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

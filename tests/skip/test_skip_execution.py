@@ -4,6 +4,7 @@ cache, in which a skipped layer writes nothing. Also when the level changes mid-
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hf_oracle import hf_model, hf_plan_logits, hf_plan_run
 from skip_helpers import NUM_LAYERS, RecordingGreedySampler, random_bundle, task_examples
@@ -11,6 +12,8 @@ from skip_helpers import NUM_LAYERS, RecordingGreedySampler, random_bundle, task
 from lego_embed.model.executor import Executor
 from lego_embed.model.subtask import SubtaskKind
 from lego_embed.skip.reference import plan_logits
+
+pytestmark = pytest.mark.parity
 
 SPANS = [(4, 5), (2, 5), (1, 2)]
 

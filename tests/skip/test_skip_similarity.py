@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hf_oracle import hf_model
 from skip_helpers import NUM_LAYERS, task_batches
@@ -10,6 +11,7 @@ from skip_helpers import NUM_LAYERS, task_batches
 from lego_embed.skip.similarity import compute_similarity, record_states, save_similarity
 
 
+@pytest.mark.parity
 def test_recorded_states_are_the_layer_inputs_and_the_final_norm_input(tiny_loaded):
     """Against the oracle: HF's hidden states of the same padded batch."""
     batch = task_batches(tiny_loaded.tokenizer, 5, seed=3, batch_size=5)[0]
