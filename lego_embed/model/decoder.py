@@ -22,7 +22,23 @@ from torch import nn
 
 from lego_embed.model.config import ModelArgs
 from lego_embed.model.layer_plan import AdaptorStep, LayerPlan, as_layer_plan
-from lego_embed.model.rope import RotaryEmbedding, apply_rotary, inverse_frequencies
+from lego_embed.model.rope import RotaryEmbedding, apply_rotary
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose weights are left uninitialised at construction: a checkpoint fills them
+    (or `Transformer.init_weights` draws random ones), so building a large model costs only
+    its allocation."""
+
+    def reset_parameters(self) -> None:
+        """Leaves the weights as allocated (see the class docstring)."""
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding left uninitialised at construction, like `Linear`."""
+
+    def reset_parameters(self) -> None:
+        """Leaves the table as allocated (see the class docstring)."""
 
 
 class RMSNorm(nn.Module):
@@ -30,10 +46,10 @@ class RMSNorm(nn.Module):
     is computed in float32 whatever the model's dtype and cast back before the scale, as
     Llama's reference implementation (and every checkpoint trained with it) does."""
 
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, **factory) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim, **factory))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:  # one fused kernel, same result
@@ -46,15 +62,15 @@ class Attention(nn.Module):
     """Grouped-query self-attention: `num_heads` query heads share `num_kv_heads` key/value
     heads of `head_dim` elements each."""
 
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, **factory) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = (
             args.num_heads, args.num_kv_heads, args.head_dim
         )
         q_size, kv_size = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
         self.split = (q_size, kv_size, kv_size)
-        self.wqkv = nn.Linear(args.hidden_size, q_size + 2 * kv_size, bias=args.qkv_bias)
-        self.wo = nn.Linear(q_size, args.hidden_size, bias=args.out_bias)
+        self.wqkv = Linear(args.hidden_size, q_size + 2 * kv_size, bias=args.qkv_bias, **factory)
+        self.wo = Linear(q_size, args.hidden_size, bias=args.out_bias, **factory)
 
     def project(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -86,10 +102,11 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU MLP: w2(silu(gate(x)) * up(x)), gate and up fused in `w13`."""
 
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, **factory) -> None:
         super().__init__()
-        self.w13 = nn.Linear(args.hidden_size, 2 * args.intermediate_size, bias=args.mlp_bias)
-        self.w2 = nn.Linear(args.intermediate_size, args.hidden_size, bias=args.mlp_bias)
+        self.w13 = Linear(args.hidden_size, 2 * args.intermediate_size, bias=args.mlp_bias,
+                          **factory)
+        self.w2 = Linear(args.intermediate_size, args.hidden_size, bias=args.mlp_bias, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)
@@ -99,13 +116,13 @@ class FeedForward(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-norm decoder layer; `window` is its sliding attention window in tokens (None: full)."""
 
-    def __init__(self, args: ModelArgs, window: int | None) -> None:
+    def __init__(self, args: ModelArgs, window: int | None, **factory) -> None:
         super().__init__()
         self.window = window
-        self.attention_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
-        self.attention = Attention(args)
-        self.ffn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
-        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.hidden_size, args.rms_norm_eps, **factory)
+        self.attention = Attention(args, **factory)
+        self.ffn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps, **factory)
+        self.feed_forward = FeedForward(args, **factory)
 
     def attention_block(
         self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -148,30 +165,35 @@ class ForwardOutput:
 
 class Transformer(nn.Module):
     """The whole decoder: embedding, layers, final norm, output head (tied to the embedding when
-    the checkpoint says so) and the rotary tables."""
+    the checkpoint says so) and the rotary tables. Built on `device` in `dtype` with its weights
+    uninitialised: load a checkpoint (`weights.load_weights`) or call `init_weights`."""
 
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(
+        self, args: ModelArgs, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         self.args = args
-        self.embed = nn.Embedding(args.vocab_size, args.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(args, w) for w in args.sliding_windows)
-        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
-        self.output = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.embed = Embedding(args.vocab_size, args.hidden_size, **factory)
+        self.layers = nn.ModuleList(DecoderLayer(args, w, **factory) for w in args.sliding_windows)
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, **factory)
+        self.output = Linear(args.hidden_size, args.vocab_size, bias=False, **factory)
         if args.tie_word_embeddings:
             self.output.weight = self.embed.weight
-        self.rotary = RotaryEmbedding(args.rope, args.head_dim)
+        self.rotary = RotaryEmbedding(args.rope, args.head_dim, device)
 
-    @classmethod
-    def empty(cls, args: ModelArgs, device: torch.device, dtype: torch.dtype) -> Transformer:
-        """A model with uninitialised weights of `dtype` on `device` (filled by a checkpoint
-        loader): built on the meta device, so no memory or time goes into a random init."""
-        with torch.device("meta"):
-            model = cls(args)
-        model = model.to(dtype).to_empty(device=device)
-        if args.tie_word_embeddings:  # materialising gives each module its own tensor
-            model.output.weight = model.embed.weight
-        model.rotary.inv_freq = inverse_frequencies(args.rope, args.head_dim).to(device)
-        return model
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
+        """Random weights (normal, `std`), zero biases, unit norm scales: a model with the
+        architecture's costs for timing and tests, not a trained one."""
+        for module in self.modules():
+            if isinstance(module, Linear | Embedding):
+                module.weight.normal_(0.0, std, generator=generator)
+            if isinstance(module, Linear) and module.bias is not None:
+                module.bias.zero_()
+            if isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm and output projection: hidden (..., hidden) -> logits (..., vocab)."""

@@ -80,7 +80,7 @@ def load_model(
         path, {"bos": args.bos_token_id, "eos": args.eos_token_id, "pad": args.pad_token_id}
     )
     device = torch.device(device)
-    model = Transformer.empty(args, device, dtype)
+    model = Transformer(args, device, dtype)
     load_weights(model, path)
     model.eval().requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, device=device, dtype=dtype)

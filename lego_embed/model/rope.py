@@ -71,9 +71,12 @@ class RotaryEmbedding(nn.Module):
     """cos/sin tables for given absolute positions; `scale` multiplies both (YaRN's attention
     factor, 1 otherwise)."""
 
-    def __init__(self, rope: RopeArgs, head_dim: int) -> None:
+    def __init__(
+        self, rope: RopeArgs, head_dim: int, device: torch.device | str | None = None
+    ) -> None:
         super().__init__()
-        self.register_buffer("inv_freq", inverse_frequencies(rope, head_dim), persistent=False)
+        frequencies = inverse_frequencies(rope, head_dim).to(device)
+        self.register_buffer("inv_freq", frequencies, persistent=False)
         self.scale = rope.attention_factor
 
     def forward(

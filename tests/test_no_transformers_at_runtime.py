@@ -1,0 +1,58 @@
+"""The game process never imports transformers: the runtime (as the Godot bridge builds it), the
+`lego-embed decide` command and a decision all run on our own decoder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+RUNTIME_SCRIPT = """
+import json, sys, time
+from lego_embed.engines.godot import BridgeConfig, build_runtime
+from lego_embed.npc.combat_task import ACTIONS
+
+runtime, info = build_runtime(BridgeConfig.from_mapping({"model": "bundled"}))
+state = {"persona": "brute", "hp": 70, "enemy_hp": 60, "distance": 2.0,
+         "enemy_last_action": "heavy_windup", "cooldowns": {"dodge": 0, "heal": 0, "heavy": 0},
+         "allies": 1}
+runtime.request("npc0", state, list(ACTIONS), 60000.0)
+decisions = []
+while not decisions:  # no engine events: the runtime runs freely; the test's timeout bounds it
+    decisions = runtime.poll()
+    time.sleep(0.01)
+runtime.stop()
+print(json.dumps({
+    "action": decisions[0].action,
+    "levels": info["skip_levels"],
+    "transformers": sorted(m for m in sys.modules if m.split(".")[0] == "transformers"),
+}))
+"""
+
+CLI_SCRIPT = """
+import json, sys
+from lego_embed.cli import main
+code = main(["decide", "--model", "bundled", "--samples"])
+print(json.dumps({"code": code,
+                  "transformers": [m for m in sys.modules if m.split(".")[0] == "transformers"]}))
+"""
+
+
+def run_python(script: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_runtime_decision_leaves_transformers_out() -> None:
+    result = run_python(RUNTIME_SCRIPT)
+    assert result["action"] is not None
+    assert len(result["levels"]) > 1  # the skip bundle loaded too
+    assert result["transformers"] == []
+
+
+def test_the_decide_command_leaves_transformers_out() -> None:
+    result = run_python(CLI_SCRIPT)
+    assert result["code"] == 0
+    assert result["transformers"] == []
