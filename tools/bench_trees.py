@@ -88,7 +88,8 @@ def measure_profile(tree: Tree, lengths: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as work:
         out = Path(work) / "profile.json"
         subprocess.run(
-            [str(tree.python), "-m", "lego_embed.cli", "profile", "--model", "bundled",
+            [str(tree.python), "-c", "import sys; from lego_embed.cli import main; "
+             "sys.exit(main(sys.argv[1:]))", "profile", "--model", "bundled",
              "--threads", "1", "--prompt-lengths", lengths, "--context-lengths", lengths,
              "--batch-sizes", "2", "--warmup", "3", "--repeats", "20", "--out", str(out)],
             cwd=tree.source, env=tree.env(), capture_output=True, text=True, check=True,

@@ -68,7 +68,6 @@ class Attention(nn.Module):
             args.num_heads, args.num_kv_heads, args.head_dim
         )
         q_size, kv_size = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
-        self.split = (q_size, kv_size, kv_size)
         self.wqkv = Linear(args.hidden_size, q_size + 2 * kv_size, bias=args.qkv_bias, **factory)
         self.wo = Linear(q_size, args.hidden_size, bias=args.out_bias, **factory)
 
@@ -76,13 +75,13 @@ class Attention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (batch, tokens, hidden) -> rotated queries, rotated keys, values, each
-        (batch, heads, tokens, head_dim)."""
+        (batch, heads, tokens, head_dim). One projection for all three, one rotation for
+        queries and keys together."""
         batch, tokens, _ = x.shape
-        q, k, v = self.wqkv(x).split(self.split, dim=-1)
-        q = q.view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, tokens, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(batch, tokens, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        heads = self.num_heads + self.num_kv_heads
+        qkv = self.wqkv(x).view(batch, tokens, heads + self.num_kv_heads, self.head_dim)
+        qk = apply_rotary(qkv[:, :, :heads], cos, sin).transpose(1, 2)
+        return qk[:, : self.num_heads], qk[:, self.num_heads :], qkv[:, :, heads:].transpose(1, 2)
 
     def attend(
         self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,

@@ -3,6 +3,8 @@
 Rotation is the "rotate half" layout that Hugging Face checkpoints of Llama, Qwen2 and Mistral
 are stored in: the head's first and second halves are the two coordinates of each rotated
 pair. Angles are computed in float32 from absolute positions and cast to the model's dtype.
+The sine table carries the rotation's sign (its first half negated), so a rotation is
+`x * cos + roll(x, half) * sin`: four kernels for queries and keys together.
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ def _yarn(rope: RopeArgs, head_dim: int) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables for given absolute positions; `scale` multiplies both (YaRN's attention
-    factor, 1 otherwise)."""
+    """cos and signed-sin tables for given absolute positions; `scale` multiplies both (YaRN's
+    attention factor, 1 otherwise)."""
 
     def __init__(
         self, rope: RopeArgs, head_dim: int, device: torch.device | str | None = None
@@ -82,16 +84,16 @@ class RotaryEmbedding(nn.Module):
     def forward(
         self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (batch, tokens) -> cos, sin (batch, tokens, head_dim) in `dtype`."""
+        """positions (batch, tokens) -> cos, signed sin (batch, tokens, 1, head_dim) in
+        `dtype`, ready to broadcast over the heads of a (batch, tokens, heads, head_dim)
+        tensor."""
         angles = positions[..., None].float() * self.inv_freq.float()
-        angles = torch.cat((angles, angles), dim=-1)
-        return (angles.cos() * self.scale).to(dtype), (angles.sin() * self.scale).to(dtype)
+        cos = torch.cat((angles, angles), dim=-1).cos() * self.scale
+        sin = angles.sin() * self.scale
+        signed_sin = torch.cat((-sin, sin), dim=-1)
+        return cos[:, :, None].to(dtype), signed_sin[:, :, None].to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates x (batch, heads, tokens, head_dim) by the angles of cos/sin (batch, tokens,
-    head_dim)."""
-    cos, sin = cos[:, None], sin[:, None]
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotates x (batch, tokens, heads, head_dim) by the tables of `RotaryEmbedding`."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
