@@ -25,10 +25,11 @@ class LoadedModel:
     """Our decoder in eval mode with its tokenizer and the folder it came from.
 
     `max_context_tokens` is the longest sequence (prompt + generated tokens) the model supports.
+    `tokenizer` is None only for synthetic models made for timing (`bench.synthetic`).
     """
 
     model: Transformer
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | None
     path: Path
     device: torch.device
     dtype: torch.dtype
