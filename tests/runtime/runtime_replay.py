@@ -4,6 +4,8 @@ A `Delivery` is what reaches the runtime at one instant of its clock: an engine 
 timestamp may differ from the arrival: late, out of order) or a burst of requests. `replay`
 moves the clock to each arrival, delivers, and lets the worker run until it is idle, ticking
 the idle worker every `tick_ns` in between (as the worker thread wakes at least every 0.5 s).
+With a stepping clock the worker's own work takes time, and what arrived meanwhile is delivered
+when it is idle again, late.
 It records, independently of the runtime's own tracker, whether a pass was open at every
 moment the worker ran (a pass_begin delivered and no pass_end / frame_end / frame_begin since).
 """
@@ -48,6 +50,24 @@ class ReplayResult:
     subtasks_in_open_pass: list[tuple[int, str]] = field(default_factory=list)
 
 
+class SteppingClock(ManualClock):
+    """A ManualClock that also moves `step_ns` forward at every read: the runtime's own work
+    takes simulated, deterministic time (0: an infinitely fast worker). `peek_ns` reads it
+    without moving it."""
+
+    def __init__(self, start_ns: int = 0, step_ns: int = 0) -> None:
+        super().__init__(start_ns)
+        self.step_ns = step_ns
+
+    def now_ns(self) -> int:
+        now = super().now_ns()
+        self.advance(self.step_ns)
+        return now
+
+    def peek_ns(self) -> int:
+        return super().now_ns()
+
+
 def identity_bundle(loaded: LoadedModel, spans: Sequence[tuple[int, int]]) -> SkipBundle:
     """A skip bundle whose adaptors are fresh (identity: plain skipping) for the given spans."""
     hidden = int(loaded.model.config.hidden_size)
@@ -61,10 +81,11 @@ def identity_bundle(loaded: LoadedModel, spans: Sequence[tuple[int, int]]) -> Sk
 
 
 def manual_runtime(
-    loaded: LoadedModel, bundle: SkipBundle | None = None, start_ns: int = SECOND, **options
-) -> tuple[Runtime, ManualClock]:
-    """A Runtime on a ManualClock, started without a worker thread (drive it with replay)."""
-    clock = ManualClock(start_ns)
+    loaded: LoadedModel, bundle: SkipBundle | None = None, start_ns: int = SECOND,
+    step_ns: int = 0, **options,
+) -> tuple[Runtime, SteppingClock]:
+    """A Runtime on a SteppingClock, started without a worker thread (drive it with replay)."""
+    clock = SteppingClock(start_ns, step_ns)
     config = RuntimeConfig(warmup=False, record_timeline=True, **options)
     runtime = Runtime(loaded, bundle, config, clock=clock)
     runtime.start(thread=False)
@@ -73,7 +94,7 @@ def manual_runtime(
 
 def replay(
     runtime: Runtime,
-    clock: ManualClock,
+    clock: SteppingClock,
     deliveries: Sequence[Delivery],
     seed: int = 0,
     tick_ns: int = 250 * MS,
@@ -98,11 +119,11 @@ def replay(
     index = 0
     while index < len(deliveries):
         arrival_ns = deliveries[index].arrival_ns
-        while clock.now_ns() + tick_ns < arrival_ns:
+        while clock.peek_ns() + tick_ns < arrival_ns:
             clock.advance(tick_ns)
             run()
-        clock.set(arrival_ns)
-        while index < len(deliveries) and deliveries[index].arrival_ns == arrival_ns:
+        clock.set(max(arrival_ns, clock.peek_ns()))  # a busy worker sees events late
+        while index < len(deliveries) and deliveries[index].arrival_ns <= clock.peek_ns():
             delivery = deliveries[index]
             if delivery.event is not None:
                 runtime.on_event(delivery.event)
