@@ -97,3 +97,7 @@ class RuntimeFailedError(LegoEmbedError):
 class RuntimeStoppedError(LegoEmbedError):
     """The runtime was stopped (stop()) before a request was answered, or a request came after
     stop(); call start() again to decide."""
+
+
+class BenchmarkConfigError(LegoEmbedError):
+    """A benchmark option is malformed or out of range (e.g. a hitch outside the replay)."""
