@@ -89,12 +89,12 @@ def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
 
 def plot_hitch(runs: dict[str, ColocationRun], summary: list[dict[str, Any]], path: Path) -> None:
     """Left: each request's latency by the time it was issued, per policy (one repeat), the
-    hitch frames shaded and the deadline dashed; failed requests as crosses at the top. Right:
+    hitch frame of each policy's replay shaded (a slowed replay ends it later) and the deadline
+    dashed; failed requests as crosses at the top. Right:
     SLO attainment of the requests issued after the first hitch, median over repeats with
     min-max whiskers."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [3, 1]})
     policies = [p for p in POLICY_ORDER if p in runs]
-    origin_ns = None
     for k, policy in enumerate(policies):
         run = runs[policy]
         if not run.frames:
