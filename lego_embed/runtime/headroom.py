@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lego_embed.errors import RuntimeConfigError
 from lego_embed.runtime.events import FRAME_BEGIN, FRAME_END, PASS_BEGIN, PASS_END, EngineEvent
 
 INTER_FRAME_SLOT = "inter_frame"
@@ -94,6 +95,11 @@ class HeadroomTracker:
     ) -> None:
         self.frame_budget_ns = round(frame_budget_ms * 1e6)
         self.window_ns = round(window_ms * 1e6)
+        if self.frame_budget_ns < 1 or self.window_ns < 1:
+            raise RuntimeConfigError(
+                f"frame budget {frame_budget_ms} ms and window {window_ms} ms must each be at "
+                "least 1 ns (1e-6 ms)"
+            )
         self.vsync_paced = vsync_paced
         self.on_window = on_window
         self.gap_deviations = gap_deviations

@@ -142,10 +142,10 @@ class RuntimeConfig:
                 f"policy {self.policy!r} is not one of {', '.join(POLICIES)}"
             )
         for name in ("frame_budget_ms", "window_ms", "static_slice_ms", "restart_window_s",
-                     "overdue_limit_ms"):
-            if not _finite_number(getattr(self, name)) or not getattr(self, name) > 0:
+                     "overdue_limit_ms"):  # the runtime counts these in whole ns
+            if not _finite_number(getattr(self, name)) or not getattr(self, name) >= 1e-6:
                 raise RuntimeConfigError(
-                    f"{name} must be a finite number > 0, got {getattr(self, name)!r}"
+                    f"{name} must be a finite number >= 1e-6, got {getattr(self, name)!r}"
                 )
         for name in ("margin_us", "margin_fraction", "cost_deviations", "gap_deviations"):
             if not _finite_number(getattr(self, name)) or getattr(self, name) < 0:

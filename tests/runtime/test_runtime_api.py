@@ -69,6 +69,13 @@ def test_bad_input_is_rejected_synchronously(npc_loaded: LoadedModel) -> None:
         runtime.request("npc", state, list(ACTIONS), 0.0)
     with pytest.raises(RuntimeConfigError, match="policy"):
         Runtime(npc_loaded, config=RuntimeConfig(policy="greedy"))
+    with pytest.raises(RuntimeConfigError, match="deadline_ms"):
+        runtime.request("npc", state, list(ACTIONS), float("inf"))
+    for bad in ({"window_ms": 1e-9}, {"margin_us": float("nan")},
+                {"frame_budget_ms": float("inf")}, {"max_worker_restarts": -1},
+                {"gap_deviations": -1.0}):
+        with pytest.raises(RuntimeConfigError, match=next(iter(bad))):
+            Runtime(npc_loaded, config=RuntimeConfig(**bad))
     assert runtime.poll() == []
 
 
