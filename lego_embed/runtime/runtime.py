@@ -517,20 +517,28 @@ class Runtime:
             if late_ns <= max(limit_ns, deadline_ns):
                 continue
             pending: PendingRequest = request.payload
-            self.scheduler.finish(request)
-            self._counters["overdue_requests"] += 1
-            self._ledger.fail(pending, RequestOverdueError(
+            error = RequestOverdueError(
                 f"no answer {late_ns / 1e9:.1f} s after its {pending.deadline_ms:g} ms deadline "
                 f"({self._stall_reason(now_ns)}); failed instead of waiting on"
-            ), now_ns)
+            )
+            self.scheduler.finish(request)
+            self._counters["overdue_requests"] += 1
+            self._ledger.fail(pending, error, now_ns)
 
     def _stall_reason(self, now_ns: int) -> str:
         if self._last_event_ns is not None and self.tracker.open_gap() is None:
             silent_s = (now_ns - self._last_event_ns) / 1e9
             return (f"the engine is inside a render pass (pass_begin without pass_end yet), "
                     f"last event {silent_s:.1f} s ago")
+        head = self.scheduler.pending[0] if len(self.scheduler) else None
+        predicted = ""
+        if head is not None and self.executor.peek(head.state) is not None:
+            longest_ms = max((e.mean_ms for e in dict(self.tracker.slots).values()), default=0.0)
+            predicted = (f"; the most urgent one's next subtask is predicted at "
+                         f"{self.scheduler.predicted_ns((head,)) / 1e6:.2f} ms, the engine's "
+                         f"longest gap averages {longest_ms:.2f} ms")
         return (f"{len(self.scheduler)} request(s) queued; the engine's gaps left too little "
-                "headroom for their next subtasks")
+                f"headroom for their next subtasks{predicted}")
 
     # ------------------------------------------------------------------ worker
     def _warmup(self) -> None:

@@ -105,6 +105,22 @@ def test_a_pass_that_never_ends_fails_its_requests_long_after_their_deadline(
     assert_answered_once(result, runtime)
 
 
+def test_gaps_too_short_for_any_subtask_fail_requests_with_the_numbers(
+    npc_loaded: LoadedModel,
+) -> None:
+    """A renderer that leaves ~0.1 ms gaps: nothing ever fits; the overdue failure says why."""
+    runtime, clock = manual_runtime(npc_loaded)
+    stream = frames(SECOND, 400, passes=1, pass_ns=16_500_000, gap_ns=50_000)
+    stream.append(Delivery(SECOND + 5 * MS, None, (100.0,)))
+    stream.sort(key=lambda delivery: delivery.arrival_ns)
+    result = replay(runtime, clock, stream, settle_ns=())
+    (failure,) = result.callback_answers
+    assert failure.error.startswith("RequestOverdueError") and not runtime.timeline
+    assert "next subtask is predicted at 0.20 ms" in failure.error
+    assert "longest gap averages 0.12 ms" in failure.error
+    assert_answered_once(result, runtime)
+
+
 class FaultyOnce(HeadroomPredictor):
     """A predictor with a bug that shows once: its first observation raises."""
 
