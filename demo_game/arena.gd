@@ -2,7 +2,8 @@ extends Spatial
 # The combat demo: a 3D arena, a player (keyboard, or a bot when LEGO_DEMO_BOT=1) and three
 # enemies with different personas whose every move comes from the NPC LLM through LegoNPC at
 # 200 actions per minute. A HUD shows FPS, a frame-time graph, LLM latency p50/p99, the skip
-# level and decisions per minute; each enemy shows its current action above its head.
+# level, decisions per minute and the NPC worker's health (running, restarted after an internal
+# error, or failed); each enemy shows its current action above its head.
 #
 # Environment: LEGO_DEMO_SECONDS (stop after that long and write the report; 0 = run until the
 # window closes), LEGO_DEMO_REPORT (report.json path), LEGO_DEMO_SCREENSHOT (png path, taken
@@ -45,6 +46,8 @@ var finished := false
 
 var hud_label: Label
 var hud_status: Label
+var hud_health: Label
+var health_changes := []
 var graph: Control
 var action_labels := {}
 
@@ -86,6 +89,7 @@ func _ready() -> void:
 		action_labels[enemy] = label
 	runtime.connect("runtime_ready", self, "_on_runtime_ready")
 	runtime.connect("runtime_failed", self, "_on_runtime_failed")
+	runtime.connect("health_changed", self, "_on_health_changed")
 	VisualServer.connect("frame_post_draw", self, "_on_frame_post_draw")
 	started = not llm_enabled
 	if llm_enabled and runtime.failure != "":
@@ -156,6 +160,10 @@ func _build_hud() -> void:
 	hud_status.rect_position = Vector2(16, screen.y - 30)
 	hud_status.add_color_override("font_color", Color(1, 0.85, 0.4))
 	hud.add_child(hud_status)
+	hud_health = Label.new()
+	hud_health.rect_position = Vector2(16, 112)
+	hud.add_child(hud_health)
+	_show_health(runtime.health if llm_enabled else {"state": "off", "restarts": 0, "last_error": null})
 	graph = FrameGraph.new()
 	graph.rect_position = Vector2(screen.x - 290, 8)
 	graph.rect_size = Vector2(280, 90)
@@ -178,6 +186,29 @@ func _on_runtime_failed(reason: String) -> void:
 		hud_status.text = "LLM unavailable: " + reason
 		failure_reasons[reason] = failure_reasons.get(reason, 0) + 1
 		started = true  # the timed run (and its report) go on, showing the failure
+
+
+func _on_health_changed(health: Dictionary) -> void:
+	health_changes.append({"at_s": elapsed_s, "health": health.duplicate()})
+	if llm_enabled:
+		_show_health(health)
+
+
+# The NPC worker's health line: green while it runs, orange once it had to restart (requests in
+# flight then failed), red when it stopped for good.
+func _show_health(health: Dictionary) -> void:
+	var state: String = health.get("state", "")
+	var restarts: int = int(health.get("restarts", 0))
+	var color := Color(0.5, 0.9, 0.5)
+	var text := "NPC worker: " + state.replace("_", " ")
+	if state == "failed":
+		color = Color(1.0, 0.3, 0.25)
+		text = "NPC worker: FAILED (%s)" % str(health.get("last_error", ""))
+	elif restarts > 0:
+		color = Color(1.0, 0.6, 0.2)
+		text = "NPC worker: %s, restarted %d x (last: %s)" % [state, restarts, str(health.get("last_error", ""))]
+	hud_health.text = text
+	hud_health.add_color_override("font_color", color)
 
 
 func _on_enemy_acted(enemy: Node, action: String, info: Dictionary) -> void:
@@ -307,6 +338,8 @@ func report() -> Dictionary:
 		"apm_per_npc": 200,
 		"bridge_main_thread_us_per_frame": runtime.bridge_cost(),
 		"runtime_stats": runtime.final_stats,
+		"worker_health": runtime.health,
+		"health_changes": health_changes,
 		"model": runtime.ready_info,
 		"renderer": "GLES2 " + VisualServer.get_video_adapter_name(),
 		"cpu_cores": OS.get_processor_count(),

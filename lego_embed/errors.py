@@ -87,3 +87,27 @@ class CalibrationError(LegoEmbedError):
 class EngineBridgeError(LegoEmbedError):
     """The Godot bridge was called out of order (before start, while the model loads) or with
     bad project settings."""
+
+
+class WorkerFaultError(LegoEmbedError):
+    """The runtime's worker hit an internal error while a request was in flight; the request was
+    dropped and the worker restarted with its state reset (the traceback is in the log)."""
+
+
+class RequestOverdueError(LegoEmbedError):
+    """A request had no answer long after its deadline (e.g. the engine stayed inside a render
+    pass, or reported no headroom at all); it was failed rather than left waiting."""
+
+
+class RuntimeFailedError(LegoEmbedError):
+    """The runtime's worker failed repeatedly and stopped; requests are refused until the runtime
+    is restarted (stop(), start())."""
+
+
+class RuntimeStoppedError(LegoEmbedError):
+    """The runtime was stopped (stop()) before a request was answered, or a request came after
+    stop(); call start() again to decide."""
+
+
+class BenchmarkConfigError(LegoEmbedError):
+    """A benchmark option is malformed or out of range (e.g. a hitch outside the replay)."""

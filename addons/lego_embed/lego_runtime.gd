@@ -14,6 +14,8 @@ extends Node
 signal runtime_ready(info)
 signal runtime_failed(reason)
 signal runtime_error(reason)
+# The NPC worker's health changed: health is {"state", "restarts", "last_error"} (see `health`).
+signal health_changed(health)
 
 const Settings = preload("res://addons/lego_embed/lego_settings.gd")
 const BRIDGE_LIBRARY = "res://addons/lego_embed/native/build/liblego_bridge.so"
@@ -24,6 +26,11 @@ const LAST = 1000000000
 var is_ready := false        # the model is loaded and the runtime runs
 var failure := ""            # why the runtime cannot decide ("" while fine)
 var ready_info := {}         # what the bridge reported when the model was ready
+# The NPC worker's health. state: "not_started" (model loading), "running", "failed" (the
+# worker faulted repeatedly and stopped, or the model did not load; requests fail at once) or
+# "stopped". restarts: times the worker recovered from an internal error (requests in flight
+# then failed). last_error: the latest internal error as "Type: message", or null.
+var health := {"state": "not_started", "restarts": 0, "last_error": null}
 var frames_drawn := 0        # frame_post_draw signals seen since start
 var bridge_calls := 0        # calls into the bridge from the main thread
 var bridge_usec_total := 0   # main-thread microseconds spent in bridge calls
@@ -88,6 +95,7 @@ func _fail(reason: String) -> void:
 	failure = reason
 	push_error("lego_embed: " + reason)
 	emit_signal("runtime_failed", reason)
+	_set_health({"state": "failed", "restarts": health["restarts"], "last_error": reason})
 	for request_id in _pending.keys():
 		_deliver_failure(request_id, reason)
 
@@ -162,6 +170,21 @@ func _poll() -> void:
 			"error":
 				push_error("lego_embed: " + str(result.get("reason", "")))
 				emit_signal("runtime_error", result.get("reason", ""))
+			"health":
+				var reported := {"state": str(result.get("state", "")), "restarts": int(result.get("restarts", 0)), "last_error": result.get("last_error")}
+				if reported["state"] == "failed" and health["state"] != "failed":
+					push_error("lego_embed: the NPC worker stopped: %s" % str(reported["last_error"]))
+				elif reported["restarts"] > health["restarts"]:
+					push_warning("lego_embed: the NPC worker restarted after %s" % str(reported["last_error"]))
+				_set_health(reported)
+
+
+# Updates `health`; emits health_changed when it changed.
+func _set_health(new_health: Dictionary) -> void:
+	if new_health["state"] == health["state"] and new_health["restarts"] == health["restarts"] and new_health["last_error"] == health["last_error"]:
+		return
+	health = new_health
+	emit_signal("health_changed", health)
 
 
 # JSON text from the bridge as a Dictionary ({"error": ...} if it is not a JSON object).

@@ -1,4 +1,5 @@
-"""CLI `lego-embed bench ...`: the runtime's benchmarks (headroom predictor, co-location)."""
+"""CLI `lego-embed bench ...`: the runtime's benchmarks (headroom predictor, co-location,
+co-location with a render hitch)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ def _core(args: argparse.Namespace) -> int:
 def _run_colocation(args: argparse.Namespace) -> int:
     from lego_embed.engines.colocation_bench import (
         ColocationSetting,
+        Hitch,
         core_priority,
         machine_state,
         run_colocation,
@@ -93,9 +95,11 @@ def _run_colocation(args: argparse.Namespace) -> int:
     with core_priority(None if args.no_priority else args.priority_nice) as priority:
         if not args.all:
             trace = load_trace(args.trace)
+            hitches = tuple(Hitch.parse(spec) for spec in args.hitch)
             off = summarize(run_colocation(None, ColocationSetting(
-                trace, args.apm, "off", 0, args.seconds), core=core), None)
-            setting = ColocationSetting(trace, args.apm, args.policy, args.npcs, args.seconds)
+                trace, args.apm, "off", 0, args.seconds, hitches=hitches), core=core), None)
+            setting = ColocationSetting(trace, args.apm, args.policy, args.npcs, args.seconds,
+                                        hitches=hitches)
             run = run_colocation(loaded if args.policy != "off" else None, setting, bundle,
                                  accuracy, core)
             print(json.dumps(summarize(run, off["frame_miss_rate"]), indent=2))
@@ -131,8 +135,82 @@ def _run_colocation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_hitch(args: argparse.Namespace) -> int:
+    from lego_embed.engines.colocation_bench import (
+        Hitch,
+        core_priority,
+        hitch_summary,
+        machine_state,
+        run_hitch_scenario,
+    )
+    from lego_embed.engines.colocation_plots import plot_hitch
+
+    hitches = tuple(Hitch.parse(spec) for spec in args.hitch)
+    trace = load_trace(args.trace)
+    loaded, bundle, accuracy = _load_model_and_bundle(args)
+    core = _core(args)
+    policies = tuple(args.policies)
+    before = machine_state()
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    with core_priority(None if args.no_priority else args.priority_nice) as priority:
+        result = run_hitch_scenario(loaded, trace, args.apm, args.npcs, args.seconds, hitches,
+                                    core, bundle, accuracy, policies, args.repeats)
+    after = machine_state()
+    summary = hitch_summary(result.rows)
+    command = (
+        f"lego-embed bench hitch --trace {args.trace!r} --apm {args.apm} --npcs {args.npcs} "
+        f"--seconds {args.seconds} --hitch {' '.join(args.hitch)} --repeats {args.repeats} "
+        f"--policies {' '.join(policies)}"
+    )
+    report = {
+        "machine": f"{_machine()}, {before['cpus']} CPUs shared with other jobs; render process "
+                   f"and LLM worker pinned to core {core}; {priority}",
+        "machine_state": {"before": before, "after": after},
+        "model": str(loaded.path),
+        "skip_levels": 0 if bundle is None else bundle.max_level,
+        "command": command,
+        "date_utc": started,
+        "trace": trace.name,
+        "hitches": [{"at_s": h.at_s, "ms": h.ms} for h in hitches],
+        "pass_model": PassModel().__dict__,
+        "summary": summary,
+        "runs": result.rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    plot_hitch(result.runs, summary, out.with_suffix(".png"))
+    print(f"{'policy':12s} {'SLO after hitch':>22s} {'first decision ms':>24s} "
+          f"{'SLO':>6s} {'added miss':>10s} {'restarts':>8s}")
+    for entry in summary:
+        after_hitch = entry["slo_attainment_after_hitch"] or {}
+        first = entry["first_decision_after_hitch_ms"] or {}
+        print(f"{entry['policy']:12s} {after_hitch.get('median')!s:>8s} "
+              f"[{after_hitch.get('min')}, {after_hitch.get('max')}] {first.get('median')!s:>10s} "
+              f"[{first.get('min')}, {first.get('max')}] "
+              f"{(entry['slo_attainment'] or {}).get('median')!s:>6s} "
+              f"{(entry['added_frame_miss_rate'] or {}).get('median')!s:>10s} "
+              f"{entry['worker_restarts']:>8d}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Model, core and priority options shared by the co-location benchmarks."""
+    parser.add_argument("--model", default="bundled")
+    parser.add_argument("--no-bundle", action="store_true", help="level 0 only")
+    parser.add_argument("--skip-accuracy", default="docs/benchmarks/skip_accuracy.json")
+    parser.add_argument("--core", type=int, default=None, help="default: the last core")
+    parser.add_argument(
+        "--priority-nice", type=int, default=-20,
+        help="autogroup nice for the benchmark's session while it runs (restored after)",
+    )
+    parser.add_argument("--no-priority", action="store_true",
+                        help="leave the scheduling priority alone")
+
+
 def register(subcommands: argparse._SubParsersAction) -> None:
-    """Adds `bench predictor` and `bench colocation`."""
+    """Adds `bench predictor`, `bench colocation` and `bench hitch`."""
     bench = subcommands.add_parser("bench", help="runtime benchmarks on the shared game traces")
     kinds = bench.add_subparsers(dest="bench", required=True)
     predictor = kinds.add_parser(
@@ -160,15 +238,32 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                             help="the whole matrix into --out, with timeline and summary PNGs")
     colocation.add_argument("--traces", nargs="*", help="with --all: only these trace names")
     colocation.add_argument("--ablation-trace", default="rdr2_render_2")
-    colocation.add_argument("--model", default="bundled")
-    colocation.add_argument("--no-bundle", action="store_true", help="level 0 only")
-    colocation.add_argument("--skip-accuracy", default="docs/benchmarks/skip_accuracy.json")
-    colocation.add_argument("--core", type=int, default=None, help="default: the last core")
     colocation.add_argument(
-        "--priority-nice", type=int, default=-20,
-        help="autogroup nice for the benchmark's session while it runs (restored after)",
+        "--hitch", nargs="*", default=[], metavar="MS@S",
+        help="single runs: inject a frame of MS ms render time S seconds into the replay",
     )
-    colocation.add_argument("--no-priority", action="store_true",
-                            help="leave the scheduling priority alone")
+    _add_run_options(colocation)
     colocation.add_argument("--out", default="docs/benchmarks/colocation_cpu.json")
     colocation.set_defaults(run=_run_colocation)
+
+    hitch = kinds.add_parser(
+        "hitch", help="co-location with injected long frames (hitches), every policy side by side"
+    )
+    hitch.add_argument("--trace", default="blackmyth_render_1",
+                       help="trace name (see bench predictor) or CSV path")
+    hitch.add_argument("--apm", type=int, default=300, choices=(100, 200, 300))
+    hitch.add_argument("--npcs", type=int, default=1)
+    hitch.add_argument("--seconds", type=float, default=10.0, help="replay length per run")
+    hitch.add_argument(
+        "--hitch", nargs="+", default=["745@4"], metavar="MS@S",
+        help="injected frames: MS ms of render time at S seconds into the replay (default 745@4: "
+             "one 745 ms frame, 4 s in)",
+    )
+    hitch.add_argument("--policies", nargs="+", default=["free", "inter_frame", "static_skip",
+                                                        "lego"],
+                       choices=("free", "inter_frame", "static_skip", "lego"))
+    hitch.add_argument("--repeats", type=int, default=1,
+                       help="repeat the whole comparison, each time in a new shuffled order")
+    _add_run_options(hitch)
+    hitch.add_argument("--out", default="docs/benchmarks/colocation_hitch.json")
+    hitch.set_defaults(run=_run_hitch)

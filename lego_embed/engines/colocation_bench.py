@@ -6,11 +6,18 @@ pass's CPU time; in this process the Runtime's worker thread, pinned to the same
 600 / 300 / 200 ms at 100 / 200 / 300 APM). The calling thread is the engine bridge: it forwards
 render events to `Runtime.on_event` and issues the requests on time. `off` runs the render alone
 (the reference for added frame misses). Metrics are those of `docs/benchmarks/colocation_*.json`.
+
+Hitch scenario: `Hitch(at_s, ms)` replaces the replay segment's frame at `at_s` seconds with one
+of `ms` ms render time (shader compilation, asset streaming), split into passes by the pass
+model like any frame. `hitch_metrics` reports, per hitch, how long after the hitch frame ended
+the first decision arrived and the SLO attainment of the requests issued after it;
+`run_hitch_scenario` runs every policy on the same hitched segment, repeated in shuffled order.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -31,6 +38,7 @@ from lego_embed.engines.trace_replay import (
     RenderTrace,
     next_vsync_ns,
 )
+from lego_embed.errors import BenchmarkConfigError
 from lego_embed.model.loading import LoadedModel
 from lego_embed.npc.combat_task import ACTIONS, PERSONAS, random_situation
 from lego_embed.runtime.runtime import Decision, Runtime, RuntimeConfig
@@ -42,12 +50,42 @@ SWITCH_INTERVAL_S = 0.0002
 
 
 @dataclass(frozen=True)
+class Hitch:
+    """An injected long frame: the replay segment's frame at `at_s` seconds (from the segment's
+    first frame, in 60 FPS frames) gets a render time of `ms` milliseconds."""
+
+    at_s: float
+    ms: float
+
+    @classmethod
+    def parse(cls, spec: str) -> Hitch:
+        """'MS@S', e.g. '745@4': a 745 ms frame 4 s into the replay."""
+        ms_text, at, at_text = spec.partition("@")
+        try:
+            hitch = cls(float(at_text), float(ms_text))
+        except ValueError:
+            hitch = None
+        if not at or hitch is None or not (math.isfinite(hitch.ms) and hitch.ms > 0) or not (
+            math.isfinite(hitch.at_s) and hitch.at_s >= 0
+        ):
+            raise BenchmarkConfigError(
+                f"hitch {spec!r}: write it as MS@S with MS > 0 the frame's render time in ms and "
+                "S >= 0 its position in seconds from the start of the replay, e.g. 745@4"
+            )
+        return hitch
+
+    @property
+    def frame_index(self) -> int:
+        return round(self.at_s * 1000.0 / FRAME_BUDGET_60FPS_MS)
+
+
+@dataclass(frozen=True)
 class ColocationSetting:
     """One benchmark run: trace, APM (actions per minute per NPC), policy, NPC count, length (s).
 
     start_frame: first trace frame replayed (None: `representative_start`). runtime_options:
     extra RuntimeConfig fields (for the feature ablations: edf, batching, prefix_reuse,
-    constrained).
+    constrained). hitches: long frames injected into the replay segment.
     """
 
     trace: RenderTrace
@@ -57,6 +95,7 @@ class ColocationSetting:
     seconds: float = 3.0
     start_frame: int | None = None
     runtime_options: dict[str, Any] = field(default_factory=dict)
+    hitches: tuple[Hitch, ...] = ()
 
     @property
     def slo_ms(self) -> float:
@@ -68,7 +107,8 @@ class ColocationSetting:
 
 @dataclass
 class ColocationRun:
-    """What one run measured: frame records, decisions, unanswered requests, LLM subtask spans."""
+    """What one run measured: frame records, answers, requests issued, LLM subtask spans, the
+    runtime's final stats, and when each request was issued ((request id, monotonic ns))."""
 
     setting: ColocationSetting
     frames: list[FrameRecord]
@@ -76,6 +116,7 @@ class ColocationRun:
     requests: int
     timeline: list[tuple[int, int, str, int]]
     runtime_stats: dict[str, Any] | None
+    issued: list[tuple[int, int]] = field(default_factory=list)
 
 
 def representative_start(trace: RenderTrace, frames: int) -> int:
@@ -140,8 +181,16 @@ def run_colocation(
     if start is None:
         start = representative_start(trace, frames)
     start = min(start, max(0, trace.frames - frames))
-    segment = RenderTrace(trace.name, trace.path, trace.column,
-                          trace.render_ms[start:start + frames], trace.dropped_rows)
+    render_ms = list(trace.render_ms[start:start + frames])
+    for hitch in setting.hitches:
+        if hitch.frame_index >= len(render_ms):
+            raise BenchmarkConfigError(
+                f"hitch at {hitch.at_s} s is past the {len(render_ms)}-frame replay; put it "
+                f"before {len(render_ms) * FRAME_BUDGET_60FPS_MS / 1000:.1f} s"
+            )
+        render_ms[hitch.frame_index] = hitch.ms
+    segment = RenderTrace(trace.name, trace.path, trace.column, tuple(render_ms),
+                          trace.dropped_rows)
     runtime = None
     if setting.policy != "off":
         if loaded is None:
@@ -157,6 +206,7 @@ def run_colocation(
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     render.start()
     requests = 0
+    issued: list[tuple[int, int]] = []
     rng = random.Random(seed)
     try:
         while render.origin_ns == 0 and not render.done:
@@ -178,7 +228,9 @@ def run_colocation(
             while next_arrival < len(arrivals) and arrivals[next_arrival][0] <= now_ns:
                 npc = arrivals[next_arrival][1]
                 state = {**random_situation(rng), "persona": PERSONAS[npc % len(PERSONAS)]}
-                runtime.request(f"npc{npc}", state, list(ACTIONS), setting.slo_ms)
+                issued.append(
+                    (runtime.request(f"npc{npc}", state, list(ACTIONS), setting.slo_ms), now_ns)
+                )
                 requests += 1
                 next_arrival += 1
             wait_ns = 10**8
@@ -203,7 +255,7 @@ def run_colocation(
     return ColocationRun(
         setting, render.records, decisions, requests,
         list(runtime.timeline) if runtime is not None else [],
-        runtime.stats() if runtime is not None else None,
+        runtime.stats() if runtime is not None else None, issued,
     )
 
 
@@ -274,9 +326,51 @@ def summarize(
         row["runtime"] = {
             key: stats[key]
             for key in ("subtasks", "batched_subtasks", "prefix_hits", "escalations", "errors",
-                        "contended_subtasks", "relevels", "llm_busy_ms")
+                        "contended_subtasks", "relevels", "llm_busy_ms", "worker_restarts",
+                        "failed_requests", "overdue_requests")
         }
+        row["worker_restarts"] = stats["worker_restarts"]
+    if setting.hitches:
+        row["hitches"] = hitch_metrics(run)
     return row
+
+
+def hitch_metrics(run: ColocationRun) -> list[dict[str, Any]]:
+    """Per injected hitch: the hitch frame's measured length, how long after it ended the first
+    decision (an allowed action) arrived, and the SLO attainment of the requests issued after
+    it ended (and before the next hitch). A decision's arrival time is its request's issue time
+    plus its latency."""
+    frames = run.frames
+    issued_at = dict(run.issued)
+    answered_at = sorted(
+        issued_at[d.request_id] + round(d.latency_ms * 1e6)
+        for d in run.decisions if d.action is not None and d.request_id in issued_at
+    )
+    by_id = {d.request_id: d for d in run.decisions}
+    hitches = sorted(run.setting.hitches, key=lambda h: h.frame_index)
+    rows = []
+    for k, hitch in enumerate(hitches):
+        if hitch.frame_index >= len(frames):
+            continue
+        end_ns = frames[hitch.frame_index].end_ns
+        until_ns = (frames[hitches[k + 1].frame_index].begin_ns
+                    if k + 1 < len(hitches) and hitches[k + 1].frame_index < len(frames)
+                    else None)
+        after = [rid for rid, t in run.issued if t >= end_ns and (until_ns is None or t < until_ns)]
+        met = sum(by_id[rid].deadline_met for rid in after if rid in by_id)
+        first = next((t for t in answered_at if t >= end_ns), None)
+        rows.append({
+            "at_s": hitch.at_s,
+            "ms": hitch.ms,
+            "frame_index": hitch.frame_index,
+            "hitch_frame_ms": round(frames[hitch.frame_index].frame_ms, 2),
+            "first_decision_after_hitch_ms": (
+                round((first - end_ns) / 1e6, 2) if first is not None else None
+            ),
+            "requests_after_hitch": len(after),
+            "slo_attainment_after_hitch": round(met / len(after), 4) if after else None,
+        })
+    return rows
 
 
 def accuracy_table(path: Path) -> dict[int, float]:
@@ -406,3 +500,86 @@ def run_matrix(
             ablations.append(row)
             progress(f"ablation {name}: slo={row['slo_attainment']} p50={row['p50_action_ms']}")
     return MatrixResult(runs, ablations, timeline_run)
+
+
+@dataclass
+class HitchScenarioResult:
+    """Rows of every run of the hitch scenario (`off` and each policy, per repeat, with the
+    repeat and the run's position in its shuffled order) and the last repeat's runs by policy
+    (for the plot)."""
+
+    rows: list[dict[str, Any]]
+    runs: dict[str, ColocationRun]
+
+
+def run_hitch_scenario(
+    loaded: LoadedModel,
+    trace: RenderTrace,
+    apm: int,
+    npcs: int,
+    seconds: float,
+    hitches: tuple[Hitch, ...],
+    core: int | None,
+    bundle: Any = None,
+    accuracy_by_level: dict[int, float] | None = None,
+    policies: tuple[str, ...] = MATRIX_POLICIES,
+    repeats: int = 1,
+    progress: Any = print,
+) -> HitchScenarioResult:
+    """The same hitched replay segment for `off` and every policy, `repeats` times, each repeat
+    in its own shuffled order (seeded by the repeat), so policies are compared side by side."""
+    rows: list[dict[str, Any]] = []
+    runs: dict[str, ColocationRun] = {}
+    for repeat in range(repeats):
+        order = ["off", *policies]
+        random.Random(repeat).shuffle(order)
+        runs = {}
+        for policy in order:
+            off = policy == "off"
+            setting = ColocationSetting(trace, 0 if off else apm, policy, 0 if off else npcs,
+                                        seconds, hitches=hitches)
+            runs[policy] = run_colocation(None if off else loaded, setting, bundle,
+                                          accuracy_by_level, core)
+        off_rate = summarize(runs["off"], None)["frame_miss_rate"]
+        for position, policy in enumerate(order):
+            row = summarize(runs[policy], None if policy == "off" else off_rate)
+            row.update(repeat=repeat, position=position)
+            if policy == "off":
+                row.update(apm=None, npcs=0, added_frame_miss_rate=0.0)
+            rows.append(row)
+            first = (row["hitches"][0] if row.get("hitches") else {})
+            progress(
+                f"repeat {repeat} {policy}: slo={row['slo_attainment']} "
+                f"slo_after_hitch={first.get('slo_attainment_after_hitch')} "
+                f"first_decision_after_hitch_ms={first.get('first_decision_after_hitch_ms')} "
+                f"added_miss={row['added_frame_miss_rate']} "
+                f"restarts={row.get('worker_restarts')}"
+            )
+    return HitchScenarioResult(rows, runs)
+
+
+def hitch_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per policy, over repeats: median, min and max of the hitch metrics (first hitch) and of
+    SLO attainment and added frame misses; total worker restarts."""
+    summary = []
+    for policy in dict.fromkeys(r["policy"] for r in rows if r["policy"] != "off"):
+        mine = [r for r in rows if r["policy"] == policy]
+        entry: dict[str, Any] = {"policy": policy, "runs": len(mine),
+                                 "worker_restarts": sum(r.get("worker_restarts") or 0
+                                                        for r in mine)}
+        values = {
+            "slo_attainment_after_hitch": [r["hitches"][0]["slo_attainment_after_hitch"]
+                                           for r in mine if r.get("hitches")],
+            "first_decision_after_hitch_ms": [r["hitches"][0]["first_decision_after_hitch_ms"]
+                                              for r in mine if r.get("hitches")],
+            "slo_attainment": [r["slo_attainment"] for r in mine],
+            "added_frame_miss_rate": [r["added_frame_miss_rate"] for r in mine],
+        }
+        for key, found in values.items():
+            present = [v for v in found if v is not None]
+            entry[key] = (
+                {"median": round(float(np.median(present)), 4), "min": min(present),
+                 "max": max(present)} if present else None
+            )
+        summary.append(entry)
+    return summary

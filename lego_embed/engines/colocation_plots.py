@@ -85,3 +85,62 @@ def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def plot_hitch(runs: dict[str, ColocationRun], summary: list[dict[str, Any]], path: Path) -> None:
+    """Left: each request's latency by the time it was issued, per policy (one repeat), the
+    hitch frame of each policy's replay shaded (a slowed replay ends it later) and the deadline
+    dashed; failed requests as crosses at the top. Right:
+    SLO attainment of the requests issued after the first hitch, median over repeats with
+    min-max whiskers."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [3, 1]})
+    policies = [p for p in POLICY_ORDER if p in runs]
+    for k, policy in enumerate(policies):
+        run = runs[policy]
+        if not run.frames:
+            continue
+        origin_ns = run.frames[0].begin_ns
+        by_id = {d.request_id: d for d in run.decisions}
+        times, latencies, failed = [], [], []
+        for request_id, issued_ns in run.issued:
+            decision = by_id.get(request_id)
+            t_s = (issued_ns - origin_ns) / 1e9
+            if decision is None or decision.action is None:
+                failed.append(t_s)
+            else:
+                times.append(t_s)
+                latencies.append(decision.latency_ms)
+        color = f"C{k}"
+        left.plot(times, latencies, ".-", color=color, linewidth=0.6, markersize=3, label=policy)
+        top = max(latencies, default=1.0) * 1.3
+        left.plot(failed, [top] * len(failed), "x", color=color)
+        for hitch in run.setting.hitches:
+            if hitch.frame_index < len(run.frames):
+                frame = run.frames[hitch.frame_index]
+                left.axvspan((frame.begin_ns - origin_ns) / 1e9, (frame.end_ns - origin_ns) / 1e9,
+                             color="0.85", zorder=0)
+        left.axhline(run.setting.slo_ms, color="red", linestyle="--", linewidth=0.8)
+    left.set_yscale("log")
+    left.set_xlabel("request issued at (s into the replay); grey: hitch frame")
+    left.set_ylabel("latency (ms); red dashed: deadline")
+    left.legend(fontsize=7, loc="upper right")
+    shown = sorted((s for s in summary if s["slo_attainment_after_hitch"]),
+                   key=lambda s: POLICY_ORDER.index(s["policy"]))
+    names = [s["policy"] for s in shown]
+    spans = [s["slo_attainment_after_hitch"] for s in shown]
+    medians = [span["median"] for span in spans]
+    errors = [[span["median"] - span["min"] for span in spans],
+              [span["max"] - span["median"] for span in spans]]
+    right.bar(np.arange(len(names)), medians, yerr=errors, capsize=3,
+              color=[f"C{policies.index(n)}" if n in policies else "0.5" for n in names])
+    right.set_xticks(np.arange(len(names)), names, rotation=20)
+    right.set_ylim(0, 1.05)
+    right.set_title("SLO attainment after the hitch", fontsize=9)
+    any_run = next(iter(runs.values()), None)
+    if any_run is not None:
+        setting = any_run.setting
+        hitches = ", ".join(f"{h.ms:g} ms at {h.at_s:g} s" for h in setting.hitches)
+        fig.suptitle(f"{setting.trace.name}: hitch {hitches}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

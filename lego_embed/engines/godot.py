@@ -9,7 +9,9 @@ that this module queues. Here, one pump thread (``GodotSession``):
 - turns each request into a state dict and submits it with ``Runtime.request``; a malformed
   state or action list (InvalidGameStateError, InvalidActionSetError, any exception) becomes a
   failed decision carrying ``"Type: message"``, which LegoNPC emits as ``decision_failed``,
-- queues every finished decision (``_lego_bridge.push_result``) for the engine's next poll().
+- queues every finished decision (``_lego_bridge.push_result``) for the engine's next poll(),
+- reports the runtime worker's health (``{"kind": "health", "state", "restarts",
+  "last_error"}``) whenever it changes, which LegoRuntime emits as ``health_changed``.
 
 The model loads on another thread after ``start``; ``{"kind": "ready"}`` or
 ``{"kind": "load_failed", "reason": ...}`` tells the game how it went. The module-level
@@ -104,6 +106,11 @@ def decision_result(bridge_request_id: int, decision: Any) -> dict[str, Any]:
     return {"kind": "decision", "request_id": bridge_request_id, **fields}
 
 
+def health_result(health: Any) -> dict[str, Any]:
+    """The Runtime's WorkerHealth as the result LegoRuntime dispatches (kind "health")."""
+    return {"kind": "health", **health.as_dict()}
+
+
 def failed_result(bridge_request_id: int, npc_id: str, error: BaseException) -> dict[str, Any]:
     """A request that failed before inference (bad state, bad actions, no model)."""
     return {
@@ -135,6 +142,7 @@ class GodotSession:
         self._event_counts = dict.fromkeys(EVENT_KINDS, 0)
         self._forwarded_counts = dict.fromkeys(EVENT_KINDS, 0)
         self._requests = 0
+        self._health_reported: Any = None
         self._decisions = 0
         self._failed = 0
         self._started_ns = time.monotonic_ns()
@@ -201,6 +209,16 @@ class GodotSession:
         self._forward_events(events)
         for bridge_request_id, text in requests:
             self._submit(bridge_request_id, text)
+        self._report_health()
+
+    def _report_health(self) -> None:
+        """Tells the game when the worker's health changed (state, restarts, last error)."""
+        if self._runtime is None:
+            return
+        health = self._runtime.health()
+        if health != self._health_reported:
+            self._health_reported = health
+            self._push(health_result(health))
 
     def _run_pump(self) -> None:
         while not self._stopping.is_set():

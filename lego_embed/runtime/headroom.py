@@ -7,6 +7,13 @@ Headroom is time the renderer leaves the device idle:
   engine that pauses for a second does not create a second of usable headroom).
 Each gap belongs to a slot (`after:<pass>`, `frame_start`, `inter_frame`) whose length is
 tracked online; totals are kept per execution window of fixed length (one SLO period).
+
+Real engines send imperfect streams, and every one of these is well-defined here: a pass_begin
+without pass_end (the next frame_end or frame_begin closes it), frames without passes,
+duplicated events, timestamps that go backwards (a negative gap is no gap), and long silences
+or timestamp jumps: an intra-frame gap counts at most one window, and a jump over more than
+MAX_EMPTY_WINDOWS windows emits that many empty windows and moves the window grid forward,
+so a stall of minutes costs a few window callbacks, not thousands.
 """
 
 from __future__ import annotations
@@ -14,12 +21,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lego_embed.errors import RuntimeConfigError
 from lego_embed.runtime.events import FRAME_BEGIN, FRAME_END, PASS_BEGIN, PASS_END, EngineEvent
 
 INTER_FRAME_SLOT = "inter_frame"
 FRAME_START_SLOT = "frame_start"
 GAP_ALPHA = 0.1
-FRAME_PERIOD_ALPHA = 0.05
+MAX_EMPTY_WINDOWS = 3
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,11 @@ class HeadroomTracker:
     ) -> None:
         self.frame_budget_ns = round(frame_budget_ms * 1e6)
         self.window_ns = round(window_ms * 1e6)
+        if self.frame_budget_ns < 1 or self.window_ns < 1:
+            raise RuntimeConfigError(
+                f"frame budget {frame_budget_ms} ms and window {window_ms} ms must each be at "
+                "least 1 ns (1e-6 ms)"
+            )
         self.vsync_paced = vsync_paced
         self.on_window = on_window
         self.gap_deviations = gap_deviations
@@ -130,6 +143,8 @@ class HeadroomTracker:
         length_ns = end_ns - start_ns
         if length_ns < 0:
             return
+        if length_ns > self.window_ns:  # a stall inside a frame: no usable headroom beyond
+            start_ns, length_ns = end_ns - self.window_ns, self.window_ns
         estimate = self.slots.get(slot)
         if estimate is None:
             self.slots[slot] = GapEstimate(length_ns / 1e6, 0.0)
@@ -167,7 +182,13 @@ class HeadroomTracker:
             self.on_window(window)
 
     def _close_windows(self, t_ns: int) -> None:
-        while self._origin_ns is not None and t_ns >= self._window_end_ns():
+        if self._origin_ns is None or t_ns < self._window_end_ns():
+            return
+        self._emit_window()
+        behind = (t_ns - (self._window_end_ns() - self.window_ns)) // self.window_ns
+        if behind > MAX_EMPTY_WINDOWS:  # a long silence: a few empty windows, then a new grid
+            self._origin_ns += (behind - MAX_EMPTY_WINDOWS) * self.window_ns
+        while t_ns >= self._window_end_ns():
             self._emit_window()
 
     def open_gap(self) -> OpenGap | None:

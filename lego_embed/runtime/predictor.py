@@ -10,6 +10,7 @@ evidence accumulates) and forgets old windows exponentially, so it follows scene
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Protocol
 
@@ -58,6 +59,9 @@ class HeadroomPredictor:
     window, each weighted `forgetting ** age`, plus a ridge term of strength `prior_strength`
     (in windows) pulling w towards the moving average (1/3, 1/3, 1/3, b=0). Before `lags`
     windows exist it predicts the mean of what it has seen. Cost: one 4x4 solve per window.
+    Well-defined on any input: a negative or non-finite total is not an observation, the fit
+    waits until the running mean is positive (a game that starts with windows of no headroom),
+    and a prediction is always a finite number >= 0.
     """
 
     def __init__(
@@ -79,24 +83,28 @@ class HeadroomPredictor:
         return self._scale_sum / self._count if self._count else 1.0
 
     def observe(self, total_ms: float) -> None:
+        if not math.isfinite(total_ms) or total_ms < 0:
+            return
         self._count += 1
         self._scale_sum += total_ms
         scale = self.scale_ms
-        if len(self._recent) == self.lags:
+        if len(self._recent) == self.lags and scale > 0:
             x = np.append(np.array(self._recent)[::-1] / scale, 1.0)
-            self._xtx = self.forgetting * self._xtx + np.outer(x, x)
-            self._xty = self.forgetting * self._xty + x * (total_ms / scale)
+            xtx = self.forgetting * self._xtx + np.outer(x, x)
+            xty = self.forgetting * self._xty + x * (total_ms / scale)
             ridge = self.prior_strength * np.eye(self.lags + 1)
-            self.weights = np.linalg.solve(
-                self._xtx + ridge, self._xty + ridge @ self._prior
-            )
+            weights = np.linalg.solve(xtx + ridge, xty + ridge @ self._prior)
+            if np.all(np.isfinite(weights)):
+                self._xtx, self._xty, self.weights = xtx, xty, weights
         self._recent.append(total_ms)
 
     def predict(self) -> float | None:
         if not self._recent:
             return None
-        if len(self._recent) < self.lags:
-            return sum(self._recent) / len(self._recent)
+        mean = sum(self._recent) / len(self._recent)
         scale = self.scale_ms
+        if len(self._recent) < self.lags or scale <= 0:
+            return mean
         x = np.append(np.array(self._recent)[::-1] / scale, 1.0)
-        return max(0.0, float(x @ self.weights) * scale)
+        predicted = float(x @ self.weights) * scale
+        return max(0.0, predicted) if math.isfinite(predicted) else mean

@@ -1,32 +1,48 @@
 """The Runtime: the game-facing API that runs NPC decisions in the renderer's idle gaps.
 
-Threading model. The game (or an engine bridge) calls `on_event`, `request`, `poll` and
-`stats` from its own threads; none of them runs inference or waits for it. One background
+Threading model. The game (or an engine bridge) calls `on_event`, `request`, `poll`, `health`
+and `stats` from its own threads; none of them runs inference or waits for it. One background
 worker thread, started by `start()`, owns the executor, the scheduler, the headroom tracker and
 the predictor: it drains the engine events, admits new requests (choosing their skip level),
 asks the scheduler what may run now and runs one subtask (or one batched subtask of several
-requests) at a time, so it can stop at any subtask boundary when a gap closes. Finished
-decisions go to a queue that `poll()` empties and, if given, to the request's callback, which
-runs on the worker thread (keep it short; hand the result to the game thread). On CUDA the
-subtasks run on the executor's low-priority stream; the render work is expected on the engine's
-own streams.
+requests) at a time, so it can stop at any subtask boundary when a gap closes. Every answer goes
+through the `AnswerLedger` (exactly one per request) to a queue that `poll()` empties and, if
+given, to the request's callback, which runs on the worker thread (keep it short; hand the
+result to the game thread). On CUDA the subtasks run on the executor's low-priority stream; the
+render work is expected on the engine's own streams.
+
+Supervision. Each cycle of the worker loop runs under one exception handler: an internal error
+fails the requests in flight (`WorkerFaultError`), is logged once with its traceback and counted,
+and the worker carries on with its scheduler, tracker, predictor and prefix cache reset (a
+restart). More than `max_worker_restarts` restarts within `restart_window_s` stop the worker for
+good (health `failed`): every open request is failed and `request()` raises `RuntimeFailedError`.
+A request still unanswered long after its deadline is failed with `RequestOverdueError`.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import math
+import numbers
 import os
 import random
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from lego_embed.errors import RuntimeConfigError
+from lego_embed.errors import (
+    InvalidEngineEventError,
+    RequestOverdueError,
+    RuntimeConfigError,
+    RuntimeFailedError,
+    RuntimeStoppedError,
+    WorkerFaultError,
+)
 from lego_embed.model.executor import Executor, GreedySampler
 from lego_embed.model.kv_cache import PrefixCache
 from lego_embed.model.layer_plan import LayerPlan
@@ -36,6 +52,8 @@ from lego_embed.npc.combat_task import random_situation
 from lego_embed.npc.decider import PreparedDecision, prepare_decision
 from lego_embed.npc.prompt import build_prompt, persona_prefix
 from lego_embed.npc.state import validate_state
+from lego_embed.runtime.answers import AnswerLedger, Decision, PendingRequest, failure_reason
+from lego_embed.runtime.clock import Clock, MonotonicClock
 from lego_embed.runtime.events import PASS_BEGIN, EngineEvent
 from lego_embed.runtime.gpu_stats import nvml_stats
 from lego_embed.runtime.headroom import HeadroomTracker, WindowHeadroom
@@ -49,37 +67,22 @@ from lego_embed.runtime.scheduler import (
     Scheduler,
     SchedulerConfig,
 )
+from lego_embed.runtime.supervision import (
+    FAILED,
+    NOT_STARTED,
+    RUNNING,
+    STOPPED,
+    RestartBudget,
+    WorkerHealth,
+)
+
+logger = logging.getLogger("lego_embed.runtime")
 
 FREE_TEXT_TOKENS = 16
 WARMUP_DECODE_TOKENS = 3
-SILENCE_CHECK_SLACK_S = 0.001  # wake just after the engine-silence threshold, not just before
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One finished NPC decision.
-
-    action: the chosen action (None only when `error` says why). latency_ms: from `request()`
-    to the answer. skip_level / skipped_layers: the level the request ended at and the layers
-    it skipped. tokens: generated tokens. deadline_ms: the request's deadline (relative to the
-    request); deadline_met: answered within it. escalations: skip-level raises mid-request.
-    compute_ms: measured subtask time. expected_accuracy: the level's measured accuracy (0..1)
-    from the skip bundle, when known.
-    """
-
-    request_id: int
-    npc_id: str
-    action: str | None
-    latency_ms: float
-    skip_level: int
-    skipped_layers: int
-    tokens: int
-    deadline_ms: float
-    deadline_met: bool
-    error: str | None
-    escalations: int = 0
-    compute_ms: float = 0.0
-    expected_accuracy: float | None = None
+SILENCE_CHECK_SLACK_NS = 1_000_000  # wake just after the engine-silence threshold, not before
+MAX_WAIT_NS = 500_000_000  # the idle worker re-checks silence and overdue requests this often
+OVERDUE_CHECK_NS = 10_000_000  # overdue requests are looked for at most every 10 ms
 
 
 @dataclass
@@ -104,6 +107,10 @@ class RuntimeConfig:
     mask, which made the bundled model's attention block 60% slower on CPU).
     cost_deviations / gap_deviations: how conservative predictions
     are (subtask cost: mean + k deviations; gap length: mean - k deviations).
+    max_worker_restarts / restart_window_s: the worker recovers from an internal error by
+    resetting its state; more than max_worker_restarts such restarts within restart_window_s
+    seconds stop it (health `failed`). overdue_limit_ms: a request with no answer
+    max(overdue_limit_ms, its own deadline) after its deadline is failed (RequestOverdueError).
     """
 
     policy: str = "lego"
@@ -125,21 +132,34 @@ class RuntimeConfig:
     cost_profile: str | None = None
     cost_deviations: float = 2.0
     gap_deviations: float = 2.0
+    max_worker_restarts: int = 5
+    restart_window_s: float = 60.0
+    overdue_limit_ms: float = 5000.0
 
     def validate(self) -> RuntimeConfig:
         if self.policy not in POLICIES:
             raise RuntimeConfigError(
                 f"policy {self.policy!r} is not one of {', '.join(POLICIES)}"
             )
-        for name in ("frame_budget_ms", "window_ms"):
-            if not getattr(self, name) > 0:
-                raise RuntimeConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 < self.usable_fraction <= 1:
+        for name in ("frame_budget_ms", "window_ms", "static_slice_ms", "restart_window_s",
+                     "overdue_limit_ms"):  # the runtime counts these in whole ns
+            if not _finite_number(getattr(self, name)) or not getattr(self, name) >= 1e-6:
+                raise RuntimeConfigError(
+                    f"{name} must be a finite number >= 1e-6, got {getattr(self, name)!r}"
+                )
+        for name in ("margin_us", "margin_fraction", "cost_deviations", "gap_deviations"):
+            if not _finite_number(getattr(self, name)) or getattr(self, name) < 0:
+                raise RuntimeConfigError(
+                    f"{name} must be a finite number >= 0, got {getattr(self, name)!r}"
+                )
+        if not _finite_number(self.usable_fraction) or not 0 < self.usable_fraction <= 1:
             raise RuntimeConfigError(
-                f"usable_fraction must be in (0, 1], got {self.usable_fraction}"
+                f"usable_fraction must be in (0, 1], got {self.usable_fraction!r}"
             )
-        if self.margin_us < 0 or self.margin_fraction < 0 or self.static_slice_ms <= 0:
-            raise RuntimeConfigError("margins must be >= 0 and static_slice_ms > 0")
+        if not isinstance(self.max_worker_restarts, int) or self.max_worker_restarts < 0:
+            raise RuntimeConfigError(
+                f"max_worker_restarts must be an int >= 0, got {self.max_worker_restarts!r}"
+            )
         if self.cpu_core is not None and self.cpu_core not in os.sched_getaffinity(0):
             raise RuntimeConfigError(
                 f"cpu_core {self.cpu_core} is not available; pick one of "
@@ -148,14 +168,16 @@ class RuntimeConfig:
         return self
 
 
-@dataclass(frozen=True)
-class _Incoming:
-    request_id: int
-    npc_id: str
-    prepared: PreparedDecision
-    arrival_ns: int
-    deadline_ms: float
-    callback: Callable[[Decision], None] | None
+def _finite_number(value: Any) -> bool:
+    return (
+        isinstance(value, numbers.Real) and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """A measured quantity for stats(): None rather than NaN or infinity."""
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 class Runtime:
@@ -163,6 +185,8 @@ class Runtime:
 
     `bundle` is a SkipBundle (lego_embed.skip) or None (level 0 only). `accuracy_by_level`
     overrides the expected accuracy per level (e.g. from docs/benchmarks/skip_accuracy.json).
+    `clock` is where the runtime reads the time (default: `time.monotonic_ns()`); a
+    `ManualClock` with `start(thread=False)` and `run_until_idle()` replays deterministically.
     """
 
     def __init__(
@@ -171,51 +195,52 @@ class Runtime:
         bundle: Any = None,
         config: RuntimeConfig | None = None,
         accuracy_by_level: Mapping[int, float] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.loaded = loaded
         self.config = (config or RuntimeConfig()).validate()
+        self.clock = clock or MonotonicClock()
         self.executor = Executor(loaded)
         self.levels = self._levels(loaded, bundle, accuracy_by_level or {})
         cfg = self.config
-        self.scheduler = Scheduler(
-            self.executor,
-            self.levels,
-            SchedulerConfig(
-                policy=cfg.policy,
-                margin_ns=round(cfg.margin_us * 1000),
-                margin_fraction=cfg.margin_fraction,
-                usable_fraction=cfg.usable_fraction,
-                edf=cfg.edf,
-                batching=cfg.batching,
-                static_level=cfg.static_level,
-                static_slice_ns=round(cfg.static_slice_ms * 1e6),
-            ),
-            CostModel.from_profile(CostProfile.load(cfg.cost_profile), cfg.cost_deviations)
-            if cfg.cost_profile else CostModel(deviations=cfg.cost_deviations),
+        self._scheduler_config = SchedulerConfig(
+            policy=cfg.policy,
+            margin_ns=round(cfg.margin_us * 1000),
+            margin_fraction=cfg.margin_fraction,
+            usable_fraction=cfg.usable_fraction,
+            edf=cfg.edf,
+            batching=cfg.batching,
+            static_level=cfg.static_level,
+            static_slice_ns=round(cfg.static_slice_ms * 1e6),
         )
-        self.predictor = HeadroomPredictor()
-        self.tracker = HeadroomTracker(
-            cfg.frame_budget_ms, cfg.window_ms, on_window=self._window,
-            gap_deviations=cfg.gap_deviations,
+        self._start_costs = (
+            CostModel.from_profile(CostProfile.load(cfg.cost_profile), cfg.cost_deviations)
+            if cfg.cost_profile else CostModel(deviations=cfg.cost_deviations)
         )
         self.timeline: list[tuple[int, int, str, int]] = []
         self._events: deque[EngineEvent] = deque()
-        self._incoming: deque[_Incoming] = deque()
-        self._done: deque[Decision] = deque()
-        self._decisions: list[Decision] = []
+        self._incoming: deque[PendingRequest] = deque()
+        self._accept_lock = threading.Lock()
+        self._ledger = AnswerLedger()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
-        self._prefixes: dict[tuple[int, ...], PrefixCache] = {}
+        self._warmed_up = False
         self._persona_ids: dict[str, list[int]] = {}
         self._last_event_ns: int | None = None
-        self._window_busy_ns = 0
-        self._window_backlogged = False
+        self._health = WorkerHealth(NOT_STARTED)
+        self._failure: RuntimeFailedError | None = None
+        self._restart_budget = RestartBudget(
+            cfg.max_worker_restarts, round(cfg.restart_window_s * 1e9)
+        )
+        self._next_overdue_check_ns = 0
         self._counters = {
             "subtasks": 0, "batched_subtasks": 0, "prefix_hits": 0, "escalations": 0,
             "llm_busy_ns": 0, "errors": 0, "contended_subtasks": 0, "relevels": 0,
+            "worker_faults": 0, "overdue_requests": 0,
         }
+        self._reset_worker_state()
 
     @staticmethod
     def _levels(
@@ -231,32 +256,70 @@ class Runtime:
                 levels.append(LevelOption(level.level, bundle.plan(level.level), accuracy))
         return levels
 
+    def _reset_worker_state(self) -> None:
+        """Everything the worker learns while it runs, as at start(): the scheduler (empty queue,
+        the cost model as measured by the warm-up), the headroom tracker and predictor, the
+        prefix cache. The executor is kept: a request's executor state lives in its request."""
+        self.scheduler = Scheduler(
+            self.executor, self.levels, self._scheduler_config, self._start_costs.copy()
+        )
+        self.predictor = HeadroomPredictor()
+        self.tracker = HeadroomTracker(
+            self.config.frame_budget_ms, self.config.window_ms, on_window=self._window,
+            gap_deviations=self.config.gap_deviations,
+        )
+        self._prefixes: dict[tuple[int, ...], PrefixCache] = {}
+        self._window_busy_ns = 0
+        self._window_backlogged = False
+
     # ------------------------------------------------------------------ game-facing API
-    def start(self) -> None:
-        """Measures the cost profile (one warm-up run per level, if enabled) and starts the
-        worker thread. Call it at load time, before frames are reported."""
-        if self._thread is not None:
+    def start(self, thread: bool = True) -> None:
+        """Measures the cost profile (one warm-up run per level, if enabled; once) and starts
+        the worker. Call it at load time, before frames are reported. With thread=False no
+        thread starts: the caller drives the worker with `run_until_idle()` (deterministic
+        replays with a ManualClock, tests). After stop() or a failure it starts afresh."""
+        if self._health.state == RUNNING:
             return
-        if self.config.warmup:
+        if self.config.warmup and not self._warmed_up:
             self._warmup()
+            self._warmed_up = True
+            self._start_costs = self.scheduler.cost.copy()
+        if self._health.state != NOT_STARTED:
+            self._reset_worker_state()
+        self._restart_budget.clear()
+        self._failure = None
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._work, name="lego-embed-runtime", daemon=True)
-        self._thread.start()
+        self._health = replace(self._health, state=RUNNING)
+        if thread:
+            self._thread = threading.Thread(
+                target=self._work, name="lego-embed-runtime", daemon=True
+            )
+            self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stops the worker after its current subtask; unfinished requests stay unanswered."""
+        """Stops the worker after its current subtask. Requests not answered yet are answered
+        with RuntimeStoppedError (on the calling thread); later requests raise it."""
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        if self._health.state != FAILED:
+            self._health = replace(self._health, state=STOPPED)
+        self._fail_open(RuntimeStoppedError(
+            "the runtime was stopped before this request was answered"
+        ))
 
     def on_event(self, event: EngineEvent) -> None:
         """Reports a rendering event; O(1), never blocks on inference. Only events that can
         open a gap wake the worker: a pass_begin closes one, and the worker sees it between
         subtasks without being woken, so it never takes the device from a starting pass."""
+        if not isinstance(event, EngineEvent):
+            raise InvalidEngineEventError(
+                f"on_event takes an EngineEvent(kind, name, t_ns), got {event!r}"
+            )
         self._events.append(event)
-        self._last_event_ns = event.t_ns
+        self._last_event_ns = self.clock.now_ns()
         if event.kind != PASS_BEGIN:
             self._wake.set()
 
@@ -268,39 +331,60 @@ class Runtime:
         deadline_ms: float,
         callback: Callable[[Decision], None] | None = None,
     ) -> int:
-        """Queues a decision and returns its request id. Validates the state and actions now
-        (InvalidGameStateError / InvalidActionSetError); never waits for inference."""
-        if not deadline_ms > 0:
-            raise RuntimeConfigError(f"deadline_ms must be > 0, got {deadline_ms}")
-        arrival_ns = time.monotonic_ns()
+        """Queues a decision and returns its request id; it gets exactly one answer (a decision
+        or a failure with its reason) through poll() and the callback. Validates the state and
+        actions now (InvalidGameStateError / InvalidActionSetError / RuntimeConfigError); raises
+        RuntimeFailedError or RuntimeStoppedError at once when the worker cannot answer. Never
+        waits for inference."""
+        self._check_worker()
+        self._refuse_if_not_answering()
+        if not _finite_number(deadline_ms) or not deadline_ms > 0:
+            raise RuntimeConfigError(
+                f"deadline_ms must be a finite number of ms > 0, got {deadline_ms!r}"
+            )
+        arrival_ns = self.clock.now_ns()
         prepared = prepare_decision(self.loaded.tokenizer, state, actions)
-        request_id = next(self._ids)
-        self._incoming.append(
-            _Incoming(request_id, str(npc_id), prepared, arrival_ns, float(deadline_ms), callback)
-        )
+        with self._accept_lock:
+            pending = PendingRequest(
+                next(self._ids), str(npc_id), prepared, arrival_ns, float(deadline_ms), callback
+            )
+            self._ledger.open(pending)
+            self._incoming.append(pending)
         self._wake.set()
-        return request_id
+        if self._health.state in (FAILED, STOPPED):  # the worker gave up meanwhile
+            self._fail_open(self._failure or RuntimeStoppedError("the runtime was stopped"))
+        return pending.request_id
 
     def poll(self) -> list[Decision]:
-        """Decisions finished since the last poll, oldest first."""
-        finished = []
-        while self._done:
-            finished.append(self._done.popleft())
-        return finished
+        """Answers given since the last poll, oldest first (decisions and failures)."""
+        self._check_worker()
+        return self._ledger.take_unpolled()
+
+    def health(self) -> WorkerHealth:
+        """The worker's state, restarts and last internal error (see WorkerHealth)."""
+        self._check_worker()
+        return self._health
 
     def stats(self) -> dict[str, Any]:
-        """Counters, latencies, headroom estimates, the cost profile and GPU stats (NVML)."""
-        decisions = list(self._decisions)
+        """Health, counters, latencies, headroom estimates, the cost profile and GPU stats
+        (NVML). Every number is finite (None where nothing was measured)."""
+        health = self.health()
+        decisions = list(self._ledger.answered)
         latencies = [d.latency_ms for d in decisions if d.action is not None]
         predicted = self.predictor.predict()
         windows = self.tracker.windows
+        last_window = windows[-1] if windows else None
+        slots = dict(self.tracker.slots)
         return {
             "policy": self.config.policy,
+            "health": health.as_dict(),
             "levels": [
                 {"level": o.level, "skipped_layers": o.skipped_layers, "accuracy": o.accuracy}
                 for o in self.levels
             ],
             "decisions": len(decisions),
+            "failed_requests": sum(d.error is not None for d in decisions),
+            "open_requests": len(self._ledger.pending()),
             "slo_attainment": (
                 sum(d.deadline_met for d in decisions) / len(decisions) if decisions else None
             ),
@@ -315,18 +399,146 @@ class Runtime:
             "prefix_hits": self._counters["prefix_hits"],
             "escalations": self._counters["escalations"],
             "errors": self._counters["errors"],
+            "worker_restarts": health.restarts,
+            "worker_faults": self._counters["worker_faults"],
+            "overdue_requests": self._counters["overdue_requests"],
+            "callback_errors": self._ledger.callback_errors,
+            "duplicate_answers": self._ledger.duplicate_answers,
             "contended_subtasks": self._counters["contended_subtasks"],
             "relevels": self._counters["relevels"],
             "llm_busy_ms": self._counters["llm_busy_ns"] / 1e6,
             "frames_seen": self.tracker.frames,
             "windows": len(windows),
-            "last_window_headroom_ms": windows[-1].total_ms if windows else None,
-            "predicted_window_headroom_ms": predicted,
-            "usable_fraction": self.scheduler.usable_fraction,
-            "slot_estimates_ms": {k: v.mean_ms for k, v in self.tracker.slots.items()},
-            "cost_profile_ns": self.scheduler.cost.profile_ns(),
+            "last_window_headroom_ms": (
+                _finite_or_none(last_window.total_ms) if last_window else None
+            ),
+            "predicted_window_headroom_ms": _finite_or_none(predicted),
+            "usable_fraction": _finite_or_none(self.scheduler.usable_fraction),
+            "slot_estimates_ms": {k: _finite_or_none(v.mean_ms) for k, v in slots.items()},
+            "cost_profile_ns": {
+                k: _finite_or_none(v) for k, v in self.scheduler.cost.profile_ns().items()
+            },
             "gpu": nvml_stats(),
         }
+
+    def run_until_idle(self, max_cycles: int = 1_000_000) -> int:
+        """Runs the worker loop on the calling thread until nothing may run now (where the
+        worker thread would sleep until the next event); returns the number of subtasks run.
+        For engines that drive the runtime themselves after start(thread=False), typically with
+        a ManualClock: deterministic replays and tests."""
+        if self._thread is not None:
+            raise RuntimeConfigError(
+                "the worker thread is running; run_until_idle() is for start(thread=False)"
+            )
+        if self._health.state != RUNNING:
+            raise RuntimeConfigError(
+                f"the runtime is {self._health.state}; call start(thread=False) first"
+            )
+        before = self._counters["subtasks"]
+        for _ in range(max_cycles):
+            if self._cycle() is not None or self._health.state != RUNNING:
+                break
+        return self._counters["subtasks"] - before
+
+    # ------------------------------------------------------------------ supervision
+    def _refuse_if_not_answering(self) -> None:
+        if self._health.state == FAILED:
+            raise RuntimeFailedError(str(self._failure))
+        if self._health.state == STOPPED:
+            raise RuntimeStoppedError("the runtime is stopped; call start() before request()")
+
+    def _check_worker(self) -> None:
+        """A worker thread that ended without stop() (an error the supervisor could not catch)
+        leaves no request waiting: the runtime turns failed."""
+        thread = self._thread
+        if (thread is not None and not thread.is_alive() and self._health.state == RUNNING
+                and not self._stopping.is_set()):
+            self._give_up("the worker thread ended unexpectedly (see the log for its traceback)",
+                          self._health.last_error)
+
+    def _recover(self, error: Exception) -> None:
+        """An internal error in a worker cycle: fail the requests in flight, log, restart with
+        the state reset, or give up when the restart budget is spent."""
+        now_ns = self.clock.now_ns()
+        reason = failure_reason(error)
+        self._counters["errors"] += 1
+        self._counters["worker_faults"] += 1
+        with self._accept_lock:
+            queued = {pending.request_id for pending in self._incoming}
+            in_flight = [p for p in self._ledger.pending() if p.request_id not in queued]
+        restart = self._restart_budget.allow(now_ns)
+        logger.error(
+            "the NPC worker hit %s; %d request(s) in flight are failed; %s", reason,
+            len(in_flight), "it restarts with its state reset" if restart else
+            f"it faulted more than {self.config.max_worker_restarts} times within "
+            f"{self.config.restart_window_s:g} s and stops", exc_info=error,
+        )
+        fault = WorkerFaultError(
+            f"the NPC worker hit {reason} while this request was in flight; it restarted with "
+            "its state reset (the traceback is in the log)"
+        )
+        for pending in in_flight:
+            self._ledger.fail(pending, fault, now_ns)
+        if restart:
+            self._reset_worker_state()
+            self._health = WorkerHealth(RUNNING, self._health.restarts + 1, reason)
+        else:
+            self._give_up(
+                f"the NPC worker faulted more than {self.config.max_worker_restarts} times "
+                f"within {self.config.restart_window_s:g} s (last: {reason}) and stopped; the "
+                "tracebacks are in the log (logger 'lego_embed.runtime'). Restart the runtime "
+                "(stop(), start()) or report the bug with that log", reason,
+            )
+
+    def _give_up(self, message: str, last_error: str | None) -> None:
+        self._failure = RuntimeFailedError(message)
+        self._health = WorkerHealth(FAILED, self._health.restarts, last_error)
+        self._fail_open(self._failure)
+
+    def _fail_open(self, error: Exception) -> None:
+        """Answers every open request (queued or in flight) with `error`."""
+        now_ns = self.clock.now_ns()
+        with self._accept_lock:
+            self._incoming.clear()
+            pending = self._ledger.pending()
+        for request in pending:
+            self._ledger.fail(request, error, now_ns)
+
+    def _fail_overdue(self, now_ns: int) -> None:
+        """Fails the requests still unanswered max(overdue_limit_ms, their deadline) after their
+        deadline, saying what kept them waiting."""
+        if now_ns < self._next_overdue_check_ns:
+            return
+        self._next_overdue_check_ns = now_ns + OVERDUE_CHECK_NS
+        limit_ns = round(self.config.overdue_limit_ms * 1e6)
+        for request in self.scheduler.pending:
+            deadline_ns = request.deadline_ns - request.arrival_ns
+            late_ns = now_ns - request.deadline_ns
+            if late_ns <= max(limit_ns, deadline_ns):
+                continue
+            pending: PendingRequest = request.payload
+            error = RequestOverdueError(
+                f"no answer {late_ns / 1e9:.1f} s after its {pending.deadline_ms:g} ms deadline "
+                f"({self._stall_reason(now_ns)}); failed instead of waiting on"
+            )
+            self.scheduler.finish(request)
+            self._counters["overdue_requests"] += 1
+            self._ledger.fail(pending, error, now_ns)
+
+    def _stall_reason(self, now_ns: int) -> str:
+        if self._last_event_ns is not None and self.tracker.open_gap() is None:
+            silent_s = (now_ns - self._last_event_ns) / 1e9
+            return (f"the engine is inside a render pass (pass_begin without pass_end yet), "
+                    f"last event {silent_s:.1f} s ago")
+        head = self.scheduler.pending[0] if len(self.scheduler) else None
+        predicted = ""
+        if head is not None and self.executor.peek(head.state) is not None:
+            longest_ms = max((e.mean_ms for e in dict(self.tracker.slots).values()), default=0.0)
+            predicted = (f"; the most urgent one's next subtask is predicted at "
+                         f"{self.scheduler.predicted_ns((head,)) / 1e6:.2f} ms, the engine's "
+                         f"longest gap averages {longest_ms:.2f} ms")
+        return (f"{len(self.scheduler)} request(s) queued; the engine's gaps left too little "
+                f"headroom for their next subtasks{predicted}")
 
     # ------------------------------------------------------------------ worker
     def _warmup(self) -> None:
@@ -358,7 +570,7 @@ class Runtime:
 
     def _window(self, window: WindowHeadroom) -> None:
         rate = self.headroom_rate()
-        if self._window_backlogged and len(self.scheduler) and rate < 1.0:
+        if self._window_backlogged and len(self.scheduler) and 0.0 < rate < 1.0:
             # requests waited the whole window: its compute shows what dispatch can really get
             busy_fraction = self._window_busy_ns / 1e6 / self.tracker.window_ms
             self.scheduler.observe_usable_fraction(busy_fraction / rate)
@@ -370,42 +582,61 @@ class Runtime:
         )
 
     def headroom_rate(self) -> float:
-        """Predicted fraction of wall time that is headroom (1.0 with no renderer reporting)."""
+        """Predicted fraction of wall time that is headroom, 0..1 (1.0 with no renderer
+        reporting)."""
         if self._last_event_ns is None:
             return 1.0
         predicted = self.predictor.predict()
-        if predicted is not None:
-            return min(1.0, predicted / self.tracker.window_ms)
+        if predicted is not None and math.isfinite(predicted):
+            return min(1.0, max(0.0, predicted / self.tracker.window_ms))
+        if not self.tracker.slots:
+            return 1.0
         per_frame = self.tracker.headroom_per_frame_ms()
-        return min(1.0, per_frame / self.config.frame_budget_ms) if per_frame else 1.0
+        if not math.isfinite(per_frame):
+            return 1.0
+        return min(1.0, max(0.0, per_frame / self.config.frame_budget_ms))
 
     def _work(self) -> None:
         if self.config.cpu_core is not None:
             os.sched_setaffinity(0, {self.config.cpu_core})
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and self._health.state == RUNNING:
             self._wake.clear()
+            wait_s = self._cycle()
+            if wait_s is not None:
+                self._wake.wait(wait_s)
+
+    def _cycle(self) -> float | None:
+        """One turn of the worker loop, supervised: None after running work (turn again at
+        once), else how long to sleep (s) unless woken."""
+        try:
             self._drain_events()
-            now_ns = time.monotonic_ns()
+            now_ns = self.clock.now_ns()
             self._admit(now_ns)
+            self._fail_overdue(now_ns)
             dispatch = self.scheduler.next_dispatch(
                 now_ns, self.tracker.open_gap(), self._last_event_ns
             )
             if dispatch is None:
                 if not len(self.scheduler):
                     self._window_backlogged = False
-                self._wake.wait(self._wait_s())
-                continue
+                return self._wait_s(now_ns)
             self._execute(dispatch)
+        except Exception as error:  # supervision: nothing may kill the worker silently
+            self._recover(error)
+        return None
 
-    def _wait_s(self) -> float:
+    def _wait_s(self, now_ns: int) -> float:
         """How long to sleep when nothing may run: until an event or request wakes the worker,
-        or, with requests waiting, until the engine has been silent long enough to run them
-        freely (no renderer to protect)."""
-        silence_ns = self.scheduler.config.engine_silence_ns
-        if self._last_event_ns is None or not len(self.scheduler):
-            return silence_ns / 1e9
-        until_silent_ns = self._last_event_ns + silence_ns - time.monotonic_ns()
-        return max(until_silent_ns, 0) / 1e9 + SILENCE_CHECK_SLACK_S
+        at most MAX_WAIT_NS (overdue requests are checked then), and with requests waiting in a
+        gap, until the engine has been silent long enough to run them freely (no renderer to
+        protect; inside a pass the engine is busy, however long it stays silent)."""
+        wait_ns = MAX_WAIT_NS
+        if (len(self.scheduler) and self._last_event_ns is not None
+                and self.tracker.open_gap() is not None):
+            silence_ns = self.scheduler.config.engine_silence_ns
+            until_silent_ns = self._last_event_ns + silence_ns - now_ns
+            wait_ns = min(wait_ns, max(until_silent_ns, 0) + SILENCE_CHECK_SLACK_NS)
+        return wait_ns / 1e9
 
     def _drain_events(self) -> None:
         while self._events:
@@ -413,8 +644,8 @@ class Runtime:
 
     def _admit(self, now_ns: int) -> None:
         while self._incoming:
-            incoming = self._incoming.popleft()
-            prepared = incoming.prepared
+            pending = self._incoming.popleft()
+            prepared = pending.prepared
             prefix = None
             prefix_ids = self._prefix_ids(prepared)
             if self.config.prefix_reuse and prefix_ids:
@@ -425,9 +656,8 @@ class Runtime:
             )
             state = self.executor.start(prepared.prompt_ids, sampler, prefix=prefix)
             request = ScheduledRequest(
-                incoming.request_id, incoming.npc_id, state, incoming.arrival_ns,
-                incoming.arrival_ns + round(incoming.deadline_ms * 1e6),
-                sampler.max_new_tokens, payload=incoming,
+                pending.request_id, pending.npc_id, state, pending.arrival_ns,
+                pending.deadline_ns, sampler.max_new_tokens, payload=pending,
             )
             self.scheduler.admit(request, now_ns, self.headroom_rate())
 
@@ -439,7 +669,7 @@ class Runtime:
                     return
                 predicted_ns = self.scheduler.predicted_ns(batch)
                 if dispatch.gap_end_ns is None or not self.scheduler.fits(
-                    predicted_ns, time.monotonic_ns(), dispatch.gap_end_ns
+                    predicted_ns, self.clock.now_ns(), dispatch.gap_end_ns
                 ):
                     return
             if not self._step(batch):
@@ -447,18 +677,20 @@ class Runtime:
 
     def _step(self, batch: tuple[ScheduledRequest, ...]) -> bool:
         """Runs one subtask of the batch; False when the batch's composition must be rebuilt."""
-        start_ns = time.monotonic_ns()
+        start_ns = self.clock.now_ns()
         try:
             if len(batch) == 1:
                 timing = self.executor.step(batch[0].state)
             else:
                 timing = self.executor.step_batch([r.state for r in batch])
-        except Exception as error:  # a failing request is answered with its error, not dropped
+        except Exception as error:  # a failing subtask fails its requests; the others go on
             self._counters["errors"] += 1
+            logger.error("a subtask of request(s) %s failed; they are answered with the error",
+                         [r.request_id for r in batch], exc_info=error)
             for request in batch:
-                self._complete(request, f"{type(error).__name__}: {error}")
+                self._complete(request, failure_reason(error))
             return False
-        end_ns = time.monotonic_ns()
+        end_ns = self.clock.now_ns()
         if not self._events:  # a subtask that shared the device with rendering is no cost sample
             self.scheduler.record(timing.subtask, timing.duration_ns)
         else:
@@ -524,13 +756,14 @@ class Runtime:
             self._prefixes[prefix_ids] = PrefixCache(prefix_ids, layers)
 
     def _complete(self, request: ScheduledRequest, error: str | None) -> None:
-        now_ns = time.monotonic_ns()
-        incoming: _Incoming = request.payload
+        now_ns = self.clock.now_ns()
+        pending: PendingRequest = request.payload
         state = request.state
-        action = None if error else self._action(incoming.prepared, state.generated)
+        action = None if error else self._action(pending.prepared, state.generated)
         if action is None and error is None:
             error = "the answer is not one of the allowed actions"
         option = self.levels[request.level]
+        compute_ns = sum(t.duration_ns for t in state.timings)
         decision = Decision(
             request_id=request.request_id,
             npc_id=request.npc_id,
@@ -539,22 +772,19 @@ class Runtime:
             skip_level=option.level,
             skipped_layers=option.skipped_layers,
             tokens=len(state.generated),
-            deadline_ms=incoming.deadline_ms,
+            deadline_ms=pending.deadline_ms,
             deadline_met=error is None and now_ns <= request.deadline_ns,
             error=error,
             escalations=request.escalations,
-            compute_ms=sum(t.duration_ns for t in state.timings) / 1e6,
+            compute_ms=compute_ns / 1e6,
             expected_accuracy=option.accuracy,
         )
         self.scheduler.finish(request)
         rate = self.headroom_rate()
-        if request.alone and error is None and rate < 1.0:
+        wall_ns = now_ns - request.arrival_ns
+        if request.alone and error is None and 0.0 < rate < 1.0 and wall_ns > 0:
             # a request that never waited behind another shows which share of the predicted
             # headroom dispatch really gets: its compute over (its wall time x headroom rate)
-            wall_ns = now_ns - request.arrival_ns
-            self.scheduler.observe_usable_fraction(decision.compute_ms * 1e6 / (wall_ns * rate))
+            self.scheduler.observe_usable_fraction(compute_ns / (wall_ns * rate))
         self._counters["relevels"] += self.scheduler.relevel_waiting(now_ns, self.headroom_rate())
-        self._decisions.append(decision)
-        self._done.append(decision)
-        if incoming.callback is not None:
-            incoming.callback(decision)
+        self._ledger.answer(decision)

@@ -13,14 +13,17 @@ time back with `record`. Policies:
 - `inter_frame`: start only between frame_end and the next frame_begin (Pilotfish-style),
   without a fit check; full model.
 - `static_skip`: one fixed skip level; a fixed slice of compute per inter-frame gap.
-When the engine has sent no event for `engine_silence_ms`, there is no renderer to protect and
-every policy runs freely. Requests are never dropped: a request that cannot make its deadline
-even at the largest level runs anyway and is reported as a miss.
+When the engine has sent no event for `engine_silence_ms` while in a gap (window minimised, a
+debugger paused between frames), there is no renderer to protect and every policy runs freely;
+inside a reported pass (pass_begin, no pass_end yet: a hitch) the engine is busy however long it
+stays silent, so only `free` runs there. Requests are never dropped: a request that cannot make
+its deadline even at the largest level runs anyway and is reported as a miss.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +98,18 @@ class CostModel:
             grouped.setdefault(cost_key(subtask), []).append(entry.median_us * 1000.0)
         return cls({key: sum(v) / len(v) for key, v in grouped.items()}, deviations)
 
+    def copy(self) -> CostModel:
+        """An independent copy (estimates and deviations), e.g. to restore after a reset."""
+        clone = CostModel(deviations=self.deviations)
+        clone._estimates = {
+            key: _CostEstimate(e.mean_ns, e.deviation_ns) for key, e in self._estimates.items()
+        }
+        return clone
+
     def record(self, subtask: Subtask, duration_ns: int) -> None:
+        """Learns one measured duration (ns); a negative or non-finite one is no measurement."""
+        if not math.isfinite(duration_ns) or duration_ns < 0:
+            return
         key = cost_key(subtask)
         estimate = self._estimates.get(key)
         if estimate is None:
@@ -129,7 +143,7 @@ class CostModel:
 
     def profile_ns(self) -> dict[str, float]:
         """Current mean estimates, keyed `kind/phase/bucket`, for stats and reports."""
-        return {"/".join(map(str, k)): e.mean_ns for k, e in self._estimates.items()}
+        return {"/".join(map(str, k)): e.mean_ns for k, e in dict(self._estimates).items()}
 
     def pass_cost_ns(self, plan: LayerPlan, phase: str, tokens: int, context: int) -> float:
         """Predicted mean duration of one whole pass (prefill chunk or decode step) under
@@ -410,15 +424,17 @@ class Scheduler:
     def next_dispatch(
         self, now_ns: int, gap: OpenGap | None, last_event_ns: int | None
     ) -> Dispatch | None:
-        """What to run now, or None to wait for the next engine event."""
+        """What to run now, or None to wait for the next engine event. `gap` is the open gap
+        (None inside a pass); `last_event_ns` when the engine's last event arrived (None: the
+        engine never reported, nothing to protect)."""
         head = self._head()
         if head is None:
             return None
         batch = self._batch(head)
         predicted_ns = self.predicted_ns(batch)
         policy = self.config.policy
-        engine_silent = (
-            last_event_ns is None or now_ns - last_event_ns > self.config.engine_silence_ns
+        engine_silent = last_event_ns is None or (
+            gap is not None and now_ns - last_event_ns > self.config.engine_silence_ns
         )
         if policy == "free" or engine_silent:
             return Dispatch(batch, predicted_ns, None, 1)
@@ -455,7 +471,9 @@ class Scheduler:
     def observe_usable_fraction(self, fraction: float) -> None:
         """Learns which share of the predicted headroom dispatch really fills (the runtime
         measures it on requests that never waited behind another one, and on windows in which
-        requests waited the whole time)."""
+        requests waited the whole time). A non-finite measurement is ignored."""
+        if not math.isfinite(fraction):
+            return
         fraction = min(max(fraction, 0.05), 1.0)
         self.usable_fraction += USABLE_ALPHA * (fraction - self.usable_fraction)
 

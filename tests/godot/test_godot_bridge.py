@@ -132,3 +132,52 @@ def test_quitting_while_the_model_loads_exits_with_code_zero(tmp_path: Path) -> 
     assert run.report is not None and not run.report["timed_out"]
     assert run.report["ready_info"] == {}  # it really quit before the model was ready
     assert "Segmentation fault" not in run.output
+
+
+def test_the_runtime_reports_a_healthy_worker(decisions_run: GodotRun) -> None:
+    report = decisions_run.report
+    assert report["health_changes"][-1] == {"state": "running", "restarts": 0,
+                                            "last_error": None}
+    assert report["final_stats"]["runtime"]["health"]["state"] == "running"
+    assert report["final_stats"]["runtime"]["worker_faults"] == 0
+
+
+@pytest.fixture(scope="module")
+def stall_run(tmp_path_factory: pytest.TempPathFactory) -> GodotRun:
+    if not (BUNDLED / "config.json").is_file():
+        pytest.skip(f"the bundled model is not built yet ({BUNDLED}); `make train-model`")
+    run = run_scenario("stall", tmp_path_factory.mktemp("godot_stall"))
+    assert run.report is not None, f"the harness wrote no report; Godot said:\n{run.output[-4000:]}"
+    return run
+
+
+def test_decisions_resume_after_the_main_thread_stalls_for_two_seconds(
+    stall_run: GodotRun,
+) -> None:
+    report = stall_run.report
+    assert not report["timed_out"], report
+    stall_us = report["stall_end_usec"] - report["stall_begin_usec"]
+    assert stall_us >= 2_000_000  # the engine's own clock: the stall really happened
+    after = [d for d in report["decisions"] if d["issued_usec"] > report["stall_end_usec"]]
+    assert len(after) >= 6
+    assert all(d["action"] in d["allowed"] for d in after)
+    # the requests in flight during the stall were answered too, after it, and nothing failed
+    in_flight = [d for d in report["decisions"]
+                 if d["issued_usec"] < report["stall_begin_usec"] < d["usec"]]
+    assert len(in_flight) == 3 and all(d["usec"] > report["stall_end_usec"] for d in in_flight)
+    assert report["failures"] == []
+    # every request but the last one of each NPC (in flight at quit) got its answer
+    assert len(report["decisions"]) >= report["requests_sent"] - 3
+
+
+def test_a_stall_is_no_bridge_error_and_the_game_exits_cleanly(stall_run: GodotRun) -> None:
+    report = stall_run.report
+    assert stall_run.returncode == 0, stall_run.output[-4000:]
+    assert report["errors"] == []
+    assert "Exception" not in stall_run.output and "Traceback" not in stall_run.output
+    assert [h["state"] for h in report["health_changes"]] == ["running"]
+    stats = report["final_stats"]
+    assert stats["bridge"]["events_dropped"] == 0
+    runtime_stats = stats["runtime"]
+    assert runtime_stats["health"] == {"state": "running", "restarts": 0, "last_error": None}
+    assert runtime_stats["errors"] == 0 and runtime_stats["overdue_requests"] == 0

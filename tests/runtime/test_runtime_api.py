@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import random
-import threading
 import time
 
 import pytest
+from runtime_replay import MS, SECOND, Delivery, manual_runtime, replay
 
 from lego_embed.engines.trace_replay import simulate_frames
 from lego_embed.errors import InvalidActionSetError, InvalidGameStateError, RuntimeConfigError
 from lego_embed.model.loading import LoadedModel
 from lego_embed.npc.combat_task import ACTIONS, random_situation
 from lego_embed.npc.decider import NpcDecider
-from lego_embed.runtime.events import EngineEvent
 from lego_embed.runtime.runtime import Decision, Runtime, RuntimeConfig
 
 
@@ -69,39 +68,32 @@ def test_bad_input_is_rejected_synchronously(npc_loaded: LoadedModel) -> None:
         runtime.request("npc", state, list(ACTIONS), 0.0)
     with pytest.raises(RuntimeConfigError, match="policy"):
         Runtime(npc_loaded, config=RuntimeConfig(policy="greedy"))
+    with pytest.raises(RuntimeConfigError, match="deadline_ms"):
+        runtime.request("npc", state, list(ACTIONS), float("inf"))
+    for bad in ({"window_ms": 1e-9}, {"margin_us": float("nan")},
+                {"frame_budget_ms": float("inf")}, {"max_worker_restarts": -1},
+                {"gap_deviations": -1.0}):
+        with pytest.raises(RuntimeConfigError, match=next(iter(bad))):
+            Runtime(npc_loaded, config=RuntimeConfig(**bad))
     assert runtime.poll() == []
 
 
 def test_lego_policy_runs_only_in_gaps_of_a_reporting_engine(npc_loaded: LoadedModel) -> None:
-    """Feeds a simulated 60 FPS renderer in real time; every subtask must start inside a gap."""
-    runtime = Runtime(npc_loaded, config=RuntimeConfig(policy="lego", record_timeline=True))
-    runtime.start()
-    origin_ns = time.monotonic_ns() + 20_000_000
+    """A simulated 60 FPS renderer replayed on the runtime's own (manual) clock, so the event
+    timestamps alone decide: every subtask starts in a gap and all three requests are answered.
+    (It ran in real time before, and a loaded machine delivering a pass_begin late failed it.)"""
+    runtime, clock = manual_runtime(npc_loaded, policy="lego", warmup=True)
+    origin_ns = SECOND
     frames = list(simulate_frames([9.0] * 90, origin_ns=origin_ns))
     busy_spans = [(s, e) for record, _ in frames for _, s, e in record.pass_spans_ns]
-
-    def engine() -> None:
-        for _, events in frames:
-            for event in events:
-                delay_ns = event.t_ns - time.monotonic_ns()
-                if delay_ns > 0:
-                    time.sleep(delay_ns / 1e9)
-                runtime.on_event(EngineEvent(event.kind, event.name, event.t_ns))
-
-    thread = threading.Thread(target=engine)
-    thread.start()
-    time.sleep(0.1)
-    rng = random.Random(5)
-    for i in range(3):
-        runtime.request(f"npc{i}", random_situation(rng), list(ACTIONS), 1200.0)
-    decisions = wait_for(runtime, 3, timeout_s=30.0)
-    thread.join()
-    runtime.stop()
-    assert len(decisions) == 3
-    assert runtime.timeline
-    frame_starts = [s for s, _, _, _ in runtime.timeline if s > origin_ns]
-    inside_pass = [
-        s for s in frame_starts if any(b <= s < e for b, e in busy_spans)
-    ]
+    deliveries = [Delivery(event.t_ns, event) for _, events in frames for event in events]
+    deliveries.append(Delivery(origin_ns + 100 * MS, None, (1200.0, 1200.0, 1200.0)))
+    deliveries.sort(key=lambda delivery: delivery.arrival_ns)
+    result = replay(runtime, clock, deliveries, seed=5, settle_ns=())
+    assert len(result.callback_answers) == 3
+    assert all(d.action in ACTIONS for d in result.callback_answers)
+    starts = [s for s, _, _, _ in runtime.timeline]
+    assert starts and min(starts) >= origin_ns + 100 * MS
+    inside_pass = [s for s in starts if any(b <= s < e for b, e in busy_spans)]
     # no subtask may be launched while a (simulated) pass runs
     assert not inside_pass

@@ -131,8 +131,11 @@ def test_gap_fit_dispatch(npc_loaded: LoadedModel) -> None:
     assert intra is not None and intra.max_subtasks == 1
     inter = scheduler.next_dispatch(now, OpenGap(INTER_FRAME_SLOT, now, now + 6 * MS), now)
     assert inter is not None and inter.max_subtasks > 1 and inter.gap_end_ns == now + 6 * MS
-    # a silent engine (no events for a while) has no rendering to protect
-    assert scheduler.next_dispatch(now + 10**9, None, now) is not None
+    # an engine silent in a gap for a while (minimised, paused) has no rendering to protect;
+    # one silent inside a pass is busy (a hitch): nothing starts however long it lasts
+    assert scheduler.next_dispatch(now + 10**9, short_gap, now) is not None
+    assert scheduler.next_dispatch(now + 10**9, None, now) is None
+    assert scheduler.next_dispatch(now + 10**12, None, now) is None
 
 
 @pytest.mark.parametrize("policy", ["free", "inter_frame", "static_skip"])

@@ -6,10 +6,16 @@ extends Node
 #                  as decision_failed while the game and the other NPCs keep going).
 #   missing_model  the model folder does not exist ($LEGO_EMBED_MODEL): one clear failure.
 #   quit_early     quits after QUIT_EARLY_FRAMES frames, while the model is still loading.
+#   stall          three NPCs decide; after STALL_AFTER decisions one _process call busy-waits
+#                  STALL_MS (the main thread stalls, as a hitch would), then the game goes on
+#                  until WANT_AFTER_STALL decisions asked after the stall arrived.
 
 const LegoNPC = preload("res://addons/lego_embed/lego_npc.gd")
 const WANT_DECISIONS = 12
 const QUIT_EARLY_FRAMES = 30
+const STALL_AFTER = 3
+const STALL_MS = 2000
+const WANT_AFTER_STALL = 6
 const PERSONAS = ["brute", "duelist", "coward"]
 const ENEMY_ACTIONS = ["idle", "light_attack", "heavy_windup", "heavy_attack", "block", "dodge", "heal", "shoot", "approach", "retreat"]
 
@@ -28,6 +34,13 @@ var frames_at_faults := -1
 var failed_runtime := ""
 var done := false
 var runtime: Node
+var requests_sent := 0
+var issued_usec := {}        # NPC name -> when its request in flight was sent
+var errors := []             # runtime_error reasons
+var health_changes := []     # every health_changed, in order
+var stall_pending := false
+var stall_begin_usec := -1
+var stall_end_usec := -1
 
 
 func _ready() -> void:
@@ -37,6 +50,8 @@ func _ready() -> void:
 	runtime = get_node("/root/LegoRuntime")
 	runtime.connect("runtime_ready", self, "_on_runtime_ready")
 	runtime.connect("runtime_failed", self, "_on_runtime_failed")
+	runtime.connect("runtime_error", self, "_on_runtime_error")
+	runtime.connect("health_changed", self, "_on_health_changed")
 	for i in range(PERSONAS.size()):
 		var npc = LegoNPC.new()
 		npc.name = "Enemy%d" % i
@@ -66,9 +81,23 @@ func random_state() -> Dictionary:
 	}
 
 
+func _ask(npc: Node) -> void:
+	requests_sent += 1
+	issued_usec[npc.name] = OS.get_ticks_usec()
+	npc.request_decision(random_state())
+
+
 func _on_runtime_ready(_info) -> void:
 	for npc in npcs:
-		npc.request_decision(random_state())
+		_ask(npc)
+
+
+func _on_runtime_error(reason) -> void:
+	errors.append(str(reason))
+
+
+func _on_health_changed(health: Dictionary) -> void:
+	health_changes.append(health.duplicate())
 
 
 func _on_runtime_failed(reason: String) -> void:
@@ -79,13 +108,16 @@ func _on_runtime_failed(reason: String) -> void:
 
 func _on_decision(action: String, info: Dictionary, npc: Node) -> void:
 	decisions.append({"npc": npc.name, "persona": npc.persona, "action": action,
-		"allowed": npc.allowed_actions, "info": info, "frame": runtime.frames_drawn})
+		"allowed": npc.allowed_actions, "info": info, "frame": runtime.frames_drawn,
+		"usec": OS.get_ticks_usec(), "issued_usec": issued_usec.get(npc.name, -1)})
 	if faults_sent > 0:
 		decisions_after_faults += 1
-	if decisions.size() == 3 and faults_sent == 0:
+	if scenario == "decisions" and decisions.size() == 3 and faults_sent == 0:
 		_send_faults()
-	if not done:
-		npc.request_decision(random_state())
+	if scenario == "stall" and decisions.size() == STALL_AFTER and stall_begin_usec < 0:
+		stall_pending = true
+	if not done and npc != faulty:
+		_ask(npc)
 
 
 func _send_faults() -> void:
@@ -117,8 +149,16 @@ func _process(delta: float) -> void:
 	elapsed_s += delta
 	if done:
 		return
+	if stall_pending:  # the main thread stalls inside the process pass
+		stall_pending = false
+		stall_begin_usec = OS.get_ticks_usec()
+		while OS.get_ticks_usec() - stall_begin_usec < STALL_MS * 1000:
+			pass
+		stall_end_usec = OS.get_ticks_usec()
 	var finished := false
-	if scenario == "missing_model":
+	if scenario == "stall":
+		finished = stall_end_usec > 0 and _decisions_asked_after(stall_end_usec) >= WANT_AFTER_STALL
+	elif scenario == "missing_model":
 		finished = failed_runtime != "" and failures.size() >= 1
 	elif scenario == "quit_early":
 		finished = runtime.frames_drawn >= QUIT_EARLY_FRAMES
@@ -126,6 +166,14 @@ func _process(delta: float) -> void:
 		finished = decisions.size() >= WANT_DECISIONS and decisions_after_faults >= 3 and failures.size() >= faults_sent and faults_sent > 0
 	if finished or elapsed_s > timeout_s:
 		_finish(not finished)
+
+
+func _decisions_asked_after(usec: int) -> int:
+	var n := 0
+	for decision in decisions:
+		if decision["issued_usec"] > usec:
+			n += 1
+	return n
 
 
 func _finish(timed_out: bool) -> void:
@@ -150,6 +198,12 @@ func _finish(timed_out: bool) -> void:
 		"bridge_cost": runtime.bridge_cost(),
 		"bridge_calls": runtime.bridge_calls,
 		"fps": Engine.get_frames_per_second(),
+		"requests_sent": requests_sent,
+		"errors": errors,
+		"health_changes": health_changes,
+		"final_health": runtime.health,
+		"stall_begin_usec": stall_begin_usec,
+		"stall_end_usec": stall_end_usec,
 	}
 	var file := File.new()
 	file.open(out_path, File.WRITE)

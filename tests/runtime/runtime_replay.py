@@ -1,0 +1,163 @@
+"""Deterministic runtime replays for tests: a ManualClock-driven Runtime fed timed deliveries.
+
+A `Delivery` is what reaches the runtime at one instant of its clock: an engine event (whose own
+timestamp may differ from the arrival: late, out of order) or a burst of requests. `replay`
+moves the clock to each arrival, delivers, and lets the worker run until it is idle, ticking
+the idle worker every `tick_ns` in between (as the worker thread wakes at least every 0.5 s).
+With a stepping clock the worker's own work takes time, and what arrived meanwhile is delivered
+when it is idle again, late.
+It records, independently of the runtime's own tracker, whether a pass was open at every
+moment the worker ran (a pass_begin delivered and no pass_end / frame_end / frame_begin since).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from lego_embed.model.loading import LoadedModel
+from lego_embed.npc.combat_task import ACTIONS, random_situation
+from lego_embed.runtime.answers import Decision
+from lego_embed.runtime.clock import ManualClock
+from lego_embed.runtime.events import FRAME_BEGIN, FRAME_END, PASS_BEGIN, PASS_END, EngineEvent
+from lego_embed.runtime.runtime import Runtime, RuntimeConfig
+from lego_embed.skip.adaptor import AdaptorShape, SpanAdaptor
+from lego_embed.skip.bundle import ModelIdentity, SkipBundle, SkipLevel
+from lego_embed.skip.spans import Span
+
+MS = 1_000_000
+SECOND = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """At `arrival_ns` on the runtime's clock: an engine event, and/or requests (deadlines ms)."""
+
+    arrival_ns: int
+    event: EngineEvent | None = None
+    deadlines_ms: tuple[float, ...] = ()
+
+
+@dataclass
+class ReplayResult:
+    """What a replay saw: request ids issued, answers through callbacks and poll(), and the
+    subtasks the worker started while a pass was open (by delivery order)."""
+
+    issued: list[int] = field(default_factory=list)
+    callback_answers: list[Decision] = field(default_factory=list)
+    polled: list[Decision] = field(default_factory=list)
+    subtasks_in_open_pass: list[tuple[int, str]] = field(default_factory=list)
+
+
+class SteppingClock(ManualClock):
+    """A ManualClock that also moves `step_ns` forward at every read: the runtime's own work
+    takes simulated, deterministic time (0: an infinitely fast worker). `peek_ns` reads it
+    without moving it."""
+
+    def __init__(self, start_ns: int = 0, step_ns: int = 0) -> None:
+        super().__init__(start_ns)
+        self.step_ns = step_ns
+
+    def now_ns(self) -> int:
+        now = super().now_ns()
+        self.advance(self.step_ns)
+        return now
+
+    def peek_ns(self) -> int:
+        return super().now_ns()
+
+
+def identity_bundle(loaded: LoadedModel, spans: Sequence[tuple[int, int]]) -> SkipBundle:
+    """A skip bundle whose adaptors are fresh (identity: plain skipping) for the given spans."""
+    hidden = int(loaded.model.config.hidden_size)
+    levels, adaptors = [], {}
+    for level, (first, last) in enumerate(spans, start=1):
+        shape = AdaptorShape(hidden, hidden)
+        adaptor = SpanAdaptor(shape)
+        adaptors[level] = adaptor
+        levels.append(SkipLevel(level, Span(first, last), shape, adaptor.weight_bytes))
+    return SkipBundle(ModelIdentity.of(loaded), levels, adaptors)
+
+
+def manual_runtime(
+    loaded: LoadedModel, bundle: SkipBundle | None = None, start_ns: int = SECOND,
+    step_ns: int = 0, **options,
+) -> tuple[Runtime, SteppingClock]:
+    """A Runtime on a SteppingClock, started without a worker thread (drive it with replay).
+    No warm-up unless asked for: the cost model starts from defaults (0.2 ms a subtask)."""
+    clock = SteppingClock(start_ns, step_ns)
+    config = RuntimeConfig(**{"warmup": False, "record_timeline": True, **options})
+    runtime = Runtime(loaded, bundle, config, clock=clock)
+    runtime.start(thread=False)
+    return runtime, clock
+
+
+def replay(
+    runtime: Runtime,
+    clock: SteppingClock,
+    deliveries: Sequence[Delivery],
+    seed: int = 0,
+    tick_ns: int = 250 * MS,
+    settle_ns: Sequence[int] = (SECOND, 300 * SECOND, 300 * SECOND),
+) -> ReplayResult:
+    """Delivers everything in arrival order, running the worker after each instant and on idle
+    ticks; then lets `settle_ns` pass (engine quiet) so every request must have its answer."""
+    rng = random.Random(seed)
+    result = ReplayResult()
+    pass_open = False
+
+    def run() -> None:
+        before = len(runtime.timeline)
+        if runtime.health().state == "running":  # a failed worker runs nothing any more
+            runtime.run_until_idle()
+        if pass_open:
+            result.subtasks_in_open_pass += [
+                (start, kind) for start, _, kind, _ in runtime.timeline[before:]
+            ]
+        result.polled.extend(runtime.poll())
+
+    index = 0
+    while index < len(deliveries):
+        arrival_ns = deliveries[index].arrival_ns
+        while clock.peek_ns() + tick_ns < arrival_ns:
+            clock.advance(tick_ns)
+            run()
+        clock.set(max(arrival_ns, clock.peek_ns()))  # a busy worker sees events late
+        while index < len(deliveries) and deliveries[index].arrival_ns <= clock.peek_ns():
+            delivery = deliveries[index]
+            if delivery.event is not None:
+                runtime.on_event(delivery.event)
+                pass_open = delivery.event.kind == PASS_BEGIN or (
+                    pass_open and delivery.event.kind not in (PASS_END, FRAME_END, FRAME_BEGIN)
+                )
+            for deadline_ms in delivery.deadlines_ms:
+                state = random_situation(rng)
+                result.issued.append(runtime.request(
+                    f"npc{len(result.issued) % 7}", state, list(ACTIONS), deadline_ms,
+                    result.callback_answers.append,
+                ))
+            index += 1
+        run()
+    for pause_ns in settle_ns:
+        clock.advance(pause_ns)
+        run()
+    return result
+
+
+def frames(
+    start_ns: int, count: int, budget_ns: int = round(SECOND / 60), passes: int = 3,
+    pass_ns: int = 3 * MS, gap_ns: int = MS,
+) -> list[Delivery]:
+    """`count` regular frames from `start_ns`, each on its own vsync tick, delivered on time."""
+    out = []
+    for k in range(count):
+        t = start_ns + k * budget_ns
+        out.append(Delivery(t, EngineEvent(FRAME_BEGIN, "", t)))
+        for p in range(passes):
+            out.append(Delivery(t, EngineEvent(PASS_BEGIN, f"p{p}", t)))
+            t += pass_ns
+            out.append(Delivery(t, EngineEvent(PASS_END, f"p{p}", t)))
+            t += gap_ns
+        out.append(Delivery(t, EngineEvent(FRAME_END, "", t)))
+    return out
