@@ -70,7 +70,7 @@ class SteppingClock(ManualClock):
 
 def identity_bundle(loaded: LoadedModel, spans: Sequence[tuple[int, int]]) -> SkipBundle:
     """A skip bundle whose adaptors are fresh (identity: plain skipping) for the given spans."""
-    hidden = int(loaded.model.config.hidden_size)
+    hidden = loaded.args.hidden_size
     levels, adaptors = [], {}
     for level, (first, last) in enumerate(spans, start=1):
         shape = AdaptorShape(hidden, hidden)
