@@ -8,8 +8,10 @@ asks the scheduler what may run now and runs one subtask (or one batched subtask
 requests) at a time, so it can stop at any subtask boundary when a gap closes. Every answer goes
 through the `AnswerLedger` (exactly one per request) to a queue that `poll()` empties and, if
 given, to the request's callback, which runs on the worker thread (keep it short; hand the
-result to the game thread). On CUDA the subtasks run on the executor's low-priority stream; the
-render work is expected on the engine's own streams.
+result to the game thread). On CUDA the subtasks run on the executor's low-priority stream,
+which orders them behind other CUDA work of this process only: a renderer in another context
+(Vulkan, D3D, OpenGL) is time-sliced with ours by the driver, so the gap schedule is what keeps
+its frames on time.
 
 Supervision. Each cycle of the worker loop runs under one exception handler: an internal error
 fails the requests in flight (`WorkerFaultError`), is logged once with its traceback and counted,
