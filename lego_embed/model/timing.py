@@ -12,7 +12,8 @@ class SubtaskTimer:
     """Runs a callable and returns its duration in nanoseconds.
 
     On CUDA the work is issued on a dedicated stream with the lowest priority the device allows
-    (so the game's rendering work wins any contention) and timed with CUDA events; the call
+    (other CUDA work of this process goes first at kernel boundaries; a renderer in another
+    context is not affected by it, see ARCHITECTURE.md) and timed with CUDA events; the call
     waits for the end event, so the duration is GPU time and the outputs are ready on return.
     On CPU the duration is `time.perf_counter_ns` wall time.
     """
