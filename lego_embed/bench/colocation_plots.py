@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lego_embed.engines.colocation_bench import ColocationRun  # noqa: E402
+from lego_embed.bench.colocation import ColocationRun  # noqa: E402
 
 KIND_COLORS = {
     "embed": "#9467bd", "attention": "#1f77b4", "ffn": "#2ca02c", "layer": "#17becf",

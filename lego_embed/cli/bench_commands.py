@@ -9,7 +9,7 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lego_embed.engines.predictor_bench import benchmark_trace
+from lego_embed.bench.predictor import benchmark_trace
 from lego_embed.engines.trace_replay import (
     PassModel,
     all_shared_traces,
@@ -54,7 +54,7 @@ def _load_model_and_bundle(args: argparse.Namespace):
     """The model, its skip bundle (if the model folder has one) and accuracy per level."""
     import torch
 
-    from lego_embed.engines.colocation_bench import accuracy_table, level_accuracies
+    from lego_embed.bench.colocation import accuracy_table, level_accuracies
     from lego_embed.model.loading import load_model, resolve_model_path
     from lego_embed.skip.bundle import SkipBundle
 
@@ -75,16 +75,11 @@ def _core(args: argparse.Namespace) -> int:
 
 
 def _run_colocation(args: argparse.Namespace) -> int:
-    from lego_embed.engines.colocation_bench import (
-        ColocationSetting,
-        Hitch,
-        core_priority,
-        machine_state,
-        run_colocation,
-        run_matrix,
-        summarize,
-    )
-    from lego_embed.engines.colocation_plots import plot_summary, plot_timeline
+    from lego_embed.bench.colocation import ColocationSetting, run_colocation, summarize
+    from lego_embed.bench.colocation_plots import plot_summary, plot_timeline
+    from lego_embed.bench.hitch import Hitch
+    from lego_embed.bench.machine import core_priority, machine_state
+    from lego_embed.bench.matrix import run_matrix
 
     if not args.all and not (args.trace and args.apm and args.policy):
         print("lego-embed bench colocation: give --trace, --apm and --policy, or --all")
@@ -136,14 +131,10 @@ def _run_colocation(args: argparse.Namespace) -> int:
 
 
 def _run_hitch(args: argparse.Namespace) -> int:
-    from lego_embed.engines.colocation_bench import (
-        Hitch,
-        core_priority,
-        hitch_summary,
-        machine_state,
-        run_hitch_scenario,
-    )
-    from lego_embed.engines.colocation_plots import plot_hitch
+    from lego_embed.bench.colocation_plots import plot_hitch
+    from lego_embed.bench.hitch import Hitch
+    from lego_embed.bench.hitch_scenario import hitch_summary, run_hitch_scenario
+    from lego_embed.bench.machine import core_priority, machine_state
 
     hitches = tuple(Hitch.parse(spec) for spec in args.hitch)
     trace = load_trace(args.trace)
