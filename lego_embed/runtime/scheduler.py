@@ -349,11 +349,15 @@ class Scheduler:
         return usable - self._work_ahead_ns(request)
 
     def can_finish(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> bool:
-        """Whether the request's remaining work at the largest level fits the usable predicted
-        headroom before its deadline after the work queued ahead of it (the level choice's
-        prediction: False exactly when no level fits)."""
-        available_ns = self._available_ns(request, now_ns, headroom_rate)
-        return self.remaining_cost_ns(request, len(self.levels) - 1) <= available_ns
+        """Whether the request could still finish by its deadline in the best case: it and
+        every request queued ahead of it at the largest level, filling all of the predicted
+        headroom before its deadline (no usable-fraction discount). False means a miss is
+        all but certain, whatever the level choice."""
+        largest = len(self.levels) - 1
+        time_left_ns = request.deadline_ns - now_ns
+        usable_ns = time_left_ns * headroom_rate
+        ahead_ns = sum(self.remaining_cost_ns(r, largest) for r in self._ahead(request))
+        return self.remaining_cost_ns(request, largest) <= usable_ns - ahead_ns
 
     def choose_level(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> int:
         """The level a new request starts at: the policy's fixed level, or for `lego` the

@@ -330,7 +330,7 @@ def test_can_finish_is_false_exactly_when_no_level_fits(npc_loaded: LoadedModel)
     assert scheduler.can_finish(roomy, 0, 1.0)
     scheduler.admit(new_request(scheduler, 3, 900.0), 0, 1.0)  # 900 ms deadline: ahead in EDF
     assert scheduler.can_finish(roomy, 0, 1.0)
-    assert not scheduler.can_finish(roomy, 0, 0.02)  # 20 ms of headroom cannot hold both
+    assert not scheduler.can_finish(roomy, 0, 0.01)  # 10 ms of headroom cannot hold both
 
 
 def test_an_outlier_measurement_does_not_make_a_subtask_look_too_long_for_every_gap() -> None:
