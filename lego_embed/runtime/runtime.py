@@ -915,6 +915,7 @@ class Runtime:
                          [r.request_id for r in batch], exc_info=error)
             for request in batch:
                 self._complete(request, failure_reason(error))
+            self._shed_predicted_misses(self.clock.now_ns())
             return False
         end_ns = self.clock.now_ns()
         if not self._events:  # a subtask that shared the device with rendering is no cost sample
@@ -940,6 +941,8 @@ class Runtime:
                 keep_going = False
                 escalated = self.scheduler.recheck(request, end_ns, self.headroom_rate())
                 self._counters["escalations"] += escalated
+        if not keep_going:  # after the whole batch: shedding must not take one of its members
+            self._shed_predicted_misses(self.clock.now_ns())
         return keep_going
 
     def _action(self, prepared: PreparedDecision, generated: list[int]) -> str | None:
@@ -1013,7 +1016,6 @@ class Runtime:
             # headroom dispatch really gets: its compute over (its wall time x headroom rate)
             self.scheduler.observe_usable_fraction(compute_ns / (wall_ns * rate))
         self._counters["relevels"] += self.scheduler.relevel_waiting(now_ns, self.headroom_rate())
-        self._shed_predicted_misses(now_ns)
         if self._ledger.awaits_correction(request.request_id):
             self._ledger.correct(decision)
         else:

@@ -334,12 +334,40 @@ class Scheduler:
             cost += decode_steps * step
         return cost
 
-    def _work_ahead_ns(self, request: ScheduledRequest) -> float:
-        return sum(self.remaining_cost_ns(r) for r in self._ahead(request))
+    def shared_cost_ns(self, request: ScheduledRequest, level: int | None = None) -> float:
+        """The request's remaining compute at `level` (default: its own) when its prefill is
+        batched with the other not-yet-started requests queued at that level with prompts of
+        the same length (as dispatch will run them, up to max_batch): its share of the batched
+        prefill's predicted cost, plus its decode steps. Requests that started, and runs
+        without batching, pay their whole remaining cost."""
+        level = request.level if level is None else level
+        cost = self.remaining_cost_ns(request, level)
+        state = request.state
+        if not self.config.batching or state.timings or not state.pending_ids:
+            return cost
+        tokens = len(state.pending_ids)
+        peers = 1 + sum(
+            1 for other in self._queue
+            if other is not request and other.level == level and not other.state.timings
+            and len(other.state.pending_ids) == tokens
+        )
+        batch = min(peers, self.config.max_batch)
+        if batch == 1:
+            return cost
+        plan = self.levels[level].plan
+        context = state.position + tokens
+        alone = self.cost.pass_cost_ns(plan, PREFILL, tokens, context)
+        together = self.cost.pass_cost_ns(plan, PREFILL, tokens * batch, context) / batch
+        return cost - alone + min(alone, together)
+
+    def _work_ahead_ns(self, request: ScheduledRequest, level: int | None = None) -> float:
+        """Compute queued ahead of the request: each one's shared cost at its own level, or at
+        `level` when given (the best case of everyone at the largest level)."""
+        return sum(self.shared_cost_ns(r, level) for r in self._ahead(request))
 
     def _fit_level(self, request: ScheduledRequest, available_ns: float, start: int) -> int:
         for level in range(start, len(self.levels)):
-            if self.remaining_cost_ns(request, level) <= available_ns:
+            if self.shared_cost_ns(request, level) <= available_ns:
                 return level
         return len(self.levels) - 1
 
@@ -356,8 +384,8 @@ class Scheduler:
         largest = len(self.levels) - 1
         time_left_ns = request.deadline_ns - now_ns
         usable_ns = time_left_ns * headroom_rate
-        ahead_ns = sum(self.remaining_cost_ns(r, largest) for r in self._ahead(request))
-        return self.remaining_cost_ns(request, largest) <= usable_ns - ahead_ns
+        ahead_ns = self._work_ahead_ns(request, largest)
+        return self.shared_cost_ns(request, largest) <= usable_ns - ahead_ns
 
     def choose_level(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> int:
         """The level a new request starts at: the policy's fixed level, or for `lego` the

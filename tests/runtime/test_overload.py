@@ -256,3 +256,4 @@ def test_overloaded_fires_when_demand_exceeds_the_sustainable_rate_and_again_on_
     assert stats["overload_events"] == 2 and not stats["backpressure"]["overloaded"]
     assert len(stats["backpressure"]["sustainable_per_s_by_level"]) == 1
     assert len(result.callback_answers) == len(result.issued)  # every request answered
+

@@ -343,3 +343,24 @@ def test_an_outlier_measurement_does_not_make_a_subtask_look_too_long_for_every_
     for _ in range(40):  # a lasting change is still learned
         model.record(subtask, 2_000_000)
     assert model.predict_ns(subtask, 0.0) == pytest.approx(2_000_000, rel=0.05)
+
+
+def test_waiting_prompts_that_will_be_batched_share_their_prefill_cost(
+    npc_loaded: LoadedModel,
+) -> None:
+    """Three same-length prompts at one level prefill as one batch: each is charged its share
+    of the batch's predicted cost (3 x 8 tokens: the 16-token bucket, scaled), not a whole
+    prefill; started requests and runs without batching pay in full."""
+    for batching in (True, False):
+        scheduler = make(npc_loaded, policy="free", batching=batching)
+        requests = [new_request(scheduler, i, 300.0 + i) for i in (1, 2, 3)]
+        for request in requests:
+            scheduler.admit(request, 0, 1.0)
+        first = requests[0]
+        alone = scheduler.remaining_cost_ns(first)
+        if batching:
+            assert scheduler.shared_cost_ns(first) < alone
+            scheduler.executor.step(first.state)
+            assert scheduler.shared_cost_ns(first) == scheduler.remaining_cost_ns(first)
+        else:
+            assert scheduler.shared_cost_ns(first) == alone
