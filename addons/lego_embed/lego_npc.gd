@@ -8,7 +8,8 @@ extends Node
 # exported property when the state has none.
 
 # action: one of allowed_actions. info: latency_ms, skip_level, deadline_met, deadline_ms,
-# skipped_layers, tokens, request_id.
+# skipped_layers, tokens, request_id, fallback (true: the model had not answered by the
+# deadline and action is fallback_action), status ("decided" or "fallback").
 signal decision_made(action, info)
 # reason: what went wrong (malformed state, model missing, Python error), readable as is.
 signal decision_failed(reason)
@@ -24,6 +25,11 @@ export(float, 1.0, 6000.0) var actions_per_minute := 200.0
 export(float, 0.0, 60000.0) var deadline_ms := 0.0
 # Name of this NPC for the runtime; empty means the node's path.
 export var npc_id := ""
+# What the NPC does when the model has not answered by the deadline (or cannot: the runtime
+# predicts no skip level finishes in time): one of allowed_actions, delivered through
+# decision_made at the deadline with info.fallback = true. "" = no fallback (the NPC waits for
+# the model's late answer).
+export var fallback_action := ""
 
 var pending_request := -1    # request id in flight, -1 when idle
 var last_action := ""        # the last action decided
@@ -42,7 +48,9 @@ func is_deciding() -> bool:
 
 
 # Ask for the next action. Returns the request id, or -1 when it failed at once (the reason
-# arrives through decision_failed on the next idle frame). Never waits for the model.
+# arrives through decision_failed on the next idle frame). Never waits for the model. A request
+# made while one is in flight replaces it: only the newest is answered (the older one is
+# superseded, with no signal).
 func request_decision(state: Dictionary) -> int:
 	var runtime = get_node_or_null("/root/LegoRuntime")
 	if runtime == null:
@@ -51,13 +59,17 @@ func request_decision(state: Dictionary) -> int:
 	var full_state := state.duplicate(true)
 	if not full_state.has("persona"):
 		full_state["persona"] = persona
-	var request_id: int = runtime.submit(self, get_npc_id(), full_state, allowed_actions, get_deadline_ms())
+	var options := {"fallback": fallback_action}
+	var request_id: int = runtime.submit(self, get_npc_id(), full_state, allowed_actions, get_deadline_ms(), options)
 	if request_id >= 0:
 		pending_request = request_id
 	return request_id
 
 
 func _deliver(result: Dictionary) -> void:
+	var status := str(result.get("status", "decided"))
+	if status == "superseded":  # a newer request of this NPC replaced it
+		return
 	if result.get("request_id", -1) == pending_request:
 		pending_request = -1
 	var error = result.get("error")
@@ -73,5 +85,7 @@ func _deliver(result: Dictionary) -> void:
 		"skipped_layers": int(result.get("skipped_layers", 0)),
 		"tokens": int(result.get("tokens", 0)),
 		"request_id": int(result.get("request_id", -1)),
+		"fallback": status == "fallback",
+		"status": status,
 	}
 	emit_signal("decision_made", last_action, info)

@@ -16,6 +16,11 @@ signal runtime_failed(reason)
 signal runtime_error(reason)
 # The NPC worker's health changed: health is {"state", "restarts", "last_error"} (see `health`).
 signal health_changed(health)
+# The game asks for more decisions per second than the frame headroom sustains (active = true),
+# or no longer (active = false). info: demand_per_s, sustainable_per_s (at the largest skip
+# level), full_model_per_s, target_per_s (come down to this rate: fewer NPCs deciding, lower
+# actions_per_minute, longer deadlines; docs/GODOT.md).
+signal overloaded(active, info)
 
 const Settings = preload("res://addons/lego_embed/lego_settings.gd")
 const BRIDGE_LIBRARY = "res://addons/lego_embed/native/build/liblego_bridge.so"
@@ -31,6 +36,8 @@ var ready_info := {}         # what the bridge reported when the model was ready
 # "stopped". restarts: times the worker recovered from an internal error (requests in flight
 # then failed). last_error: the latest internal error as "Type: message", or null.
 var health := {"state": "not_started", "restarts": 0, "last_error": null}
+var is_overloaded := false   # the last `overloaded` signal's state
+var overload_info := {}      # the last `overloaded` signal's info
 var frames_drawn := 0        # frame_post_draw signals seen since start
 var bridge_calls := 0        # calls into the bridge from the main thread
 var bridge_usec_total := 0   # main-thread microseconds spent in bridge calls
@@ -170,6 +177,15 @@ func _poll() -> void:
 			"error":
 				push_error("lego_embed: " + str(result.get("reason", "")))
 				emit_signal("runtime_error", result.get("reason", ""))
+			"overloaded":
+				is_overloaded = bool(result.get("overloaded", false))
+				overload_info = {
+					"demand_per_s": float(result.get("demand_per_s", 0.0)),
+					"sustainable_per_s": float(result.get("sustainable_per_s", 0.0)),
+					"full_model_per_s": float(result.get("full_model_per_s", 0.0)),
+					"target_per_s": float(result.get("target_per_s", 0.0)),
+				}
+				emit_signal("overloaded", is_overloaded, overload_info)
 			"health":
 				var reported := {"state": str(result.get("state", "")), "restarts": int(result.get("restarts", 0)), "last_error": result.get("last_error")}
 				if reported["state"] == "failed" and health["state"] != "failed":
@@ -217,8 +233,8 @@ func _deliver_failure(request_id: int, reason: String) -> void:
 
 
 # Called by LegoNPC.request_decision. Returns the request id, or -1 after scheduling a
-# decision_failed on the NPC.
-func submit(npc: Node, npc_id: String, state: Dictionary, actions: Array, deadline_ms: float) -> int:
+# decision_failed on the NPC. options: {"fallback": action or "", "supersede": bool}.
+func submit(npc: Node, npc_id: String, state: Dictionary, actions: Array, deadline_ms: float, options := {}) -> int:
 	if _bridge == null or failure != "" or not is_ready:
 		var reason := failure
 		if reason == "":
@@ -226,7 +242,7 @@ func submit(npc: Node, npc_id: String, state: Dictionary, actions: Array, deadli
 		npc.call_deferred("_deliver", {"request_id": -1, "error": reason})
 		return -1
 	var t0 := OS.get_ticks_usec()
-	var result = _bridge.request(npc_id, state, actions, deadline_ms)
+	var result = _bridge.request(npc_id, state, actions, deadline_ms, options)
 	_account(t0, "request")
 	if result.has("error"):
 		push_error("lego_embed: decision failed for %s: %s" % [npc_id, result["error"]])

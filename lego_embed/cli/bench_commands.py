@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import shlex
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lego_embed.engines.predictor_bench import benchmark_trace
+from lego_embed.bench.predictor import benchmark_trace
 from lego_embed.engines.trace_replay import (
     PassModel,
     all_shared_traces,
@@ -18,10 +19,6 @@ from lego_embed.engines.trace_replay import (
 )
 
 SLO_WINDOWS_MS = (200.0, 300.0, 600.0)
-
-
-def _machine() -> str:
-    return f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip()
 
 
 def _run_predictor(args: argparse.Namespace) -> int:
@@ -54,7 +51,7 @@ def _load_model_and_bundle(args: argparse.Namespace):
     """The model, its skip bundle (if the model folder has one) and accuracy per level."""
     import torch
 
-    from lego_embed.engines.colocation_bench import accuracy_table, level_accuracies
+    from lego_embed.bench.colocation import accuracy_table, level_accuracies
     from lego_embed.model.loading import load_model, resolve_model_path
     from lego_embed.skip.bundle import SkipBundle
 
@@ -74,26 +71,25 @@ def _core(args: argparse.Namespace) -> int:
     return args.core if args.core is not None else max(os.sched_getaffinity(0))
 
 
+def _command_line() -> str:
+    """The exact command that is running, as a shell line."""
+    return shlex.join(["lego-embed", *sys.argv[1:]])
+
+
 def _run_colocation(args: argparse.Namespace) -> int:
-    from lego_embed.engines.colocation_bench import (
-        ColocationSetting,
-        Hitch,
-        core_priority,
-        machine_state,
-        run_colocation,
-        run_matrix,
-        summarize,
-    )
-    from lego_embed.engines.colocation_plots import plot_summary, plot_timeline
+    from lego_embed.bench.colocation import ColocationSetting, run_colocation, summarize
+    from lego_embed.bench.colocation_plots import plot_regime, plot_summary, plot_timeline
+    from lego_embed.bench.hitch import Hitch
+    from lego_embed.bench.machine import core_priority, machine_state, machine_summary
+    from lego_embed.bench.matrix import MatrixPlan, decision_cost_ms, run_matrix
 
     if not args.all and not (args.trace and args.apm and args.policy):
         print("lego-embed bench colocation: give --trace, --apm and --policy, or --all")
         return 2
     loaded, bundle, accuracy = _load_model_and_bundle(args)
     core = _core(args)
-    before = machine_state()
-    with core_priority(None if args.no_priority else args.priority_nice) as priority:
-        if not args.all:
+    if not args.all:
+        with core_priority(None if args.no_priority else args.priority_nice):
             trace = load_trace(args.trace)
             hitches = tuple(Hitch.parse(spec) for spec in args.hitch)
             off = summarize(run_colocation(None, ColocationSetting(
@@ -102,48 +98,66 @@ def _run_colocation(args: argparse.Namespace) -> int:
                                         hitches=hitches)
             run = run_colocation(loaded if args.policy != "off" else None, setting, bundle,
                                  accuracy, core)
-            print(json.dumps(summarize(run, off["frame_miss_rate"]), indent=2))
-            return 0
-        traces = all_shared_traces()
-        if args.traces:
-            traces = [t for t in traces if t.name in args.traces]
-        ablation_trace = next((t for t in traces if t.name == args.ablation_trace), traces[0])
-        result = run_matrix(loaded, traces, args.seconds, core, bundle, accuracy,
-                            ablation_trace=ablation_trace)
+        print(json.dumps(summarize(run, off["frame_miss_rate"]), indent=2))
+        return 0
+    traces = all_shared_traces()
+    if args.traces:
+        traces = [t for t in traces if t.name in args.traces]
+    sections = set(args.sections)
+    plan = MatrixPlan(
+        seconds=args.seconds, repeats=args.repeats,
+        apms=tuple(args.apms) if "main" in sections else (),
+        regime_traces=tuple(args.regime_traces) if "regime" in sections else (),
+        regime_ratios=tuple(args.regime_ratios),
+        ablation_trace=args.ablation_trace if "ablation" in sections else None,
+    )
+    started = datetime.now(timezone.utc)
+    before = machine_state()
+    with core_priority(None if args.no_priority else args.priority_nice) as priority:
+        cost_ms = decision_cost_ms(loaded)
+        print(f"{plan.runs(traces)} runs of {plan.seconds:g} s; full-model decision "
+              f"{cost_ms:.1f} ms on this machine")
+        result = run_matrix(loaded, traces, plan, core, cost_ms, bundle, accuracy)
     after = machine_state()
     report = {
-        "machine": f"{_machine()}, {before['cpus']} CPUs shared with other jobs; render process "
-                   f"and LLM worker pinned to core {core}; {priority}",
+        "command": _command_line(),
+        "date_utc": started.strftime("%Y-%m-%d %H:%M"),
+        "duration_s": round((datetime.now(timezone.utc) - started).total_seconds()),
+        "machine": f"{machine_summary(before, after)}; render process and LLM worker pinned to "
+                   f"core {core}; {priority}",
         "machine_state": {"before": before, "after": after},
         "model": str(loaded.path),
         "skip_levels": 0 if bundle is None else bundle.max_level,
-        "command": "lego-embed bench colocation --all "
-                   f"--seconds {args.seconds}",
-        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "seconds_per_run": args.seconds,
+        "accuracy_by_level": accuracy,
+        "plan": result.extra["plan"],
+        "seconds_per_run": plan.seconds,
+        "repeats": plan.repeats,
+        "decision_cost_ms": round(cost_ms, 3),
         "pass_model": PassModel().__dict__,
+        "regime": result.regime,
+        "rows": result.rows,
+        "skip_regret": result.skip_regret,
         "runs": result.runs,
-        "ablations": result.ablations,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     if result.timeline_run is not None:
         plot_timeline(result.timeline_run, out.with_name(out.stem + "_timeline.png"))
-    plot_summary(result.runs, out.with_name(out.stem + "_summary.png"))
+    main_runs = [r for r in result.runs if r["section"] in ("main", "off")]
+    if any(r["section"] == "main" for r in main_runs):
+        plot_summary(main_runs, out.with_name(out.stem + "_summary.png"))
+    if result.skip_regret or any(r["section"] == "regime" for r in result.rows):
+        plot_regime(result.rows, out.with_name(out.stem + "_regime.png"))
     print(f"wrote {out}")
     return 0
 
 
 def _run_hitch(args: argparse.Namespace) -> int:
-    from lego_embed.engines.colocation_bench import (
-        Hitch,
-        core_priority,
-        hitch_summary,
-        machine_state,
-        run_hitch_scenario,
-    )
-    from lego_embed.engines.colocation_plots import plot_hitch
+    from lego_embed.bench.colocation_plots import plot_hitch
+    from lego_embed.bench.hitch import Hitch
+    from lego_embed.bench.hitch_scenario import hitch_summary, run_hitch_scenario
+    from lego_embed.bench.machine import core_priority, machine_state, machine_summary
 
     hitches = tuple(Hitch.parse(spec) for spec in args.hitch)
     trace = load_trace(args.trace)
@@ -157,14 +171,10 @@ def _run_hitch(args: argparse.Namespace) -> int:
                                     core, bundle, accuracy, policies, args.repeats)
     after = machine_state()
     summary = hitch_summary(result.rows)
-    command = (
-        f"lego-embed bench hitch --trace {args.trace!r} --apm {args.apm} --npcs {args.npcs} "
-        f"--seconds {args.seconds} --hitch {' '.join(args.hitch)} --repeats {args.repeats} "
-        f"--policies {' '.join(policies)}"
-    )
+    command = _command_line()
     report = {
-        "machine": f"{_machine()}, {before['cpus']} CPUs shared with other jobs; render process "
-                   f"and LLM worker pinned to core {core}; {priority}",
+        "machine": f"{machine_summary(before, after)}; render process and LLM worker pinned to "
+                   f"core {core}; {priority}",
         "machine_state": {"before": before, "after": after},
         "model": str(loaded.path),
         "skip_levels": 0 if bundle is None else bundle.max_level,
@@ -230,14 +240,27 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     colocation.add_argument("--trace", help="trace name (see bench predictor) or CSV path")
     colocation.add_argument("--apm", type=int, choices=(100, 200, 300))
     colocation.add_argument(
-        "--policy", choices=("off", "free", "inter_frame", "static_skip", "lego")
+        "--policy", choices=("off", "free", "inter_frame", "static_skip", "lego", "oracle")
     )
     colocation.add_argument("--npcs", type=int, default=1)
-    colocation.add_argument("--seconds", type=float, default=3.0, help="replay length per run")
+    colocation.add_argument("--seconds", type=float, default=5.0, help="replay length per run")
     colocation.add_argument("--all", action="store_true",
-                            help="the whole matrix into --out, with timeline and summary PNGs")
+                            help="the whole matrix into --out, with timeline, summary and "
+                                 "regime PNGs")
+    colocation.add_argument("--repeats", type=int, default=3,
+                            help="with --all: runs of every setting, each block in a new order")
+    colocation.add_argument("--sections", nargs="+", default=["main", "regime", "ablation"],
+                            choices=("main", "regime", "ablation"),
+                            help="with --all: which parts of the matrix to run")
     colocation.add_argument("--traces", nargs="*", help="with --all: only these trace names")
-    colocation.add_argument("--ablation-trace", default="rdr2_render_2")
+    colocation.add_argument("--apms", type=int, nargs="+", default=[100, 200, 300],
+                            help="with --all: the main section's APMs")
+    colocation.add_argument("--regime-traces", nargs="+",
+                            default=["blackmyth_render_1", "ffxvi_render_1", "rdr2_render_2"],
+                            help="with --all: traces of the LEGO-regime section")
+    colocation.add_argument("--regime-ratios", type=float, nargs="+", default=[1.0, 1.25, 1.5],
+                            help="with --all: full-model demand / usable headroom to run at")
+    colocation.add_argument("--ablation-trace", default="blackmyth_render_1")
     colocation.add_argument(
         "--hitch", nargs="*", default=[], metavar="MS@S",
         help="single runs: inject a frame of MS ms render time S seconds into the replay",

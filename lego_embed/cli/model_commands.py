@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names; torch is imported when used
 
 
 def _lengths(text: str) -> list[int]:
@@ -44,12 +42,14 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def _profile(args: argparse.Namespace) -> int:
+    import torch
+
     from lego_embed.model.loading import load_model
     from lego_embed.model.profile import measure_cost_profile
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    loaded = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     profile = measure_cost_profile(
         loaded,
         prompt_lengths=args.prompt_lengths,

@@ -10,8 +10,12 @@ that this module queues. Here, one pump thread (``GodotSession``):
   state or action list (InvalidGameStateError, InvalidActionSetError, any exception) becomes a
   failed decision carrying ``"Type: message"``, which LegoNPC emits as ``decision_failed``,
 - queues every finished decision (``_lego_bridge.push_result``) for the engine's next poll(),
+  with its ``status`` (decided, fallback, superseded, failed),
 - reports the runtime worker's health (``{"kind": "health", "state", "restarts",
-  "last_error"}``) whenever it changes, which LegoRuntime emits as ``health_changed``.
+  "last_error"}``) whenever it changes, which LegoRuntime emits as ``health_changed``,
+- reports every change of the load state (``{"kind": "overloaded", "overloaded", "demand_per_s",
+  "sustainable_per_s", "full_model_per_s", "target_per_s", "t_ns"}``), which LegoRuntime emits
+  as ``overloaded``.
 
 The model loads on another thread after ``start``; ``{"kind": "ready"}`` or
 ``{"kind": "load_failed", "reason": ...}`` tells the game how it went. The module-level
@@ -85,10 +89,17 @@ def to_json(value: Any) -> str:
     return json.dumps(value, default=_plain)
 
 
+REQUEST_OPTIONS = {"fallback": str, "supersede": bool}
+
+
 def parse_request(payload: list[Any]) -> tuple[str, dict[str, Any], list[str], float]:
     """The decoded JSON array the C bridge wrote for request(npc_id, state, actions,
-    deadline_ms), checked."""
-    npc_id, state, actions, deadline_ms = payload
+    deadline_ms[, options]), checked (the options: `parse_request_options`)."""
+    if not isinstance(payload, list) or len(payload) not in (4, 5):
+        raise EngineBridgeError(
+            f"a request is [npc_id, state, actions, deadline_ms(, options)], got {payload!r}"
+        )
+    npc_id, state, actions, deadline_ms = payload[:4]
     if not isinstance(state, dict):
         raise EngineBridgeError(f"the state must be a Dictionary, got {state!r}")
     if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
@@ -98,12 +109,42 @@ def parse_request(payload: list[Any]) -> tuple[str, dict[str, Any], list[str], f
     return str(npc_id), state, actions, float(deadline_ms)
 
 
+def parse_request_options(payload: list[Any]) -> dict[str, Any]:
+    """The request's options Dictionary (5th element) as `Runtime.request` keyword arguments:
+    fallback (an action, "" for none) and supersede (bool)."""
+    if len(payload) < 5 or payload[4] is None:
+        return {}
+    options = payload[4]
+    if not isinstance(options, dict):
+        raise EngineBridgeError(f"request options must be a Dictionary, got {options!r}")
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        expected = REQUEST_OPTIONS.get(key)
+        if expected is None:
+            raise EngineBridgeError(
+                f"unknown request option {key!r}; the options are {sorted(REQUEST_OPTIONS)}"
+            )
+        if not isinstance(value, expected):
+            raise EngineBridgeError(
+                f"request option {key!r} must be a {expected.__name__}, got {value!r}"
+            )
+        if key == "fallback" and value == "":
+            continue
+        out[key] = value
+    return out
+
+
 def decision_result(bridge_request_id: int, decision: Any) -> dict[str, Any]:
     """A Runtime Decision as the result LegoRuntime dispatches (kind "decision"), under the id
     the bridge gave the request."""
     fields = dataclasses.asdict(decision)
     fields["runtime_request_id"] = fields.pop("request_id")
     return {"kind": "decision", "request_id": bridge_request_id, **fields}
+
+
+def overload_result(event: Any) -> dict[str, Any]:
+    """A Runtime OverloadEvent as the result LegoRuntime dispatches (kind "overloaded")."""
+    return {"kind": "overloaded", **event.as_dict()}
 
 
 def health_result(health: Any) -> dict[str, Any]:
@@ -115,7 +156,7 @@ def failed_result(bridge_request_id: int, npc_id: str, error: BaseException) -> 
     """A request that failed before inference (bad state, bad actions, no model)."""
     return {
         "kind": "decision", "request_id": bridge_request_id, "npc_id": npc_id, "action": None,
-        "error": f"{type(error).__name__}: {error}",
+        "error": f"{type(error).__name__}: {error}", "status": "failed",
     }
 
 
@@ -189,6 +230,7 @@ class GodotSession:
             payload = json.loads(text)
             npc_id = str(payload[0])
             npc_id, state, actions, deadline_ms = parse_request(payload)
+            options = parse_request_options(payload)
             if self._runtime is None:
                 raise EngineBridgeError(
                     f"the NPC model failed to load: {self._load_error}" if self._load_error
@@ -199,7 +241,8 @@ class GodotSession:
                 self._decisions += 1
                 self._push(decision_result(bridge_request_id, decision))
 
-            self._runtime.request(npc_id, state, actions, deadline_ms, callback=deliver)
+            self._runtime.request(npc_id, state, actions, deadline_ms, callback=deliver,
+                                  **options)
         except Exception as exc:  # the game hears about it through decision_failed
             self._failed += 1
             self._push(failed_result(bridge_request_id, npc_id, exc))
@@ -210,6 +253,13 @@ class GodotSession:
         for bridge_request_id, text in requests:
             self._submit(bridge_request_id, text)
         self._report_health()
+        self._report_overload()
+
+    def _report_overload(self) -> None:
+        """Tells the game when the runtime became overloaded or recovered."""
+        if self._runtime is not None:
+            for event in self._runtime.poll_overload():
+                self._push(overload_result(event))
 
     def _report_health(self) -> None:
         """Tells the game when the worker's health changed (state, restarts, last error)."""

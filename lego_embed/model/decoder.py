@@ -111,6 +111,18 @@ class FeedForward(nn.Module):
         gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
 
+    def partial(self, x: torch.Tensor, start: int, end: int, with_bias: bool) -> torch.Tensor:
+        """The share of `forward(x)` computed by intermediate units start..end-1: summing the
+        shares of slices that cover 0..intermediate_size once (and adding w2's bias once,
+        `with_bias`) gives `forward(x)` up to summation order."""
+        inter = self.w2.in_features
+        weight, bias = self.w13.weight, self.w13.bias
+        gate = F.linear(x, weight[start:end], None if bias is None else bias[start:end])
+        up = F.linear(x, weight[inter + start:inter + end],
+                      None if bias is None else bias[inter + start:inter + end])
+        out_bias = self.w2.bias if with_bias else None
+        return F.linear(F.silu(gate) * up, self.w2.weight[:, start:end], out_bias)
+
 
 class DecoderLayer(nn.Module):
     """Pre-norm decoder layer; `window` is its sliding attention window in tokens (None: full)."""

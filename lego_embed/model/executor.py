@@ -4,7 +4,9 @@ A request is a program of subtasks over the decoder's modules (the embedding, ea
 `attention_block` and `ffn_block`, the head). The program is built one pass at a time (one
 prefill chunk, or one decode step), so the layer plan can change between decode steps. The KV
 cache and the hidden state live in RequestState, so a request can pause between any two
-subtasks and resume later with no recomputation.
+subtasks and resume later with no recomputation. A prefill FFN block can be split into slices
+of its intermediate dimension (`split_next`), so a piece that fits the end of a gap can run
+there; the partial sum lives in RequestState too.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class RequestState:
     hidden: torch.Tensor | None = None
     program: list[_PlannedSubtask] | None = None
     cursor: int = 0
+    ffn_partial: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def at_pass_start(self) -> bool:
@@ -78,11 +81,12 @@ class RequestState:
         return len(self.kv[layer])
 
 
-def batch_key(subtask: Subtask) -> tuple[SubtaskKind, str, int, int, int]:
+def batch_key(subtask: Subtask) -> tuple[SubtaskKind, str, int, int, int, int, int]:
     """Subtasks with equal keys can run as one batched forward (`Executor.step_batch`): same
-    kind, phase and layers, and in prefill the same number of new tokens."""
+    kind, phase, layers and slice, and in prefill the same number of new tokens."""
     tokens = subtask.tokens if subtask.phase == PREFILL else 1
-    return (subtask.kind, subtask.phase, subtask.first_layer, subtask.last_layer, tokens)
+    return (subtask.kind, subtask.phase, subtask.first_layer, subtask.last_layer, tokens,
+            subtask.part, subtask.parts)
 
 
 def _padded(
@@ -205,6 +209,23 @@ class Executor:
             )
         state.plan = as_layer_plan(plan, self.num_layers)
         state.program = None
+
+    def split_next(self, state: RequestState, parts: int) -> bool:
+        """Replaces the request's next subtask, if it is a whole FFN block, by `parts`
+        FFN_SLICE subtasks over equal slices of the intermediate dimension (the same result up
+        to summation order); False, and nothing changed, for any other next subtask."""
+        subtask = self.peek(state)
+        inter = self.model.args.intermediate_size
+        if subtask is None or subtask.kind is not SubtaskKind.FFN or not 2 <= parts <= inter:
+            return False
+        slices = [
+            _PlannedSubtask(Subtask(SubtaskKind.FFN_SLICE, subtask.phase, subtask.first_layer,
+                                    subtask.last_layer, subtask.tokens, subtask.context_tokens,
+                                    part, parts))
+            for part in range(parts)
+        ]
+        state.program[state.cursor:state.cursor + 1] = slices
+        return True
 
     def peek(self, state: RequestState) -> Subtask | None:
         """The next subtask the request would run, or None when it is finished."""
@@ -329,6 +350,9 @@ class Executor:
         if subtask.kind is SubtaskKind.HEAD:
             self._head(hidden, states)
             return
+        if subtask.kind is SubtaskKind.FFN_SLICE:
+            self._ffn_slice(subtask, hidden, states)
+            return
         if subtask.kind is SubtaskKind.ADAPTOR:
             hidden = planned.adaptor.module(hidden)
         else:
@@ -339,6 +363,30 @@ class Executor:
                 hidden = layer.ffn_block(hidden)
         for row, state in enumerate(states):
             state.hidden = hidden if len(states) == 1 else hidden[row : row + 1]
+
+    def _ffn_slice(
+        self, subtask: Subtask, hidden: torch.Tensor, states: list[RequestState]
+    ) -> None:
+        """One slice of a split FFN block: the first normalises the input and starts the sum,
+        each adds its share, the last adds the sum to the residual stream."""
+        layer = self.layers[subtask.first_layer]
+        if subtask.part == 0:
+            normed = layer.ffn_norm(hidden)
+            total = torch.zeros_like(hidden)
+        else:
+            normed = torch.cat([s.ffn_partial[0] for s in states])
+            total = torch.cat([s.ffn_partial[1] for s in states])
+        inter = self.model.args.intermediate_size
+        start = subtask.part * inter // subtask.parts
+        end = (subtask.part + 1) * inter // subtask.parts
+        last = subtask.part == subtask.parts - 1
+        total = total + layer.feed_forward.partial(normed, start, end, with_bias=last)
+        for row, state in enumerate(states):
+            if last:
+                state.hidden = state.hidden + total[row : row + 1]
+                state.ffn_partial = None
+            else:
+                state.ffn_partial = (normed[row : row + 1], total[row : row + 1])
 
     def _attention(
         self, layer_idx: int, hidden: torch.Tensor, states: list[RequestState]

@@ -12,6 +12,8 @@ class SubtaskKind(str, Enum):
     EMBED: token embedding (prefill). ATTENTION / FFN: norm + attention / MLP + residual of one
     layer (prefill). LAYER: a whole decoder layer (decode). ADAPTOR: one module replacing a span
     of layers. HEAD: final norm, lm_head and sampling (plus, in decode, embedding the new token).
+    FFN_SLICE: part `part` of `parts` of one layer's FFN block, split over its intermediate
+    dimension (`Executor.split_next`); the last part adds the sum to the residual.
     """
 
     EMBED = "embed"
@@ -20,6 +22,7 @@ class SubtaskKind(str, Enum):
     LAYER = "layer"
     ADAPTOR = "adaptor"
     HEAD = "head"
+    FFN_SLICE = "ffn_slice"
 
 
 PREFILL = "prefill"
@@ -33,6 +36,7 @@ class Subtask:
     `first_layer`..`last_layer` are inclusive decoder-layer indices (-1 for EMBED and HEAD);
     `tokens` is the number of query tokens processed; `context_tokens` the number of key/value
     positions attended (for FFN, ADAPTOR, EMBED and HEAD: the positions seen so far).
+    `part` / `parts`: which piece of a split FFN block this is (0 / 1: not split).
     """
 
     kind: SubtaskKind
@@ -41,6 +45,8 @@ class Subtask:
     last_layer: int
     tokens: int
     context_tokens: int
+    part: int = 0
+    parts: int = 1
 
 
 @dataclass(frozen=True)

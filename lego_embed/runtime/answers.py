@@ -14,23 +14,35 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from lego_embed.npc.decider import PreparedDecision
 
 logger = logging.getLogger("lego_embed.runtime")
+
+DECIDED = "decided"
+FALLBACK = "fallback"
+SUPERSEDED = "superseded"
+FAILED = "failed"
+CORRECTION = "correction"
+STATUSES = (DECIDED, FALLBACK, SUPERSEDED, FAILED, CORRECTION)
 
 
 @dataclass(frozen=True)
 class Decision:
     """One answered NPC request: a decision, or a failure saying why.
 
-    action: the chosen action (None only when `error` says why, as "ErrorType: message").
-    latency_ms: from `request()` to the answer. skip_level / skipped_layers: the level the request
-    ended at and the layers it skipped. tokens: generated tokens. deadline_ms: the request's
-    deadline (relative to the request); deadline_met: answered with an action within it.
-    escalations: skip-level raises mid-request. compute_ms: measured subtask time.
-    expected_accuracy: the level's measured accuracy (0..1) from the skip bundle, when known.
+    action: the chosen action: the model's (status decided or correction) or the game's fallback
+    (status fallback); None when superseded, or failed with `error` saying why
+    ("ErrorType: message"). latency_ms: from `request()` to this delivery. skip_level /
+    skipped_layers: the level the model's work ended at and the layers it skipped. tokens:
+    generated tokens. deadline_ms: the request's deadline (relative to the request);
+    deadline_met: the model's action arrived within it (False for fallbacks, superseded and
+    failed requests). escalations: skip-level raises mid-request. compute_ms: measured subtask
+    time. expected_accuracy: the level's measured accuracy (0..1) from the skip bundle, when
+    known (None for answers the model did not give). status: decided | fallback | superseded |
+    failed | correction (see the module docstring).
     """
 
     request_id: int
@@ -46,12 +58,19 @@ class Decision:
     escalations: int = 0
     compute_ms: float = 0.0
     expected_accuracy: float | None = None
+    status: str = DECIDED
 
 
 @dataclass(frozen=True)
 class PendingRequest:
     """A request accepted by `Runtime.request()`: who asks, what (validated and tokenized), when
-    (`arrival_ns` on the runtime's clock), its deadline (ms after arrival) and its callback."""
+    (`arrival_ns` on the runtime's clock), its deadline (ms after arrival) and its callback.
+
+    supersede: on admission this request answers the older open requests of the same NPC
+    `superseded` (False: they stay). fallback: what to answer at the deadline if the model has
+    not (`runtime.fallback`). corrections: after a fallback, deliver the model's late action
+    too (status correction).
+    """
 
     request_id: int
     npc_id: str
@@ -59,6 +78,9 @@ class PendingRequest:
     arrival_ns: int
     deadline_ms: float
     callback: Callable[[Decision], None] | None
+    supersede: bool = True
+    fallback: Any = None
+    corrections: bool = False
 
     @property
     def deadline_ns(self) -> int:
@@ -81,6 +103,8 @@ class AnswerLedger:
         self.unpolled: deque[Decision] = deque()
         self.duplicate_answers = 0
         self.callback_errors = 0
+        self.corrections = 0
+        self._awaiting_correction: dict[int, PendingRequest] = {}
 
     def open(self, request: PendingRequest) -> None:
         with self._lock:
@@ -104,18 +128,51 @@ class AnswerLedger:
                 return False
             self.answered.append(decision)
             self.unpolled.append(decision)
-        if request.callback is not None:
-            try:
-                request.callback(decision)
-            except Exception:  # the game's callback failed: its bug, not a reason to stop
-                self.callback_errors += 1
-                if self.callback_errors == 1:
-                    logger.exception(
-                        "a decision callback raised (request %d, NPC %s); the decision is still "
-                        "in poll(); later callback errors are only counted in stats()",
-                        decision.request_id, decision.npc_id,
-                    )
+            if decision.status == FALLBACK and request.corrections:
+                self._awaiting_correction[request.request_id] = request
+        self._call_back(request, decision)
         return True
+
+    def awaits_correction(self, request_id: int) -> bool:
+        """The request was answered with a fallback and wants the model's late action."""
+        return request_id in self._awaiting_correction
+
+    def correct(self, decision: Decision) -> bool:
+        """Delivers the model's late action after a fallback (status correction), once, and only
+        to a request that asked for it; False (nothing delivered) otherwise."""
+        with self._lock:
+            request = self._awaiting_correction.pop(decision.request_id, None)
+            if request is None:
+                return False
+            decision = replace(decision, status=CORRECTION)
+            self.corrections += 1
+            self.unpolled.append(decision)
+        self._call_back(request, decision)
+        return True
+
+    def drop_correction(self, request_id: int) -> None:
+        """The late action of this request will not come (superseded, overdue, worker reset)."""
+        with self._lock:
+            self._awaiting_correction.pop(request_id, None)
+
+    def drop_corrections(self) -> None:
+        """No late action will come for any request (the worker's state was reset)."""
+        with self._lock:
+            self._awaiting_correction.clear()
+
+    def _call_back(self, request: PendingRequest, decision: Decision) -> None:
+        if request.callback is None:
+            return
+        try:
+            request.callback(decision)
+        except Exception:  # the game's callback failed: its bug, not a reason to stop
+            self.callback_errors += 1
+            if self.callback_errors == 1:
+                logger.exception(
+                    "a decision callback raised (request %d, NPC %s); the decision is still "
+                    "in poll(); later callback errors are only counted in stats()",
+                    decision.request_id, decision.npc_id,
+                )
 
     def fail(self, request: PendingRequest, error: BaseException, now_ns: int) -> bool:
         """Answers an open request with a failure carrying `error` ("Type: message")."""
@@ -131,8 +188,35 @@ class AnswerLedger:
                 deadline_ms=request.deadline_ms,
                 deadline_met=False,
                 error=failure_reason(error),
+                status=FAILED,
             )
         )
+
+    def answer_without_model(
+        self, request: PendingRequest, status: str, action: str | None, now_ns: int
+    ) -> bool:
+        """Answers an open request with something other than the model's work: its fallback
+        action (status fallback) or nothing (status superseded)."""
+        return self.answer(
+            Decision(
+                request_id=request.request_id,
+                npc_id=request.npc_id,
+                action=action,
+                latency_ms=max(now_ns - request.arrival_ns, 0) / 1e6,
+                skip_level=0,
+                skipped_layers=0,
+                tokens=0,
+                deadline_ms=request.deadline_ms,
+                deadline_met=False,
+                error=None,
+                status=status,
+            )
+        )
+
+    def pending_request(self, request_id: int) -> PendingRequest | None:
+        """The open request with this id, or None once it was answered."""
+        with self._lock:
+            return self._open.get(request_id)
 
     def take_unpolled(self) -> list[Decision]:
         """Answers given since the last call, oldest first."""

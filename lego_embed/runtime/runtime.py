@@ -19,6 +19,13 @@ and the worker carries on with its scheduler, tracker, predictor and prefix cach
 restart). More than `max_worker_restarts` restarts within `restart_window_s` stop the worker for
 good (health `failed`): every open request is failed and `request()` raises `RuntimeFailedError`.
 A request still unanswered long after its deadline is failed with `RequestOverdueError`.
+
+When the work does not fit: a new request of an NPC supersedes its older open one (answered
+`superseded` at once; the older one's prompt KV is reused where the prompts share a prefix); a
+request with a fallback gets it at its deadline when the model has not answered, or when the
+skip-level choice finds that no level can finish it in time (its compute is then given to the
+others); and `BackPressure` tells the game (`poll_overload()`, `stats()["backpressure"]`) when it
+asks for more decisions per second than the headroom sustains.
 """
 
 from __future__ import annotations
@@ -54,14 +61,32 @@ from lego_embed.npc.combat_task import random_situation
 from lego_embed.npc.decider import PreparedDecision, prepare_decision
 from lego_embed.npc.prompt import build_prompt, persona_prefix
 from lego_embed.npc.state import validate_state
-from lego_embed.runtime.answers import AnswerLedger, Decision, PendingRequest, failure_reason
+from lego_embed.runtime.answers import (
+    FALLBACK,
+    SUPERSEDED,
+    AnswerLedger,
+    Decision,
+    PendingRequest,
+    failure_reason,
+)
+from lego_embed.runtime.backpressure import BackPressure, OverloadEvent
 from lego_embed.runtime.clock import Clock, MonotonicClock
 from lego_embed.runtime.events import PASS_BEGIN, EngineEvent
+from lego_embed.runtime.fallback import (
+    DEADLINE_PASSED,
+    PREDICTED_MISS,
+    Fallback,
+    FallbackContext,
+    FallbackSchedule,
+    check_fallback,
+    resolve_fallback,
+)
 from lego_embed.runtime.gpu_stats import nvml_stats
 from lego_embed.runtime.headroom import HeadroomTracker, WindowHeadroom
-from lego_embed.runtime.predictor import HeadroomPredictor
+from lego_embed.runtime.predictor import HeadroomPredictor, WindowPredictor
 from lego_embed.runtime.scheduler import (
     POLICIES,
+    SPLIT_PARTS,
     CostModel,
     Dispatch,
     LevelOption,
@@ -98,7 +123,8 @@ class RuntimeConfig:
     beyond-LEGO features (earliest deadline first, batched same-level subtasks: decode steps
     and equal-length prefills, persona prefix KV reuse). static_level / static_slice_ms: the
     static_skip policy. cpu_core: pin the worker thread to this core (CPU runs).
-    record_timeline: keep (start_ns, end_ns, kind, batch) of every subtask in `Runtime.timeline`.
+    record_timeline: keep (start_ns, end_ns, kind, batch) of every subtask in `Runtime.timeline`
+    and (t_ns, queued requests) at every change of the queue in `Runtime.backlog_timeline`.
     warmup: measure the cost profile at start() (one request per level, and batches of
     2..max_batch requests when batching).
     constrained: decode with the action trie (default); False generates up to 16 free tokens
@@ -113,6 +139,10 @@ class RuntimeConfig:
     resetting its state; more than max_worker_restarts such restarts within restart_window_s
     seconds stop it (health `failed`). overdue_limit_ms: a request with no answer
     max(overdue_limit_ms, its own deadline) after its deadline is failed (RequestOverdueError).
+    prefill_chunk_tokens: prefill prompts in chunks of at most this many tokens (None: whole);
+    a superseded request's finished chunks are what its successor can reuse. split_ffn: when the
+    next FFN block does not fit the rest of a gap, run a slice of its intermediate dimension
+    that does (1/2 or 1/4; exact, see Executor.split_next).
     """
 
     policy: str = "lego"
@@ -137,6 +167,8 @@ class RuntimeConfig:
     max_worker_restarts: int = 5
     restart_window_s: float = 60.0
     overdue_limit_ms: float = 5000.0
+    prefill_chunk_tokens: int | None = None
+    split_ffn: bool = True
 
     def validate(self) -> RuntimeConfig:
         if self.policy not in POLICIES:
@@ -161,6 +193,13 @@ class RuntimeConfig:
         if not isinstance(self.max_worker_restarts, int) or self.max_worker_restarts < 0:
             raise RuntimeConfigError(
                 f"max_worker_restarts must be an int >= 0, got {self.max_worker_restarts!r}"
+            )
+        if self.prefill_chunk_tokens is not None and (
+            not isinstance(self.prefill_chunk_tokens, int) or self.prefill_chunk_tokens < 1
+        ):
+            raise RuntimeConfigError(
+                f"prefill_chunk_tokens must be an int >= 1 or None, got "
+                f"{self.prefill_chunk_tokens!r}"
             )
         if self.cpu_core is not None and self.cpu_core not in os.sched_getaffinity(0):
             raise RuntimeConfigError(
@@ -189,6 +228,8 @@ class Runtime:
     overrides the expected accuracy per level (e.g. from docs/benchmarks/skip_accuracy.json).
     `clock` is where the runtime reads the time (default: `time.monotonic_ns()`); a
     `ManualClock` with `start(thread=False)` and `run_until_idle()` replays deterministically.
+    `predictor` makes the headroom predictor (default `HeadroomPredictor`; the benchmark's
+    oracle knows the replayed trace's future).
     """
 
     def __init__(
@@ -198,11 +239,13 @@ class Runtime:
         config: RuntimeConfig | None = None,
         accuracy_by_level: Mapping[int, float] | None = None,
         clock: Clock | None = None,
+        predictor: Callable[[], WindowPredictor] | None = None,
     ) -> None:
         self.loaded = loaded
         self.config = (config or RuntimeConfig()).validate()
         self.clock = clock or MonotonicClock()
-        self.executor = Executor(loaded)
+        self._make_predictor = predictor or HeadroomPredictor
+        self.executor = Executor(loaded, self.config.prefill_chunk_tokens)
         self.levels = self._levels(loaded, bundle, accuracy_by_level or {})
         cfg = self.config
         self._scheduler_config = SchedulerConfig(
@@ -214,12 +257,14 @@ class Runtime:
             batching=cfg.batching,
             static_level=cfg.static_level,
             static_slice_ns=round(cfg.static_slice_ms * 1e6),
+            split_ffn=cfg.split_ffn,
         )
         self._start_costs = (
             CostModel.from_profile(CostProfile.load(cfg.cost_profile), cfg.cost_deviations)
             if cfg.cost_profile else CostModel(deviations=cfg.cost_deviations)
         )
         self.timeline: list[tuple[int, int, str, int]] = []
+        self.backlog_timeline: list[tuple[int, int]] = []
         self._events: deque[EngineEvent] = deque()
         self._incoming: deque[PendingRequest] = deque()
         self._accept_lock = threading.Lock()
@@ -237,10 +282,16 @@ class Runtime:
             cfg.max_worker_restarts, round(cfg.restart_window_s * 1e9)
         )
         self._next_overdue_check_ns = 0
+        self._next_wake_ns: int | None = None
+        self.backpressure = BackPressure(cfg.window_ms)
+        self._backpressure_state: dict[str, Any] = self.backpressure.snapshot(0)
+        self._overload_events: deque[OverloadEvent] = deque()
         self._counters = {
             "subtasks": 0, "batched_subtasks": 0, "prefix_hits": 0, "escalations": 0,
             "llm_busy_ns": 0, "errors": 0, "contended_subtasks": 0, "relevels": 0,
-            "worker_faults": 0, "overdue_requests": 0,
+            "worker_faults": 0, "overdue_requests": 0, "superseded": 0,
+            "superseded_tokens_reused": 0, "fallbacks": 0, "fallbacks_predicted": 0,
+            "fallback_errors": 0, "ffn_splits": 0, "overload_events": 0,
         }
         self._reset_worker_state()
 
@@ -265,7 +316,10 @@ class Runtime:
         self.scheduler = Scheduler(
             self.executor, self.levels, self._scheduler_config, self._start_costs.copy()
         )
-        self.predictor = HeadroomPredictor()
+        self.predictor = self._make_predictor()
+        self._fallbacks = FallbackSchedule()
+        self._predicted_misses: set[int] = set()
+        self._ledger.drop_corrections()
         self.tracker = HeadroomTracker(
             self.config.frame_budget_ms, self.config.window_ms, on_window=self._window,
             gap_deviations=self.config.gap_deviations,
@@ -332,23 +386,39 @@ class Runtime:
         actions: Sequence[str],
         deadline_ms: float,
         callback: Callable[[Decision], None] | None = None,
+        *,
+        supersede: bool = True,
+        fallback: Fallback | None = None,
+        corrections: bool = False,
     ) -> int:
-        """Queues a decision and returns its request id; it gets exactly one answer (a decision
-        or a failure with its reason) through poll() and the callback. Validates the state and
-        actions now (InvalidGameStateError / InvalidActionSetError / RuntimeConfigError); raises
-        RuntimeFailedError or RuntimeStoppedError at once when the worker cannot answer. Never
-        waits for inference."""
+        """Queues a decision and returns its request id; it gets exactly one answer (see
+        `Decision.status`: decided, fallback, superseded or failed with its reason) through
+        poll() and the callback. Validates the state and actions now (InvalidGameStateError /
+        InvalidActionSetError / RuntimeConfigError); raises RuntimeFailedError or
+        RuntimeStoppedError at once when the worker cannot answer. Never waits for inference.
+
+        supersede: this request replaces the NPC's older open requests (they are answered
+        `superseded` at once); False keeps them. fallback: an allowed action, or a callable
+        `(FallbackContext) -> action`, answered at the deadline when the model's action is not
+        there (or cannot be: no skip level fits before the deadline). corrections: after a
+        fallback, deliver the model's late action too (status `correction`); by default the
+        late work is dropped."""
         self._check_worker()
         self._refuse_if_not_answering()
         if not _finite_number(deadline_ms) or not deadline_ms > 0:
             raise RuntimeConfigError(
                 f"deadline_ms must be a finite number of ms > 0, got {deadline_ms!r}"
             )
+        for name, flag in (("supersede", supersede), ("corrections", corrections)):
+            if not isinstance(flag, bool):
+                raise RuntimeConfigError(f"{name} must be True or False, got {flag!r}")
+        check_fallback(fallback, actions)
         arrival_ns = self.clock.now_ns()
         prepared = prepare_decision(self.loaded.tokenizer, state, actions)
         with self._accept_lock:
             pending = PendingRequest(
-                next(self._ids), str(npc_id), prepared, arrival_ns, float(deadline_ms), callback
+                next(self._ids), str(npc_id), prepared, arrival_ns, float(deadline_ms), callback,
+                supersede, fallback, corrections,
             )
             self._ledger.open(pending)
             self._incoming.append(pending)
@@ -358,9 +428,24 @@ class Runtime:
         return pending.request_id
 
     def poll(self) -> list[Decision]:
-        """Answers given since the last poll, oldest first (decisions and failures)."""
+        """Answers given since the last poll, oldest first (every status, corrections too)."""
         self._check_worker()
         return self._ledger.take_unpolled()
+
+    def poll_overload(self) -> list[OverloadEvent]:
+        """Changes of the load state since the last call, oldest first: `overloaded=True` when
+        the game asks for more decisions per second than the headroom sustains (come down to
+        `target_per_s`), `overloaded=False` when it recovered."""
+        events = []
+        while self._overload_events:
+            events.append(self._overload_events.popleft())
+        return events
+
+    def next_wake_ns(self) -> int | None:
+        """When the idle worker wants to run again without being woken (a fallback deadline,
+        an engine-silence or overdue check), on the runtime's clock; None while it has work.
+        Engines that drive the worker with run_until_idle() move their clock there."""
+        return self._next_wake_ns
 
     def health(self) -> WorkerHealth:
         """The worker's state, restarts and last internal error (see WorkerHealth)."""
@@ -371,8 +456,9 @@ class Runtime:
         """Health, counters, latencies, headroom estimates, the cost profile and GPU stats
         (NVML). Every number is finite (None where nothing was measured)."""
         health = self.health()
-        decisions = list(self._ledger.answered)
-        latencies = [d.latency_ms for d in decisions if d.action is not None]
+        decisions = [d for d in self._ledger.answered if d.status != SUPERSEDED]
+        latencies = [d.latency_ms for d in decisions if d.action is not None
+                     and d.status != FALLBACK]
         predicted = self.predictor.predict()
         windows = self.tracker.windows
         last_window = windows[-1] if windows else None
@@ -386,6 +472,15 @@ class Runtime:
             ],
             "decisions": len(decisions),
             "failed_requests": sum(d.error is not None for d in decisions),
+            "superseded": self._counters["superseded"],
+            "superseded_tokens_reused": self._counters["superseded_tokens_reused"],
+            "fallbacks": self._counters["fallbacks"],
+            "fallbacks_predicted": self._counters["fallbacks_predicted"],
+            "fallback_errors": self._counters["fallback_errors"],
+            "corrections": self._ledger.corrections,
+            "ffn_splits": self._counters["ffn_splits"],
+            "overload_events": self._counters["overload_events"],
+            "backpressure": dict(self._backpressure_state),
             "open_requests": len(self._ledger.pending()),
             "slo_attainment": (
                 sum(d.deadline_met for d in decisions) / len(decisions) if decisions else None
@@ -519,6 +614,10 @@ class Runtime:
             if late_ns <= max(limit_ns, deadline_ns):
                 continue
             pending: PendingRequest = request.payload
+            if not self._ledger.is_open(pending.request_id):  # answered by a fallback already
+                self.scheduler.finish(request)
+                self._ledger.drop_correction(pending.request_id)
+                continue
             error = RequestOverdueError(
                 f"no answer {late_ns / 1e9:.1f} s after its {pending.deadline_ms:g} ms deadline "
                 f"({self._stall_reason(now_ns)}); failed instead of waiting on"
@@ -554,6 +653,15 @@ class Runtime:
             )
             for timing in self.executor.run_to_completion(request):
                 self.scheduler.record(timing.subtask, timing.duration_ns)
+        # FFN slices, as the scheduler splits a block to fit the end of a gap
+        for parts in SPLIT_PARTS if self.config.split_ffn else ():
+            request = self.executor.start(
+                prompt_ids, GreedySampler(None, WARMUP_DECODE_TOKENS), self.levels[0].plan
+            )
+            while self.executor.peek(request) is not None:
+                self.executor.split_next(request, parts)
+                timing = self.executor.step(request)
+                self.scheduler.record(timing.subtask, timing.duration_ns)
         if not self.config.batching:
             return
         # batched shapes too, at the full model and the largest level (the only one with every
@@ -571,6 +679,13 @@ class Runtime:
                     self.scheduler.record(timing.subtask, timing.duration_ns)
 
     def _window(self, window: WindowHeadroom) -> None:
+        window_end_ns = window.start_ns + self.tracker.window_ns
+        self.backpressure.note_window(window.total_ms, self.scheduler.usable_fraction)
+        event = self.backpressure.on_window(window_end_ns)
+        self._backpressure_state = self.backpressure.snapshot(window_end_ns)
+        if event is not None:
+            self._counters["overload_events"] += 1
+            self._overload_events.append(event)
         rate = self.headroom_rate()
         if self._window_backlogged and len(self.scheduler) and 0.0 < rate < 1.0:
             # requests waited the whole window: its compute shows what dispatch can really get
@@ -580,8 +695,9 @@ class Runtime:
         self._window_backlogged = len(self.scheduler) > 0
         self.predictor.observe(window.total_ms)
         self._counters["relevels"] += self.scheduler.relevel_waiting(
-            window.start_ns + self.tracker.window_ns, self.headroom_rate()
+            window_end_ns, self.headroom_rate()
         )
+        self._shed_predicted_misses(window_end_ns)
 
     def headroom_rate(self) -> float:
         """Predicted fraction of wall time that is headroom, 0..1 (1.0 with no renderer
@@ -613,8 +729,11 @@ class Runtime:
         try:
             self._drain_events()
             now_ns = self.clock.now_ns()
+            self._answer_due_fallbacks(now_ns)  # a request due at its deadline is not superseded
             self._admit(now_ns)
             self._fail_overdue(now_ns)
+            if self.config.record_timeline:
+                self._note_backlog(now_ns)
             dispatch = self.scheduler.next_dispatch(
                 now_ns, self.tracker.open_gap(), self._last_event_ns
             )
@@ -622,22 +741,34 @@ class Runtime:
                 if not len(self.scheduler):
                     self._window_backlogged = False
                 return self._wait_s(now_ns)
+            self._next_wake_ns = None
+            self._counters["ffn_splits"] += dispatch.split
             self._execute(dispatch)
         except Exception as error:  # supervision: nothing may kill the worker silently
             self._recover(error)
         return None
 
+    def _note_backlog(self, now_ns: int) -> None:
+        queued = len(self.scheduler)
+        if not self.backlog_timeline or self.backlog_timeline[-1][1] != queued:
+            self.backlog_timeline.append((now_ns, queued))
+
     def _wait_s(self, now_ns: int) -> float:
         """How long to sleep when nothing may run: until an event or request wakes the worker,
-        at most MAX_WAIT_NS (overdue requests are checked then), and with requests waiting in a
-        gap, until the engine has been silent long enough to run them freely (no renderer to
-        protect; inside a pass the engine is busy, however long it stays silent)."""
-        wait_ns = MAX_WAIT_NS
+        at most MAX_WAIT_NS (overdue requests are checked then), with requests waiting in a
+        gap until the engine has been silent long enough to run them freely (no renderer to
+        protect; inside a pass the engine is busy, however long it stays silent), and until the
+        next fallback deadline. Sets `next_wake_ns` to the timed needs (not the heartbeat)."""
+        wake_ns: int | None = None
         if (len(self.scheduler) and self._last_event_ns is not None
                 and self.tracker.open_gap() is not None):
             silence_ns = self.scheduler.config.engine_silence_ns
-            until_silent_ns = self._last_event_ns + silence_ns - now_ns
-            wait_ns = min(wait_ns, max(until_silent_ns, 0) + SILENCE_CHECK_SLACK_NS)
+            wake_ns = self._last_event_ns + silence_ns + SILENCE_CHECK_SLACK_NS
+        next_fallback_ns = self._fallbacks.next_ns()
+        if next_fallback_ns is not None:
+            wake_ns = next_fallback_ns if wake_ns is None else min(wake_ns, next_fallback_ns)
+        self._next_wake_ns = wake_ns
+        wait_ns = MAX_WAIT_NS if wake_ns is None else min(MAX_WAIT_NS, max(wake_ns - now_ns, 0))
         return wait_ns / 1e9
 
     def _drain_events(self) -> None:
@@ -647,12 +778,20 @@ class Runtime:
     def _admit(self, now_ns: int) -> None:
         while self._incoming:
             pending = self._incoming.popleft()
+            if not self._ledger.is_open(pending.request_id):
+                continue  # answered meanwhile (stop, a failed worker)
+            self.backpressure.note_request(pending.arrival_ns)
             prepared = pending.prepared
+            salvaged = self._supersede(pending, now_ns) if pending.supersede else None
             prefix = None
             prefix_ids = self._prefix_ids(prepared)
             if self.config.prefix_reuse and prefix_ids:
                 prefix = self._prefixes.get(prefix_ids)
                 self._counters["prefix_hits"] += prefix is not None
+            if salvaged is not None and (prefix is None or len(salvaged.token_ids) > len(
+                    prefix.token_ids)):
+                prefix = salvaged
+                self._counters["superseded_tokens_reused"] += len(salvaged.token_ids)
             sampler = prepared.sampler if self.config.constrained else GreedySampler(
                 self.loaded.tokenizer.eos_token_id, FREE_TEXT_TOKENS
             )
@@ -661,13 +800,94 @@ class Runtime:
                 pending.request_id, pending.npc_id, state, pending.arrival_ns,
                 pending.deadline_ns, sampler.max_new_tokens, payload=pending,
             )
+            self.backpressure.note_costs(
+                [self.scheduler.remaining_cost_ns(request, level)
+                 for level in range(len(self.levels))]
+            )
             self.scheduler.admit(request, now_ns, self.headroom_rate())
+            if pending.fallback is not None:
+                self._fallbacks.add(pending.deadline_ns, pending.request_id)
+                self._shed_if_hopeless(request, now_ns)
+
+    def _supersede(self, pending: PendingRequest, now_ns: int) -> PrefixCache | None:
+        """Answers the NPC's older open requests `superseded` and drops their work (also a
+        late run kept for a correction); returns the KV of the longest prompt prefix the newest
+        of them shares with `pending` and holds in every layer (at least prefix_min_tokens
+        long), for the new request to start from."""
+        npc_id, new_id = pending.npc_id, pending.request_id
+        for old in self._ledger.pending():
+            if old.npc_id == npc_id and old.request_id < new_id:
+                self._predicted_misses.discard(old.request_id)
+                if self._ledger.answer_without_model(old, SUPERSEDED, None, now_ns):
+                    self._counters["superseded"] += 1
+        older = [r for r in self.scheduler.pending if r.npc_id == npc_id and r.request_id < new_id]
+        salvaged: PrefixCache | None = None
+        new_ids = pending.prepared.prompt_ids
+        for request in sorted(older, key=lambda r: r.request_id):
+            self.scheduler.finish(request)
+            self._ledger.drop_correction(request.request_id)
+            shared = 0
+            for ours, theirs in zip(request.state.prompt_ids, new_ids[:-1], strict=False):
+                if ours != theirs:
+                    break
+                shared += 1
+            shared = min(shared, min(len(kv) for kv in request.state.kv))
+            if self.config.prefix_reuse and shared >= max(self.config.prefix_min_tokens, 1):
+                salvaged = self.executor.prefix_from(request.state, shared)
+        return salvaged
+
+    def _shed_if_hopeless(self, request: ScheduledRequest, now_ns: int) -> bool:
+        """`lego` with a fallback: when no skip level can finish the request by its deadline
+        (the same prediction that picks levels), its compute goes to the others and the
+        fallback answers it at the deadline (or, with corrections, it runs on)."""
+        pending: PendingRequest = request.payload
+        if (self.config.policy != "lego" or pending.fallback is None or pending.corrections
+                or not self.tracker.windows  # no measured headroom yet: nothing to predict from
+                or self.scheduler.can_finish(request, now_ns, self.headroom_rate())):
+            return False
+        self.scheduler.finish(request)
+        self._predicted_misses.add(pending.request_id)
+        return True
+
+    def _shed_predicted_misses(self, now_ns: int) -> None:
+        for request in self.scheduler.pending:
+            if request.payload.fallback is not None:
+                self._shed_if_hopeless(request, now_ns)
+
+    def _answer_due_fallbacks(self, now_ns: int) -> None:
+        """Answers every request whose deadline came with its fallback (if still open)."""
+        for request_id in self._fallbacks.due(now_ns):
+            pending = self._ledger.pending_request(request_id)
+            if pending is None:
+                self._predicted_misses.discard(request_id)
+                continue
+            predicted = request_id in self._predicted_misses
+            self._predicted_misses.discard(request_id)
+            context = FallbackContext(
+                request_id, pending.npc_id, tuple(pending.prepared.sampler.trie.actions),
+                PREDICTED_MISS if predicted else DEADLINE_PASSED,
+            )
+            scheduled = next((r for r in self.scheduler.pending if r.request_id == request_id),
+                             None)
+            try:
+                action = resolve_fallback(pending.fallback, context)
+            except Exception as error:  # the game's fallback callback failed: answer with it
+                self._counters["fallback_errors"] += 1
+                if scheduled is not None:
+                    self.scheduler.finish(scheduled)
+                self._ledger.fail(pending, error, now_ns)
+                continue
+            self._ledger.answer_without_model(pending, FALLBACK, action, now_ns)
+            self._counters["fallbacks"] += 1
+            self._counters["fallbacks_predicted"] += predicted
+            if scheduled is not None and not pending.corrections:
+                self.scheduler.finish(scheduled)
 
     def _execute(self, dispatch: Dispatch) -> None:
         batch = dispatch.requests
         for index in range(dispatch.max_subtasks):
             if index:
-                if self._events or self._incoming:
+                if self._events or self._incoming or self._fallback_due():
                     return
                 predicted_ns = self.scheduler.predicted_ns(batch)
                 if dispatch.gap_end_ns is None or not self.scheduler.fits(
@@ -676,6 +896,10 @@ class Runtime:
                     return
             if not self._step(batch):
                 return
+
+    def _fallback_due(self) -> bool:
+        next_ns = self._fallbacks.next_ns()
+        return next_ns is not None and next_ns <= self.clock.now_ns()
 
     def _step(self, batch: tuple[ScheduledRequest, ...]) -> bool:
         """Runs one subtask of the batch; False when the batch's composition must be rebuilt."""
@@ -691,6 +915,7 @@ class Runtime:
                          [r.request_id for r in batch], exc_info=error)
             for request in batch:
                 self._complete(request, failure_reason(error))
+            self._shed_predicted_misses(self.clock.now_ns())
             return False
         end_ns = self.clock.now_ns()
         if not self._events:  # a subtask that shared the device with rendering is no cost sample
@@ -716,6 +941,8 @@ class Runtime:
                 keep_going = False
                 escalated = self.scheduler.recheck(request, end_ns, self.headroom_rate())
                 self._counters["escalations"] += escalated
+        if not keep_going:  # after the whole batch: shedding must not take one of its members
+            self._shed_predicted_misses(self.clock.now_ns())
         return keep_going
 
     def _action(self, prepared: PreparedDecision, generated: list[int]) -> str | None:
@@ -789,4 +1016,7 @@ class Runtime:
             # headroom dispatch really gets: its compute over (its wall time x headroom rate)
             self.scheduler.observe_usable_fraction(compute_ns / (wall_ns * rate))
         self._counters["relevels"] += self.scheduler.relevel_waiting(now_ns, self.headroom_rate())
-        self._ledger.answer(decision)
+        if self._ledger.awaits_correction(request.request_id):
+            self._ledger.correct(decision)
+        else:
+            self._ledger.answer(decision)

@@ -8,7 +8,9 @@ time back with `record`. Policies:
   inter-frame gap a slice of consecutive subtasks (coarse), in intra-frame gaps one subtask (the
   executor's finest unit: attention / FFN block in prefill, one layer in decode); the skip level
   is the smallest whose predicted cost fits the predicted headroom before the deadline,
-  re-checked and escalated at every decode step.
+  re-checked and escalated at every decode step. When the next subtask is a whole FFN block
+  that does not fit the rest of the gap, a slice of it (1/2 or 1/4 of its intermediate
+  dimension) that does fit runs instead (`split_ffn`), so the gap's tail is not wasted.
 - `free`: start whenever there is work (plain co-location); full model.
 - `inter_frame`: start only between frame_end and the next frame_begin (Pilotfish-style),
   without a fit check; full model.
@@ -36,6 +38,8 @@ from lego_embed.runtime.headroom import OpenGap
 
 POLICIES = ("lego", "free", "inter_frame", "static_skip")
 COST_ALPHA = 0.2
+CLIP_DEVIATIONS = 4.0
+CLIP_FLOOR_FRACTION = 0.25
 USABLE_ALPHA = 0.3
 DEFAULT_SUBTASK_NS = 200_000
 
@@ -53,9 +57,16 @@ class LevelOption:
         return self.plan.skipped_layers
 
 
+SPLIT_PARTS = (2, 4)
+
+
 def cost_key(subtask: Subtask) -> tuple[str, str, int]:
-    """Subtasks of one kind and phase with query tokens in the same power-of-2 bucket."""
-    return subtask.kind.value, subtask.phase, max(subtask.tokens, 1).bit_length()
+    """Subtasks of one kind and phase with query tokens in the same power-of-2 bucket; FFN
+    slices by their share of the block (`ffn_slice/2`: a half)."""
+    kind = subtask.kind.value
+    if subtask.kind is SubtaskKind.FFN_SLICE:
+        kind = f"{kind}/{subtask.parts}"
+    return kind, subtask.phase, max(subtask.tokens, 1).bit_length()
 
 
 @dataclass
@@ -64,6 +75,12 @@ class _CostEstimate:
     deviation_ns: float
 
     def update(self, duration_ns: int) -> None:
+        """EWMA of mean and absolute deviation; a sample far above the estimate (a subtask
+        preempted by another process) counts as at most mean + CLIP_DEVIATIONS deviations
+        (deviation at least CLIP_FLOOR_FRACTION of the mean), so one outlier cannot make the
+        subtask look too long for every gap, while a lasting rise still moves the mean."""
+        spread = max(self.deviation_ns, CLIP_FLOOR_FRACTION * self.mean_ns)
+        duration_ns = min(duration_ns, self.mean_ns + CLIP_DEVIATIONS * spread)
         self.deviation_ns += COST_ALPHA * (abs(duration_ns - self.mean_ns) - self.deviation_ns)
         self.mean_ns += COST_ALPHA * (duration_ns - self.mean_ns)
 
@@ -130,6 +147,10 @@ class CostModel:
         estimate = self._estimates.get(key[:3])
         if estimate is not None:
             value = estimate.mean_ns + deviations * estimate.deviation_ns
+        elif subtask.kind is SubtaskKind.FFN_SLICE:  # unmeasured: its share of the whole block
+            whole = Subtask(SubtaskKind.FFN, subtask.phase, subtask.first_layer,
+                            subtask.last_layer, subtask.tokens, subtask.context_tokens)
+            value = self.predict_ns(whole, deviations) / subtask.parts
         else:
             same_kind = [(k, e) for k, e in self._estimates.items() if k[:2] == key[:2]]
             if same_kind:
@@ -206,6 +227,7 @@ class Dispatch:
     predicted_ns: float
     gap_end_ns: int | None
     max_subtasks: int = 1
+    split: bool = False
 
 
 @dataclass
@@ -220,6 +242,7 @@ class SchedulerConfig:
     fill_gaps: when the first request's subtask does not fit, run another request's that does.
     batching / max_batch: run the same subtask of up to `max_batch` same-level requests as one
     batched forward (decode steps; prefill of equal-length prompts), shrunk to what fits a gap.
+    split_ffn: run a slice of an FFN block that does not fit the rest of a gap whole.
     """
 
     policy: str = "lego"
@@ -233,6 +256,7 @@ class SchedulerConfig:
     engine_silence_ns: int = 500_000_000
     fill_gaps: bool = True
     max_batch: int = 4
+    split_ffn: bool = True
 
 
 class Scheduler:
@@ -310,12 +334,40 @@ class Scheduler:
             cost += decode_steps * step
         return cost
 
-    def _work_ahead_ns(self, request: ScheduledRequest) -> float:
-        return sum(self.remaining_cost_ns(r) for r in self._ahead(request))
+    def shared_cost_ns(self, request: ScheduledRequest, level: int | None = None) -> float:
+        """The request's remaining compute at `level` (default: its own) when its prefill is
+        batched with the other not-yet-started requests queued at that level with prompts of
+        the same length (as dispatch will run them, up to max_batch): its share of the batched
+        prefill's predicted cost, plus its decode steps. Requests that started, and runs
+        without batching, pay their whole remaining cost."""
+        level = request.level if level is None else level
+        cost = self.remaining_cost_ns(request, level)
+        state = request.state
+        if not self.config.batching or state.timings or not state.pending_ids:
+            return cost
+        tokens = len(state.pending_ids)
+        peers = 1 + sum(
+            1 for other in self._queue
+            if other is not request and other.level == level and not other.state.timings
+            and len(other.state.pending_ids) == tokens
+        )
+        batch = min(peers, self.config.max_batch)
+        if batch == 1:
+            return cost
+        plan = self.levels[level].plan
+        context = state.position + tokens
+        alone = self.cost.pass_cost_ns(plan, PREFILL, tokens, context)
+        together = self.cost.pass_cost_ns(plan, PREFILL, tokens * batch, context) / batch
+        return cost - alone + min(alone, together)
+
+    def _work_ahead_ns(self, request: ScheduledRequest, level: int | None = None) -> float:
+        """Compute queued ahead of the request: each one's shared cost at its own level, or at
+        `level` when given (the best case of everyone at the largest level)."""
+        return sum(self.shared_cost_ns(r, level) for r in self._ahead(request))
 
     def _fit_level(self, request: ScheduledRequest, available_ns: float, start: int) -> int:
         for level in range(start, len(self.levels)):
-            if self.remaining_cost_ns(request, level) <= available_ns:
+            if self.shared_cost_ns(request, level) <= available_ns:
                 return level
         return len(self.levels) - 1
 
@@ -323,6 +375,17 @@ class Scheduler:
         time_left_ns = request.deadline_ns - now_ns
         usable = time_left_ns * headroom_rate * self.usable_fraction
         return usable - self._work_ahead_ns(request)
+
+    def can_finish(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> bool:
+        """Whether the request could still finish by its deadline in the best case: it and
+        every request queued ahead of it at the largest level, filling all of the predicted
+        headroom before its deadline (no usable-fraction discount). False means a miss is
+        all but certain, whatever the level choice."""
+        largest = len(self.levels) - 1
+        time_left_ns = request.deadline_ns - now_ns
+        usable_ns = time_left_ns * headroom_rate
+        ahead_ns = self._work_ahead_ns(request, largest)
+        return self.shared_cost_ns(request, largest) <= usable_ns - ahead_ns
 
     def choose_level(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> int:
         """The level a new request starts at: the policy's fixed level, or for `lego` the
@@ -454,7 +517,28 @@ class Scheduler:
         if fitting is not None:
             slice_subtasks = 64 if gap.inter_frame else 1
             return Dispatch(*fitting, gap.end_estimate_ns, slice_subtasks)
+        if self.config.split_ffn:
+            split = self._split_to_fit(head, now_ns, gap.end_estimate_ns)
+            if split is not None:
+                return split
         return self._fill(head, now_ns, gap.end_estimate_ns) if self.config.fill_gaps else None
+
+    def _split_to_fit(
+        self, head: ScheduledRequest, now_ns: int, gap_end_ns: int
+    ) -> Dispatch | None:
+        """When the head's next subtask is a whole FFN block that does not fit the rest of the
+        gap, splits it into the fewest slices (SPLIT_PARTS) whose first fits; one slice runs."""
+        subtask = self.executor.peek(head.state)
+        if subtask is None or subtask.kind is not SubtaskKind.FFN:
+            return None
+        for parts in SPLIT_PARTS:
+            piece = Subtask(SubtaskKind.FFN_SLICE, subtask.phase, subtask.first_layer,
+                            subtask.last_layer, subtask.tokens, subtask.context_tokens, 0, parts)
+            predicted_ns = self.cost.predict_ns(piece)
+            if self.fits(predicted_ns, now_ns, gap_end_ns):
+                self.executor.split_next(head.state, parts)
+                return Dispatch((head,), predicted_ns, gap_end_ns, 1, split=True)
+        return None
 
     def _fill(self, head: ScheduledRequest, now_ns: int, gap_end_ns: int) -> Dispatch | None:
         """When the first request's next subtask does not fit the rest of the gap, the next

@@ -168,6 +168,16 @@ def test_decisions_resume_after_the_main_thread_stalls_for_two_seconds(
     assert report["failures"] == []
     # every request but the last one of each NPC (in flight at quit) got its answer
     assert len(report["decisions"]) >= report["requests_sent"] - 3
+    # Enemy0 has a fallback action: its request whose deadline passed in the stall got it,
+    # flagged, at the deadline by the runtime's clock (the game saw it after the stall)
+    for decision in in_flight:
+        info = decision["info"]
+        if decision["npc"] != "Enemy0":
+            assert not info["fallback"] and info["status"] == "decided"
+        elif info["latency_ms"] >= info["deadline_ms"]:
+            assert info["fallback"] and decision["action"] == "block"
+            assert info["latency_ms"] < info["deadline_ms"] + 50.0
+    assert any(d["info"]["fallback"] for d in in_flight)
 
 
 def test_a_stall_is_no_bridge_error_and_the_game_exits_cleanly(stall_run: GodotRun) -> None:
@@ -181,3 +191,22 @@ def test_a_stall_is_no_bridge_error_and_the_game_exits_cleanly(stall_run: GodotR
     runtime_stats = stats["runtime"]
     assert runtime_stats["health"] == {"state": "running", "restarts": 0, "last_error": None}
     assert runtime_stats["errors"] == 0 and runtime_stats["overdue_requests"] == 0
+
+
+def test_overloaded_fires_when_npcs_ask_more_than_the_model_sustains(tmp_path: Path) -> None:
+    if not (BUNDLED / "config.json").is_file():
+        pytest.skip(f"the bundled model is not built yet ({BUNDLED}); `make train-model`")
+    run = run_scenario("overload", tmp_path)
+    assert run.report is not None, f"the harness wrote no report; Godot said:\n{run.output[-4000:]}"
+    report = run.report
+    assert not report["timed_out"], report["overload_signals"]
+    first = report["overload_signals"][0]
+    assert first["active"] and report["final_overloaded"]
+    info = first["info"]
+    assert info["demand_per_s"] > info["sustainable_per_s"] > info["target_per_s"] > 0
+    assert info["full_model_per_s"] <= info["sustainable_per_s"]
+    # 10 ms deadlines: most answers are the fallback, flagged; none is lost or failed
+    fallbacks = [d for d in report["decisions"] if d["info"]["fallback"]]
+    assert fallbacks and all(d["action"] == "block" for d in fallbacks)
+    assert report["failures"] == [] and report["errors"] == []
+    assert run.returncode == 0

@@ -12,10 +12,13 @@ from lego_embed.engines.godot import (
     BridgeConfig,
     decision_result,
     failed_result,
+    overload_result,
     parse_request,
+    parse_request_options,
     to_json,
 )
 from lego_embed.errors import EngineBridgeError, InvalidGameStateError
+from lego_embed.runtime.backpressure import OverloadEvent
 from lego_embed.runtime.runtime import Decision
 
 STATE = {"hp": 50, "enemy_hp": 80, "distance": 3.5, "enemy_last_action": "idle",
@@ -75,3 +78,31 @@ def test_results_carry_the_bridge_request_id_and_a_readable_error() -> None:
 def test_numpy_numbers_become_plain_json() -> None:
     text = to_json({"p50": np.float64(1.5), "n": np.int64(3), "other": object})
     assert json.loads(text)["p50"] == 1.5 and json.loads(text)["n"] == 3
+
+
+def test_request_options_become_runtime_keyword_arguments() -> None:
+    payload = json.loads(json.dumps(["npc", STATE, ["block", "heal"], 300,
+                                     {"fallback": "block", "supersede": False}]))
+    assert parse_request(payload)[0] == "npc"
+    assert parse_request_options(payload) == {"fallback": "block", "supersede": False}
+    assert parse_request_options(["npc", STATE, ["block"], 300, {"fallback": ""}]) == {}
+    assert parse_request_options(["npc", STATE, ["block"], 300]) == {}
+    for options, message in [({"fallback": 3}, "'fallback' must be a str"),
+                             ({"supersede": "yes"}, "'supersede' must be a bool"),
+                             ({"deadline": 1}, "unknown request option 'deadline'"),
+                             (["block"], "must be a Dictionary")]:
+        with pytest.raises(EngineBridgeError, match=message):
+            parse_request_options(["npc", STATE, ["block"], 300, options])
+    with pytest.raises(EngineBridgeError, match="deadline_ms"):
+        parse_request(["npc", STATE, ["block"]])
+
+
+def test_fallbacks_and_overload_events_reach_the_engine_as_results() -> None:
+    fallback = Decision(9, "npc", "block", 300.0, 0, 0, 0, 300.0, False, None, status="fallback")
+    result = decision_result(5, fallback)
+    assert result["status"] == "fallback" and result["action"] == "block"
+    event = OverloadEvent(123, True, 40.0, 20.0, 10.0, 17.0)
+    assert json.loads(to_json(overload_result(event))) == {
+        "kind": "overloaded", "t_ns": 123, "overloaded": True, "demand_per_s": 40.0,
+        "sustainable_per_s": 20.0, "full_model_per_s": 10.0, "target_per_s": 17.0,
+    }

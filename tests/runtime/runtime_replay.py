@@ -3,7 +3,9 @@
 A `Delivery` is what reaches the runtime at one instant of its clock: an engine event (whose own
 timestamp may differ from the arrival: late, out of order) or a burst of requests. `replay`
 moves the clock to each arrival, delivers, and lets the worker run until it is idle, ticking
-the idle worker every `tick_ns` in between (as the worker thread wakes at least every 0.5 s).
+the idle worker every `tick_ns` in between (as the worker thread wakes at least every 0.5 s)
+and at every time it asks to be woken (`Runtime.next_wake_ns`: a fallback deadline, a silence
+check), as the worker thread's timed wait would.
 With a stepping clock the worker's own work takes time, and what arrived meanwhile is delivered
 when it is idle again, late.
 It records, independently of the runtime's own tracker, whether a pass was open at every
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lego_embed.model.loading import LoadedModel
+from lego_embed.model.profile import CostEntry, CostProfile
 from lego_embed.npc.combat_task import ACTIONS, random_situation
 from lego_embed.runtime.answers import Decision
 from lego_embed.runtime.clock import ManualClock
@@ -37,6 +40,8 @@ class Delivery:
     arrival_ns: int
     event: EngineEvent | None = None
     deadlines_ms: tuple[float, ...] = ()
+    npc_id: str | None = None
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +85,18 @@ def identity_bundle(loaded: LoadedModel, spans: Sequence[tuple[int, int]]) -> Sk
     return SkipBundle(ModelIdentity.of(loaded), levels, adaptors)
 
 
+def flat_cost_profile(path: str, subtask_us: float = 300.0) -> str:
+    """A hand-made cost profile (JSON at `path`) in which every subtask kind costs subtask_us
+    at every token bucket: a starting cost model that outlier measurements on a busy machine
+    cannot throw off (they are clipped against it). Returns the path."""
+    kinds = ("embed", "attention", "ffn", "adaptor", "head", "layer")
+    entries = [CostEntry(kind, phase, tokens, tokens, subtask_us, subtask_us, 1)
+               for kind in kinds for phase in ("prefill", "decode")
+               for tokens in (1, 2, 4, 8, 16, 32, 64, 128, 256)]
+    CostProfile("test", "llama", "cpu", "float32", 0, 1, 0, 0, "", entries).save(path)
+    return path
+
+
 def manual_runtime(
     loaded: LoadedModel, bundle: SkipBundle | None = None, start_ns: int = SECOND,
     step_ns: int = 0, **options,
@@ -117,12 +134,28 @@ def replay(
             ]
         result.polled.extend(runtime.poll())
 
+    def idle_until(t_ns: int, ticks: bool = True) -> None:
+        """Moves the clock towards t_ns, running the idle worker when it asked to be woken and
+        (`ticks`) every tick_ns."""
+        served_ns = None
+        while True:
+            wake_ns = runtime.next_wake_ns()
+            if wake_ns is not None and wake_ns <= clock.peek_ns() and wake_ns != served_ns:
+                served_ns = wake_ns  # due while the worker was finishing its cycle
+                run()
+                continue
+            step_ns = clock.peek_ns() + tick_ns if ticks else t_ns
+            if wake_ns is not None and wake_ns > clock.peek_ns():
+                step_ns = min(step_ns, wake_ns)
+            if step_ns >= t_ns:
+                break
+            clock.set(step_ns)
+            run()
+
     index = 0
     while index < len(deliveries):
         arrival_ns = deliveries[index].arrival_ns
-        while clock.peek_ns() + tick_ns < arrival_ns:
-            clock.advance(tick_ns)
-            run()
+        idle_until(arrival_ns)
         clock.set(max(arrival_ns, clock.peek_ns()))  # a busy worker sees events late
         while index < len(deliveries) and deliveries[index].arrival_ns <= clock.peek_ns():
             delivery = deliveries[index]
@@ -133,14 +166,17 @@ def replay(
                 )
             for deadline_ms in delivery.deadlines_ms:
                 state = random_situation(rng)
+                npc_id = delivery.npc_id or f"npc{len(result.issued) % 7}"
                 result.issued.append(runtime.request(
-                    f"npc{len(result.issued) % 7}", state, list(ACTIONS), deadline_ms,
-                    result.callback_answers.append,
+                    npc_id, state, list(ACTIONS), deadline_ms, result.callback_answers.append,
+                    **delivery.options,
                 ))
             index += 1
         run()
     for pause_ns in settle_ns:
-        clock.advance(pause_ns)
+        target_ns = clock.peek_ns() + pause_ns
+        idle_until(target_ns, ticks=False)
+        clock.set(max(target_ns, clock.peek_ns()))
         run()
     return result
 

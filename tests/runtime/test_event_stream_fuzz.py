@@ -5,10 +5,12 @@ pass (100 ms to 5 s), stalls between frames, silences (window minimised, debugge
 gap or inside a pass, passes without pass_end, frames without passes, and bursts of up to 100
 requests with deadlines from 1 ms to 2 minutes; then distorted: duplicated events, late
 deliveries and timestamps out of order. The runtime runs on a ManualClock, so the timestamps
-alone decide what happens. Invariants: no internal error (the worker stays healthy), every
-request is answered exactly once (a decision in the allowed set or a failure with a reason), no
-subtask starts inside a reported pass for the gap-respecting policies, and stats() holds no NaN
-or infinity. Examples that once failed are kept below as @example cases.
+alone decide what happens. Requests carry a fallback action in half of the examples (NPCs
+always supersede their older requests). Invariants: no internal error (the worker stays
+healthy), every request is answered exactly once (a decision in the allowed set, a fallback at
+its deadline, superseded, or a failure with a reason), no subtask starts inside a reported pass
+for the gap-respecting policies, and stats() holds no NaN or infinity. Examples that once
+failed are kept below as @example cases.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -154,7 +156,14 @@ def check_invariants(runtime, result, policy: str) -> None:
     assert set(by_callback.values()) <= {1}
     assert sorted(d.request_id for d in result.polled) == sorted(result.issued)
     for decision in result.callback_answers:
-        assert (decision.action in ACTIONS) != bool(decision.error), decision
+        if decision.status in ("decided", "fallback"):
+            assert decision.action in ACTIONS and not decision.error, decision
+        elif decision.status == "failed":
+            assert decision.action is None and decision.error, decision
+        else:
+            assert decision.status == "superseded" and decision.action is None, decision
+        if decision.status == "fallback":  # at the deadline, whatever the engine was doing
+            assert decision.deadline_ms - 1e-6 <= decision.latency_ms <= decision.deadline_ms + 5.0
     assert stats["open_requests"] == 0
     json.dumps(stats, allow_nan=False)
     if policy in GAP_RESPECTING:
@@ -175,17 +184,23 @@ SILENT_IN_PASS = StreamPlan(  # found with the silence rule applied inside passe
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(plan=stream_plans(),
        policy=st.sampled_from(("lego", "inter_frame", "static_skip", "free")),
-       step_us=st.sampled_from((0, 20, 200)))
-@example(plan=HITCH_AT_START, policy="lego", step_us=20)
-@example(plan=SILENT_IN_PASS, policy="static_skip", step_us=0)
-@example(plan=SILENT_IN_PASS, policy="lego", step_us=200)
+       step_us=st.sampled_from((0, 20, 200)), fallback=st.booleans())
+@example(plan=HITCH_AT_START, policy="lego", step_us=20, fallback=False)
+@example(plan=HITCH_AT_START, policy="lego", step_us=20, fallback=True)
+@example(plan=SILENT_IN_PASS, policy="static_skip", step_us=0, fallback=False)
+@example(plan=SILENT_IN_PASS, policy="lego", step_us=200, fallback=True)
 def test_any_engine_stream_keeps_the_runtime_answering(
     npc_loaded: LoadedModel, bundle: SkipBundle, plan: StreamPlan, policy: str, step_us: int,
+    fallback: bool,
 ) -> None:
     """step_us: simulated time each clock read of the runtime takes (its work's duration)."""
     runtime, clock = manual_runtime(npc_loaded, bundle, step_ns=step_us * 1000, policy=policy,
                                     window_ms=200.0)
-    result = replay(runtime, clock, build_stream(plan))
+    stream = build_stream(plan)
+    if fallback:
+        stream = [replace(d, options={"fallback": "block"}) if d.deadlines_ms else d
+                  for d in stream]
+    result = replay(runtime, clock, stream)
     check_invariants(runtime, result, policy)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lego_embed.engines.predictor_bench import (
+from lego_embed.bench.predictor import (
     benchmark_trace,
     hindsight_linear_pct,
     predictor_error,

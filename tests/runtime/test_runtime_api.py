@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 import pytest
-from runtime_replay import MS, SECOND, Delivery, manual_runtime, replay
+from runtime_replay import MS, SECOND, Delivery, flat_cost_profile, manual_runtime, replay
 
 from lego_embed.engines.trace_replay import simulate_frames
 from lego_embed.errors import InvalidActionSetError, InvalidGameStateError, RuntimeConfigError
@@ -35,8 +36,9 @@ def test_requests_are_answered_with_allowed_actions(npc_loaded: LoadedModel) -> 
         states = [{**random_situation(rng), "persona": "brute"} for _ in range(4)]
         ids = [runtime.request("npc0", states[0], actions, 2000.0, called.append)]
         decisions = wait_for(runtime, 1)
-        ids += [
-            runtime.request(f"npc{i % 2}", state, actions, 2000.0, called.append)
+        ids += [  # npc0 and npc1 ask twice: both answers wanted, none superseded
+            runtime.request(f"npc{i % 2}", state, actions, 2000.0, called.append,
+                            supersede=False)
             for i, state in enumerate(states[1:])
         ]
         decisions += wait_for(runtime, 3)
@@ -78,11 +80,15 @@ def test_bad_input_is_rejected_synchronously(npc_loaded: LoadedModel) -> None:
     assert runtime.poll() == []
 
 
-def test_lego_policy_runs_only_in_gaps_of_a_reporting_engine(npc_loaded: LoadedModel) -> None:
+def test_lego_policy_runs_only_in_gaps_of_a_reporting_engine(
+    npc_loaded: LoadedModel, tmp_path: Path
+) -> None:
     """A simulated 60 FPS renderer replayed on the runtime's own (manual) clock, so the event
     timestamps alone decide: every subtask starts in a gap and all three requests are answered.
-    (It ran in real time before, and a loaded machine delivering a pass_begin late failed it.)"""
-    runtime, clock = manual_runtime(npc_loaded, policy="lego", warmup=True)
+    (It ran in real time before, and a loaded machine delivering a pass_begin late failed it;
+    then a warm-up measured on a busy machine made a subtask look longer than any gap.)"""
+    profile = flat_cost_profile(str(tmp_path / "profile.json"))
+    runtime, clock = manual_runtime(npc_loaded, policy="lego", cost_profile=profile)
     origin_ns = SECOND
     frames = list(simulate_frames([9.0] * 90, origin_ns=origin_ns))
     busy_spans = [(s, e) for record, _ in frames for _, s, e in record.pass_spans_ns]

@@ -278,3 +278,89 @@ def test_waiting_requests_are_releveled_when_the_backlog_grows(npc_loaded: Loade
     assert waiting.level > 0 and waiting.state.plan.skipped_layers > 0
     scheduler.executor.step(waiting.state)  # once it runs, its level is kept
     assert scheduler.relevel_waiting(0, headroom_rate=0.1) == 0
+
+
+def test_an_ffn_block_too_long_for_the_rest_of_a_gap_runs_in_a_slice_that_fits(
+    npc_loaded: LoadedModel,
+) -> None:
+    """1 ms FFN blocks (halves and quarters unmeasured: predicted 0.5 and 0.25 ms); a dispatch
+    needs predicted + 0.1 ms (margin_fraction 0)."""
+    scheduler = make(npc_loaded, margin_ns=100_000, margin_fraction=0.0)
+    request = new_request(scheduler, 1, 500.0)
+    scheduler.admit(request, 0, headroom_rate=1.0)
+    executor = scheduler.executor
+    executor.step(request.state)
+    executor.step(request.state)  # embed, attention 0: next is the 1 ms FFN of layer 0
+    now = MS
+    whole = scheduler.next_dispatch(now, OpenGap("after:shadow", now, now + round(1.2 * MS)), now)
+    assert whole is not None and not whole.split
+    assert executor.peek(request.state).kind is SubtaskKind.FFN
+    half = scheduler.next_dispatch(now, OpenGap("after:shadow", now, now + round(0.7 * MS)), now)
+    assert half is not None and half.split and half.predicted_ns == pytest.approx(0.5 * MS)
+    first = executor.peek(request.state)
+    assert (first.kind, first.part, first.parts) == (SubtaskKind.FFN_SLICE, 0, 2)
+    executor.step(request.state)
+    # the second half is a subtask like any other: it runs where it fits, and is not split again
+    tiny = OpenGap("after:shadow", now, now + round(0.4 * MS))
+    assert scheduler.next_dispatch(now, tiny, now) is None
+    executor.step(request.state)
+    executor.step(request.state)  # second half, then attention of layer 1
+    quarter = scheduler.next_dispatch(now, tiny, now)
+    assert quarter is not None and quarter.split
+    assert executor.peek(request.state).parts == 4
+    no_split = make(npc_loaded, margin_ns=100_000, margin_fraction=0.0, split_ffn=False)
+    other = new_request(no_split, 2, 500.0)
+    no_split.admit(other, 0, headroom_rate=1.0)
+    no_split.executor.step(other.state)
+    no_split.executor.step(other.state)
+    assert no_split.next_dispatch(now, OpenGap("after:shadow", now, now + round(0.7 * MS)),
+                                  now) is None
+
+
+def test_can_finish_is_false_exactly_when_no_level_fits(npc_loaded: LoadedModel) -> None:
+    scheduler = make(npc_loaded, usable_fraction=1.0)
+    for deadline_ms, rate in ((1000.0, 1.0), (40.0, 1.0), (10.0, 1.0), (1000.0, 0.0)):
+        request = new_request(scheduler, 1, deadline_ms)
+        fits_somewhere = any(
+            scheduler.remaining_cost_ns(request, level) <= deadline_ms * MS * rate
+            for level in range(4)
+        )
+        assert scheduler.can_finish(request, 0, rate) == fits_somewhere
+    roomy = new_request(scheduler, 2, 1000.0)
+    assert scheduler.can_finish(roomy, 0, 1.0)
+    scheduler.admit(new_request(scheduler, 3, 900.0), 0, 1.0)  # 900 ms deadline: ahead in EDF
+    assert scheduler.can_finish(roomy, 0, 1.0)
+    assert not scheduler.can_finish(roomy, 0, 0.01)  # 10 ms of headroom cannot hold both
+
+
+def test_an_outlier_measurement_does_not_make_a_subtask_look_too_long_for_every_gap() -> None:
+    model = CostModel()
+    subtask = Subtask(SubtaskKind.ATTENTION, PREFILL, 0, 0, 29, 29)
+    for _ in range(30):
+        model.record(subtask, 500_000)
+    model.record(subtask, 9_000_000)  # preempted by another process for 8.5 ms
+    assert model.predict_ns(subtask) < 1_500_000
+    for _ in range(40):  # a lasting change is still learned
+        model.record(subtask, 2_000_000)
+    assert model.predict_ns(subtask, 0.0) == pytest.approx(2_000_000, rel=0.05)
+
+
+def test_waiting_prompts_that_will_be_batched_share_their_prefill_cost(
+    npc_loaded: LoadedModel,
+) -> None:
+    """Three same-length prompts at one level prefill as one batch: each is charged its share
+    of the batch's predicted cost (3 x 8 tokens: the 16-token bucket, scaled), not a whole
+    prefill; started requests and runs without batching pay in full."""
+    for batching in (True, False):
+        scheduler = make(npc_loaded, policy="free", batching=batching)
+        requests = [new_request(scheduler, i, 300.0 + i) for i in (1, 2, 3)]
+        for request in requests:
+            scheduler.admit(request, 0, 1.0)
+        first = requests[0]
+        alone = scheduler.remaining_cost_ns(first)
+        if batching:
+            assert scheduler.shared_cost_ns(first) < alone
+            scheduler.executor.step(first.state)
+            assert scheduler.shared_cost_ns(first) == scheduler.remaining_cost_ns(first)
+        else:
+            assert scheduler.shared_cost_ns(first) == alone

@@ -689,21 +689,23 @@ static godot_variant method_event(godot_object *obj, void *md, void *ud, int num
 	return out;
 }
 
-/* request(npc_id: String, state: Dictionary, actions: Array, deadline_ms: float) -> Dictionary:
+/* request(npc_id: String, state: Dictionary, actions: Array, deadline_ms: float
+ *         [, options: Dictionary]) -> Dictionary:
  * {"request_id": n} (the answer comes through poll()) or {"error": message} when the arguments
- * cannot be serialised. Never takes the GIL: validation and inference run on Python threads. */
+ * cannot be serialised. options: {"fallback": String, "supersede": bool} (checked in Python).
+ * Never takes the GIL: validation and inference run on Python threads. */
 static godot_variant method_request(godot_object *obj, void *md, void *ud, int num_args, godot_variant **args) {
 	UNUSED_METHOD_ARGS;
 	int64_t t0 = monotonic_ns();
 	if (!python_ready) {
 		return error_dict("LegoBridge.request before a successful start()");
 	}
-	if (num_args != 4) {
-		return error_dict("LegoBridge.request takes (npc_id, state, actions, deadline_ms)");
+	if (num_args != 4 && num_args != 5) {
+		return error_dict("LegoBridge.request takes (npc_id, state, actions, deadline_ms[, options])");
 	}
 	json_buffer buf = { 0 };
 	json_put(&buf, "[", 1);
-	for (int i = 0; i < 4; i++) {
+	for (int i = 0; i < num_args; i++) {
 		if (i) {
 			json_put(&buf, ",", 1);
 		}

@@ -6,9 +6,13 @@ extends Node
 #                  as decision_failed while the game and the other NPCs keep going).
 #   missing_model  the model folder does not exist ($LEGO_EMBED_MODEL): one clear failure.
 #   quit_early     quits after QUIT_EARLY_FRAMES frames, while the model is still loading.
-#   stall          three NPCs decide; after STALL_AFTER decisions one _process call busy-waits
-#                  STALL_MS (the main thread stalls, as a hitch would), then the game goes on
-#                  until WANT_AFTER_STALL decisions asked after the stall arrived.
+#   stall          three NPCs decide (Enemy0 with a fallback action); after STALL_AFTER
+#                  decisions one _process call busy-waits STALL_MS (the main thread stalls, as
+#                  a hitch would), then the game goes on until WANT_AFTER_STALL decisions asked
+#                  after the stall arrived.
+#   overload       three NPCs with fallback actions ask at 6000 actions per minute (10 ms
+#                  deadlines), far more than the model sustains, until LegoRuntime emitted
+#                  `overloaded` and WANT_DECISIONS answers arrived.
 
 const LegoNPC = preload("res://addons/lego_embed/lego_npc.gd")
 const WANT_DECISIONS = 12
@@ -41,6 +45,7 @@ var health_changes := []     # every health_changed, in order
 var stall_pending := false
 var stall_begin_usec := -1
 var stall_end_usec := -1
+var overload_signals := []   # every `overloaded` signal: active, info, frame
 
 
 func _ready() -> void:
@@ -52,6 +57,7 @@ func _ready() -> void:
 	runtime.connect("runtime_failed", self, "_on_runtime_failed")
 	runtime.connect("runtime_error", self, "_on_runtime_error")
 	runtime.connect("health_changed", self, "_on_health_changed")
+	runtime.connect("overloaded", self, "_on_overloaded")
 	for i in range(PERSONAS.size()):
 		var npc = LegoNPC.new()
 		npc.name = "Enemy%d" % i
@@ -59,6 +65,11 @@ func _ready() -> void:
 		npc.actions_per_minute = 200.0
 		npc.connect("decision_made", self, "_on_decision", [npc])
 		npc.connect("decision_failed", self, "_on_failure", [npc])
+		if scenario == "overload":
+			npc.actions_per_minute = 6000.0
+			npc.fallback_action = "block"
+		elif scenario == "stall" and i == 0:
+			npc.fallback_action = "block"
 		add_child(npc)
 		npcs.append(npc)
 	faulty = LegoNPC.new()
@@ -98,6 +109,10 @@ func _on_runtime_error(reason) -> void:
 
 func _on_health_changed(health: Dictionary) -> void:
 	health_changes.append(health.duplicate())
+
+
+func _on_overloaded(active: bool, info: Dictionary) -> void:
+	overload_signals.append({"active": active, "info": info.duplicate(), "frame": runtime.frames_drawn})
 
 
 func _on_runtime_failed(reason: String) -> void:
@@ -160,6 +175,8 @@ func _process(delta: float) -> void:
 		finished = stall_end_usec > 0 and _decisions_asked_after(stall_end_usec) >= WANT_AFTER_STALL
 	elif scenario == "missing_model":
 		finished = failed_runtime != "" and failures.size() >= 1
+	elif scenario == "overload":
+		finished = overload_signals.size() >= 1 and decisions.size() >= WANT_DECISIONS
 	elif scenario == "quit_early":
 		finished = runtime.frames_drawn >= QUIT_EARLY_FRAMES
 	else:
@@ -204,6 +221,8 @@ func _finish(timed_out: bool) -> void:
 		"final_health": runtime.health,
 		"stall_begin_usec": stall_begin_usec,
 		"stall_end_usec": stall_end_usec,
+		"overload_signals": overload_signals,
+		"final_overloaded": runtime.is_overloaded,
 	}
 	var file := File.new()
 	file.open(out_path, File.WRITE)

@@ -11,13 +11,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lego_embed.engines.colocation_bench import ColocationRun  # noqa: E402
+from lego_embed.bench.colocation import ColocationRun  # noqa: E402
 
 KIND_COLORS = {
     "embed": "#9467bd", "attention": "#1f77b4", "ffn": "#2ca02c", "layer": "#17becf",
     "adaptor": "#ff7f0e", "head": "#d62728",
 }
-POLICY_ORDER = ("free", "inter_frame", "static_skip", "lego")
+POLICY_ORDER = ("free", "inter_frame", "static_skip", "lego", "oracle")
 
 
 def plot_timeline(run: ColocationRun, path: Path, frames: int = 4) -> None:
@@ -141,6 +141,43 @@ def plot_hitch(runs: dict[str, ColocationRun], summary: list[dict[str, Any]], pa
         setting = any_run.setting
         hitches = ", ".join(f"{h.ms:g} ms at {h.at_s:g} s" for h in setting.hitches)
         fig.suptitle(f"{setting.trace.name}: hitch {hitches}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_regime(rows: list[dict[str, Any]], path: Path) -> None:
+    """LEGO's regime as curves, one column per trace: SLO attainment (top) and expected
+    accuracy of the model's answers (bottom) against the full model's demand over the usable
+    headroom, per policy; points are means over repeats, whiskers min to max."""
+    regime = [r for r in rows if r.get("section") == "regime"]
+    traces = list(dict.fromkeys(r["trace"] for r in regime))
+    if not traces:
+        return
+    fig, axes = plt.subplots(2, len(traces), figsize=(4.2 * len(traces), 6.4), squeeze=False)
+    for column, trace in enumerate(traces):
+        for row_index, metric in enumerate(("slo_attainment", "expected_accuracy")):
+            ax = axes[row_index][column]
+            for k, policy in enumerate(POLICY_ORDER):
+                mine = sorted((r for r in regime if r["trace"] == trace
+                               and r["policy"] == policy and r[metric]),
+                              key=lambda r: r["demand_ratio"])
+                if not mine:
+                    continue
+                x = [r["demand_ratio"] + (k - 2) * 0.01 for r in mine]
+                mean = np.array([r[metric]["mean"] for r in mine])
+                low = mean - np.array([r[metric]["min"] for r in mine])
+                high = np.array([r[metric]["max"] for r in mine]) - mean
+                ax.errorbar(x, mean, yerr=[low, high], marker="o", markersize=3, capsize=2,
+                            linewidth=1, label=policy, color=f"C{k}")
+            ax.set_xlabel("full-model demand / usable headroom")
+            ax.set_ylabel(metric.replace("_", " "))
+            ax.grid(alpha=0.3)
+            if row_index == 0:
+                ax.set_title(trace, fontsize=9)
+                ax.set_ylim(-0.02, 1.02)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("LEGO's regime (300 APM): SLO attainment and expected accuracy vs demand")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

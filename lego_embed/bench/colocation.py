@@ -1,0 +1,333 @@
+"""Co-location benchmark: a replayed game and the NPC runtime compete for one CPU core.
+
+One run: a RenderProcess replays `seconds` of a trace at 60 FPS, pinned to `core`, burning each
+pass's CPU time; in this process the Runtime's worker thread, pinned to the same core, answers
+`npcs` NPCs that each ask for an action every 60000/APM ms with that period as deadline (SLO:
+600 / 300 / 200 ms at 100 / 200 / 300 APM). The calling thread is the engine bridge: it forwards
+render events to `Runtime.on_event` and issues the requests on time. `off` runs the render alone
+(the reference for added frame misses). Metrics are those of `docs/benchmarks/colocation_*.json`;
+a setting may inject render hitches (`bench.hitch`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lego_embed.bench.fill import backlog_spans, fill_report, gap_spans_ns, overlap_ns
+from lego_embed.bench.hitch import Hitch, hitch_metrics
+from lego_embed.bench.oracle import oracle_factory
+from lego_embed.engines.trace_replay import (
+    FRAME_BUDGET_60FPS_MS,
+    FrameRecord,
+    PassModel,
+    RenderProcess,
+    RenderTrace,
+)
+from lego_embed.errors import BenchmarkConfigError
+from lego_embed.model.loading import LoadedModel
+from lego_embed.npc.combat_task import ACTIONS, PERSONAS, random_situation
+from lego_embed.runtime.answers import CORRECTION, DECIDED, FAILED, FALLBACK, SUPERSEDED
+from lego_embed.runtime.runtime import Decision, Runtime, RuntimeConfig
+
+SLO_MS_BY_APM = {100: 600.0, 200: 300.0, 300: 200.0}
+POLICIES = ("off", "free", "inter_frame", "static_skip", "lego", "oracle")
+MATRIX_POLICIES = ("free", "inter_frame", "static_skip", "lego")
+GAME_REQUEST_OPTIONS = {"fallback": "block"}  # what the benchmark's NPCs ask with
+FIRST_REQUEST_DELAY_MS = 300.0
+SWITCH_INTERVAL_S = 0.0002
+
+
+@dataclass(frozen=True)
+class ColocationSetting:
+    """One benchmark run: trace, APM (actions per minute per NPC), policy, NPC count, length (s).
+
+    start_frame: first trace frame replayed (None: `representative_start`). runtime_options:
+    extra RuntimeConfig fields (for the feature ablations: edf, batching, prefix_reuse,
+    constrained). hitches: long frames injected into the replay segment. request_options:
+    keyword arguments of every `Runtime.request` (default: a fallback action; NPCs supersede
+    their older requests). Policy `oracle` is `lego` told the segment's true future headroom.
+    """
+
+    trace: RenderTrace
+    apm: int
+    policy: str
+    npcs: int = 1
+    seconds: float = 3.0
+    start_frame: int | None = None
+    runtime_options: dict[str, Any] = field(default_factory=dict)
+    hitches: tuple[Hitch, ...] = ()
+    request_options: dict[str, Any] = field(
+        default_factory=lambda: dict(GAME_REQUEST_OPTIONS)
+    )
+
+    @property
+    def slo_ms(self) -> float:
+        """The deadline of each request (ms): one action period, 60000 / APM."""
+        if self.apm in SLO_MS_BY_APM:
+            return SLO_MS_BY_APM[self.apm]
+        return 60000.0 / self.apm if self.apm > 0 else float("inf")
+
+
+@dataclass
+class ColocationRun:
+    """What one run measured: frame records, answers (corrections excluded), requests issued,
+    LLM subtask spans, the runtime's final stats, when each request was issued ((request id,
+    monotonic ns)) and the runtime's queue length at every change ((monotonic ns, requests))."""
+
+    setting: ColocationSetting
+    frames: list[FrameRecord]
+    decisions: list[Decision]
+    requests: int
+    timeline: list[tuple[int, int, str, int]]
+    runtime_stats: dict[str, Any] | None
+    issued: list[tuple[int, int]] = field(default_factory=list)
+    backlog: list[tuple[int, int]] = field(default_factory=list)
+
+
+def representative_start(trace: RenderTrace, frames: int) -> int:
+    """First frame of the `frames`-long segment whose mean render time is closest to the whole
+    trace's mean (skipping the first 5% of the trace: loading screens), so a short replay has
+    the trace's typical load rather than its start."""
+    render = np.asarray(trace.render_ms)
+    if len(render) <= frames:
+        return 0
+    means = np.convolve(render, np.ones(frames) / frames, mode="valid")
+    skip = min(len(render) // 20, len(means) - 1)  # a trace barely longer than the replay
+    return skip + int(np.argmin(np.abs(means[skip:] - render.mean())))
+
+
+def run_colocation(
+    loaded: LoadedModel | None,
+    setting: ColocationSetting,
+    bundle: Any = None,
+    accuracy_by_level: dict[int, float] | None = None,
+    core: int | None = None,
+    pass_model: PassModel | None = None,
+    seed: int = 0,
+    answer_grace_s: float = 5.0,
+) -> ColocationRun:
+    """Runs one setting for real (render process + runtime worker on `core`); after the replay
+    it waits up to `answer_grace_s` for requests still in flight."""
+    frames = round(setting.seconds * 1000.0 / FRAME_BUDGET_60FPS_MS)
+    trace = setting.trace
+    start = setting.start_frame
+    if start is None:
+        start = representative_start(trace, frames)
+    start = min(start, max(0, trace.frames - frames))
+    render_ms = list(trace.render_ms[start:start + frames])
+    for hitch in setting.hitches:
+        if hitch.frame_index >= len(render_ms):
+            raise BenchmarkConfigError(
+                f"hitch at {hitch.at_s} s is past the {len(render_ms)}-frame replay; put it "
+                f"before {len(render_ms) * FRAME_BUDGET_60FPS_MS / 1000:.1f} s"
+            )
+        render_ms[hitch.frame_index] = hitch.ms
+    segment = RenderTrace(trace.name, trace.path, trace.column, tuple(render_ms),
+                          trace.dropped_rows)
+    runtime = None
+    if setting.policy != "off":
+        if loaded is None:
+            raise ValueError("a policy other than off needs a loaded model")
+        oracle = setting.policy == "oracle"
+        config = RuntimeConfig(
+            policy="lego" if oracle else setting.policy, window_ms=setting.slo_ms, cpu_core=core,
+            record_timeline=True, **setting.runtime_options,
+        )
+        predictor = oracle_factory(render_ms, setting.slo_ms, pass_model) if oracle else None
+        runtime = Runtime(loaded, bundle, config, accuracy_by_level, predictor=predictor)
+        runtime.start()
+    render = RenderProcess(segment, pass_model=pass_model, core=core, start_delay_ms=100.0)
+    previous_interval = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    render.start()
+    requests = 0
+    issued: list[tuple[int, int]] = []
+    rng = random.Random(seed)
+    try:
+        while render.origin_ns == 0 and not render.done:
+            render.poll_event(1.0)
+        end_ns = render.origin_ns + round(setting.seconds * 1e9)
+        arrivals = []
+        if runtime is not None:
+            slo_ns = round(setting.slo_ms * 1e6)
+            first_ns = render.origin_ns + round(FIRST_REQUEST_DELAY_MS * 1e6)
+            for npc in range(setting.npcs):
+                t_ns = first_ns + npc * slo_ns // setting.npcs
+                while t_ns + slo_ns <= end_ns:
+                    arrivals.append((t_ns, npc))
+                    t_ns += slo_ns
+            arrivals.sort()
+        next_arrival = 0
+        while not render.done:
+            now_ns = time.monotonic_ns()
+            while next_arrival < len(arrivals) and arrivals[next_arrival][0] <= now_ns:
+                npc = arrivals[next_arrival][1]
+                state = {**random_situation(rng), "persona": PERSONAS[npc % len(PERSONAS)]}
+                request_id = runtime.request(f"npc{npc}", state, list(ACTIONS), setting.slo_ms,
+                                             **setting.request_options)
+                issued.append((request_id, now_ns))
+                requests += 1
+                next_arrival += 1
+            wait_ns = 10**8
+            if next_arrival < len(arrivals):
+                wait_ns = arrivals[next_arrival][0] - now_ns
+            event = render.poll_event(max(wait_ns, 0) / 1e9)
+            if event is not None and runtime is not None:
+                runtime.on_event(event)
+        render.join()
+        decisions: list[Decision] = []
+        if runtime is not None:
+            # unanswered requests are never dropped: wait for them (late answers count as misses)
+            give_up = time.monotonic() + answer_grace_s
+            decisions = [d for d in runtime.poll() if d.status != CORRECTION]
+            while len(decisions) < requests and time.monotonic() < give_up:
+                time.sleep(0.01)
+                decisions += [d for d in runtime.poll() if d.status != CORRECTION]
+    finally:
+        sys.setswitchinterval(previous_interval)
+        if runtime is not None:
+            runtime.stop()
+    return ColocationRun(
+        setting, render.records, decisions, requests,
+        list(runtime.timeline) if runtime is not None else [],
+        runtime.stats() if runtime is not None else None, issued,
+        list(runtime.backlog_timeline) if runtime is not None else [],
+    )
+
+
+def summarize(
+    run: ColocationRun, off_miss_rate: float | None, pass_model: PassModel | None = None
+) -> dict[str, Any]:
+    """One row of colocation_*.json. Frames: frame_miss_rate, added_frame_miss_rate (minus the
+    `off` run's), p99_frame_ms, llm_overlapped_miss_rate (missed frames during whose recorded
+    passes an LLM subtask ran; a lower bound on the misses the LLM caused, since a subtask still
+    holding the core when the render process wakes delays the pass's start rather than
+    overlapping it), llm_in_passes_ms. Answers: requests; answered (every status: requests when
+    none was lost); decided / fallbacks / superseded / failed; slo_attainment (the model's action
+    within the deadline, over all requests); model_slo_attainment (over the model's answers);
+    fallback_rate, superseded_rate; p50/p99 of the model's answers. Headroom:
+    headroom_utilization (LLM time inside the gaps over their length) and `bench.fill`'s
+    backlogged_fill with its decomposition. Accuracy: mean_skipped_layers and expected_accuracy
+    over the model's answers."""
+    frames = run.frames
+    budget_ns = round(FRAME_BUDGET_60FPS_MS * 1e6)
+    misses = sum(frame.missed for frame in frames)
+    miss_rate = misses / len(frames) if frames else float("nan")
+    by_status = {status: [d for d in run.decisions if d.status == status]
+                 for status in (DECIDED, FALLBACK, SUPERSEDED, FAILED)}
+    decided = by_status[DECIDED]
+    latencies = [d.latency_ms for d in decided]
+    met = sum(d.deadline_met for d in run.decisions)
+    gaps = gap_spans_ns(frames, budget_ns, pass_model)
+    gap_pairs = [(g.start_ns, g.end_ns) for g in gaps]
+    llm_spans = sorted((start, end) for start, end, _, _ in run.timeline)
+    headroom_ns = sum(b - a for a, b in gap_pairs)
+    used_ns = overlap_ns(llm_spans, gap_pairs) if llm_spans else 0
+    accuracies = [d.expected_accuracy for d in decided if d.expected_accuracy is not None]
+    passes_ns = sorted((b, e) for frame in frames for _, b, e in frame.pass_spans_ns)
+    llm_hit_frames = sum(
+        frame.missed and overlap_ns(llm_spans, [(b, e) for _, b, e in frame.pass_spans_ns]) > 0
+        for frame in frames
+    ) if llm_spans else 0
+    setting = run.setting
+    requests = run.requests
+
+    def rounded(value: float | None, digits: int = 4) -> float | None:
+        return None if value is None or not np.isfinite(value) else round(float(value), digits)
+
+    def share(count: int) -> float | None:
+        return rounded(count / requests) if requests else None
+
+    row = {
+        "trace": setting.trace.name,
+        "apm": setting.apm,
+        "policy": setting.policy,
+        "npcs": setting.npcs,
+        "frames": len(frames),
+        "frame_miss_rate": rounded(miss_rate),
+        "added_frame_miss_rate": rounded(
+            miss_rate - off_miss_rate if off_miss_rate is not None else None
+        ),
+        "p99_frame_ms": rounded(
+            np.percentile([f.frame_ms for f in frames], 99) if frames else None, 3
+        ),
+        "slo_attainment": share(met),
+        "model_slo_attainment": rounded(met / len(decided)) if decided else None,
+        "fallback_rate": share(len(by_status[FALLBACK])),
+        "superseded_rate": share(len(by_status[SUPERSEDED])),
+        "p50_action_ms": rounded(np.percentile(latencies, 50) if latencies else None, 2),
+        "p99_action_ms": rounded(np.percentile(latencies, 99) if latencies else None, 2),
+        "headroom_utilization": rounded(used_ns / headroom_ns if headroom_ns else None),
+        "mean_skipped_layers": rounded(
+            np.mean([d.skipped_layers for d in decided]) if decided else None, 3
+        ),
+        "expected_accuracy": rounded(np.mean(accuracies) if accuracies else None),
+        "llm_overlapped_miss_rate": rounded(llm_hit_frames / len(frames) if frames else None),
+        "llm_in_passes_ms": rounded(overlap_ns(llm_spans, passes_ns) / 1e6 if llm_spans else 0.0,
+                                    2),
+        "requests": requests,
+        "answered": len(run.decisions),
+        "decided": len(decided),
+        "fallbacks": len(by_status[FALLBACK]),
+        "superseded": len(by_status[SUPERSEDED]),
+        "failed": len(by_status[FAILED]),
+        "slo_ms": setting.slo_ms,
+        "seconds": setting.seconds,
+    }
+    if run.timeline or run.backlog:
+        end_ns = frames[-1].end_ns if frames else 0
+        row.update(fill_report(llm_spans, gaps, backlog_spans(run.backlog, end_ns)))
+    if setting.runtime_options:
+        row["runtime_options"] = dict(setting.runtime_options)
+    if setting.request_options != GAME_REQUEST_OPTIONS:
+        row["request_options"] = {k: v for k, v in setting.request_options.items()
+                                  if isinstance(v, bool | str | int | float)}
+    if run.runtime_stats is not None:
+        stats = run.runtime_stats
+        row["runtime"] = {
+            key: stats[key]
+            for key in ("subtasks", "batched_subtasks", "prefix_hits", "escalations", "errors",
+                        "contended_subtasks", "relevels", "llm_busy_ms", "worker_restarts",
+                        "failed_requests", "overdue_requests", "fallbacks_predicted",
+                        "ffn_splits", "superseded_tokens_reused", "overload_events")
+        }
+        row["runtime"]["backpressure"] = stats["backpressure"]
+        row["worker_restarts"] = stats["worker_restarts"]
+    if setting.hitches:
+        row["hitches"] = hitch_metrics(run)
+    return row
+
+
+def accuracy_table(path: Path) -> dict[int, float]:
+    """Expected accuracy by skipped-layer count from skip_accuracy.json ({} if absent):
+    `adaptor` accuracy per level, `full` for 0 skipped layers."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    table: dict[int, float] = {}
+    for level in data.get("levels", []):
+        accuracy = level.get("accuracy", {})
+        if accuracy.get("adaptor") is not None:
+            table[int(level["skipped_layers"])] = float(accuracy["adaptor"])
+        if accuracy.get("full") is not None:
+            table[0] = float(accuracy["full"])
+    return table
+
+
+def level_accuracies(bundle: Any, by_skipped_layers: dict[int, float]) -> dict[int, float]:
+    """Expected accuracy by skip level (0 and the bundle's levels) from a table by skipped
+    layers (see `accuracy_table`)."""
+    levels = {0: by_skipped_layers.get(0)}
+    for level in getattr(bundle, "levels", []) if bundle is not None else []:
+        levels[level.level] = by_skipped_layers.get(level.skipped_layers)
+    return {level: value for level, value in levels.items() if value is not None}
+
+

@@ -1,0 +1,144 @@
+"""Back-pressure: the decision rate the runtime can sustain, and telling the game when it asks
+for more.
+
+Sustainable rate at skip level l (decisions per second) =
+    measured headroom fraction x usable fraction x 1 s / predicted cost of one decision at l,
+where the headroom fraction is the mean of the last HEADROOM_WINDOWS execution windows' measured
+headroom over their length (1.0 while no engine reports frames), the usable fraction is the
+scheduler's learned share of headroom that dispatch fills, and the cost is the scheduler's
+prediction for a fresh request of the current shape (unbatched: batching same-shape requests
+only raises what is really sustainable). Demand is the requests asked per second over the last
+DEMAND_HORIZON_S seconds.
+
+`BackPressure.on_window` compares them once per execution window: the runtime becomes
+`overloaded` when demand exceeds the rate at the largest skip level (the most it can serve on
+time), and recovers when demand falls below RECOVER_FRACTION of it; each change is an
+`OverloadEvent` carrying the rate the game should come down to (TARGET_FRACTION of the largest
+level's rate; the full model's rate keeps the best accuracy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+DEMAND_HORIZON_S = 2.0
+HEADROOM_WINDOWS = 5
+COST_ALPHA = 0.2
+RECOVER_FRACTION = 0.9
+TARGET_FRACTION = 0.85
+
+
+@dataclass(frozen=True)
+class OverloadEvent:
+    """A change of the runtime's load state, at `t_ns` (the runtime's clock).
+
+    overloaded: True when demand exceeds what the runtime can serve on time, False when it
+    recovered. demand_per_s: requests asked per second (last DEMAND_HORIZON_S s).
+    sustainable_per_s: decisions per second at the largest skip level. full_model_per_s: at
+    level 0. target_per_s: the rate the game should come down to (below sustainable_per_s).
+    """
+
+    t_ns: int
+    overloaded: bool
+    demand_per_s: float
+    sustainable_per_s: float
+    full_model_per_s: float
+    target_per_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "t_ns": self.t_ns, "overloaded": self.overloaded,
+            "demand_per_s": self.demand_per_s, "sustainable_per_s": self.sustainable_per_s,
+            "full_model_per_s": self.full_model_per_s, "target_per_s": self.target_per_s,
+        }
+
+
+class BackPressure:
+    """Measures demand and sustainable rate, and emits OverloadEvents (see the module doc).
+    Not thread-safe: the runtime's worker owns it."""
+
+    def __init__(self, window_ms: float) -> None:
+        self.window_ms = window_ms
+        self.overloaded = False
+        self._arrivals: deque[int] = deque()
+        self._first_arrival_ns: int | None = None
+        self._headroom: deque[float] = deque(maxlen=HEADROOM_WINDOWS)
+        self._cost_ns: list[float] = []
+        self._usable_fraction = 1.0
+
+    def note_request(self, t_ns: int) -> None:
+        """One request asked at t_ns."""
+        self._arrivals.append(t_ns)
+        if self._first_arrival_ns is None:
+            self._first_arrival_ns = t_ns
+
+    def note_costs(self, cost_ns_by_level: Sequence[float]) -> None:
+        """The predicted compute (ns) of a fresh request at each level, level 0 first."""
+        if not all(math.isfinite(c) and c > 0 for c in cost_ns_by_level):
+            return
+        if len(self._cost_ns) != len(cost_ns_by_level):
+            self._cost_ns = list(cost_ns_by_level)
+            return
+        self._cost_ns = [
+            old + COST_ALPHA * (new - old)
+            for old, new in zip(self._cost_ns, cost_ns_by_level, strict=True)
+        ]
+
+    def note_window(self, headroom_ms: float, usable_fraction: float) -> None:
+        """A closed execution window's measured headroom (ms) and the scheduler's usable
+        fraction (0..1)."""
+        if math.isfinite(headroom_ms) and headroom_ms >= 0:
+            self._headroom.append(min(headroom_ms / self.window_ms, 1.0))
+        if math.isfinite(usable_fraction) and usable_fraction > 0:
+            self._usable_fraction = usable_fraction
+
+    def demand_per_s(self, now_ns: int) -> float:
+        """Requests per second over the last DEMAND_HORIZON_S (or since the first request)."""
+        horizon_ns = round(DEMAND_HORIZON_S * 1e9)
+        while self._arrivals and self._arrivals[0] <= now_ns - horizon_ns:
+            self._arrivals.popleft()
+        if self._first_arrival_ns is None:
+            return 0.0
+        span_ns = min(horizon_ns, max(now_ns - self._first_arrival_ns, round(self.window_ms * 1e6)))
+        return len(self._arrivals) / (span_ns / 1e9)
+
+    def headroom_fraction(self) -> float:
+        """Mean measured headroom over the last windows as a fraction of wall time (1.0 before
+        any window: no renderer to share with)."""
+        return sum(self._headroom) / len(self._headroom) if self._headroom else 1.0
+
+    def sustainable_per_s(self) -> list[float]:
+        """Decisions per second at each skip level, level 0 first ([] before any cost)."""
+        usable_ns_per_s = self.headroom_fraction() * self._usable_fraction * 1e9
+        return [usable_ns_per_s / cost for cost in self._cost_ns]
+
+    def on_window(self, now_ns: int) -> OverloadEvent | None:
+        """Re-evaluates at a window's end; an event when the load state changed."""
+        rates = self.sustainable_per_s()
+        if not rates:
+            return None
+        demand = self.demand_per_s(now_ns)
+        most = max(rates)
+        if not self.overloaded and demand > most:
+            self.overloaded = True
+        elif self.overloaded and demand < RECOVER_FRACTION * most:
+            self.overloaded = False
+        else:
+            return None
+        return OverloadEvent(now_ns, self.overloaded, demand, most, rates[0],
+                             TARGET_FRACTION * most)
+
+    def snapshot(self, now_ns: int) -> dict[str, Any]:
+        """For stats(): state, demand, headroom fraction and the rate at every level."""
+        rates = self.sustainable_per_s()
+        return {
+            "overloaded": self.overloaded,
+            "demand_per_s": self.demand_per_s(now_ns),
+            "headroom_fraction": self.headroom_fraction(),
+            "sustainable_per_s_by_level": rates,
+            "target_per_s": TARGET_FRACTION * max(rates) if rates else None,
+        }
