@@ -264,26 +264,60 @@ def _shed(gpu: GpuAssignment, result: TwinResult, criterion: Criterion) -> list[
     return [a for a in ordered if a not in kept]
 
 
+def all_slots_max_loras(gpu: GpuAssignment, check: TwinCheck) -> int | None:
+    """The largest max_loras up to one slot per adapter that fits GPU memory (None: none
+    above the GPU's current setting)."""
+    rank = gpu.max_lora_rank
+    for choice in range(len(gpu.adapters), gpu.max_loras, -1):
+        if check.calibration.memory.fits(choice, rank, check.gpu_memory_gib, check.max_model_len):
+            return choice
+    return None
+
+
+def _more_slots(gpu: GpuAssignment, index: int, check: TwinCheck,
+                criterion: Criterion) -> TwinResult | None:
+    """A GPU with more adapters than slots that fails may only lack slots (requests wait for
+    their adapter): the twin result with one slot per adapter (as far as memory allows) when
+    that passes, keeping that setting; else None and the GPU unchanged."""
+    if gpu.fixed_max_lora_rank or len(gpu.adapters) <= gpu.max_loras:
+        return None
+    choice = all_slots_max_loras(gpu, check)
+    if choice is None:
+        return None
+    old, gpu.max_loras = gpu.max_loras, choice
+    result = check.run(gpu, index)
+    if criterion.passes(result):
+        return result
+    gpu.max_loras = old
+    return None
+
+
 def verify_and_repair(plan: Plan, check: TwinCheck, criterion: Criterion | None = None,
-                      feasible: Feasibility | None = None, max_rounds: int = 12,
-                      keep: frozenset[str] = frozenset()) -> Plan:
+                      feasible: Feasibility | None = None, max_rounds: int = 20,
+                      keep: frozenset[str] = frozenset(), reinsert_rounds: int = 3) -> Plan:
     """Simulates every GPU in the twin; a GPU that fails the criterion sheds adapters (see
     `_shed`), which go to other GPUs that the feasibility accepts (first fit, largest first)
     or to new GPUs, until every GPU passes, a failing GPU holds a single adapter (it cannot be
     split further), or `max_rounds` pass; an adapter never returns to a GPU it was shed from,
-    so repairs progress. GPUs named in `keep` (running instances in a re-plan)
+    and after `reinsert_rounds` rounds shed adapters go to a new GPU together, so repairs
+    converge. A failing GPU with more adapters than slots first tries one slot per adapter.
+    GPUs named in `keep` (running instances in a re-plan)
     are judged by the criterion without margins. `feasible` also re-chooses the max_loras of
     GPUs that are not running instances (None: the largest that fits memory)."""
     criterion = criterion or Criterion()
     results: dict[int, TwinResult] = {}
     forbidden: set[tuple[str, int]] = set()
-    for _ in range(max_rounds):
+    for round_index in range(max_rounds):
         moved: list[AdapterSpec] = []
         for index, gpu in enumerate(plan.gpus):
             if index in results:
                 continue
             results[index] = check.run(gpu, index)
             if criterion.passes(results[index], keep=gpu.name in keep) or len(gpu.adapters) == 1:
+                continue
+            slotted = _more_slots(gpu, index, check, criterion)
+            if slotted is not None:
+                results[index] = slotted
                 continue
             shed = _shed(gpu, results[index], criterion)
             gpu.adapters = [a for a in gpu.adapters if a not in shed]
@@ -298,9 +332,10 @@ def verify_and_repair(plan: Plan, check: TwinCheck, criterion: Criterion | None 
             break
         before = [list(g.adapters) for g in plan.gpus]
         rules = plan.gpus[0].rules
-        if feasible is None:
+        if feasible is None or round_index >= reinsert_rounds:
             new_gpu = GpuAssignment(moved, max(8, len(moved)), rules=rules)
-            new_gpu.max_loras = _safe_max_loras(new_gpu, check)
+            chosen = feasible(moved) if feasible is not None else None
+            new_gpu.max_loras = chosen if chosen is not None else _safe_max_loras(new_gpu, check)
             plan.gpus.append(new_gpu)
         else:
             first_fit_decreasing(moved, feasible, gpus=plan.gpus, keep_max_loras=True,
@@ -386,7 +421,9 @@ def consolidate(plan: Plan, check: TwinCheck, criterion: Criterion | None = None
         keep = [i for i in range(len(plan.gpus)) if i not in (a, b)]
         result = check.run(merged, len(keep))
         if not criterion.passes(result):
-            break
+            result = _more_slots(merged, len(keep), check, criterion)
+            if result is None:
+                break
         plan.gpus = [plan.gpus[i] for i in keep] + [merged]
         plan.twin = [plan.twin[i] for i in keep] + [result]
     return plan

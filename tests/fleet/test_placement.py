@@ -91,16 +91,26 @@ def test_twin_repair_removes_starvation(calibration: Calibration) -> None:
     _assert_valid(repaired, adapters, calibration)
 
 
-def test_twin_repair_meets_a_latency_target_that_throughput_alone_misses(
+def test_a_slot_starved_gpu_is_repaired_with_one_slot_per_adapter(
         calibration: Calibration) -> None:
     adapters = [AdapterSpec(f"a{i}", 16, 0.1) for i in range(32)]
     check = TwinCheck(calibration, duration_s=300.0)
-    throughput_only = Criterion()
     strict = Criterion(targets=LatencyTargets(ttft_ms={99: 2000.0}))
     first = check.run(GpuAssignment(list(adapters), 8), 0)
-    assert throughput_only.passes(first) and not strict.passes(first)
+    assert Criterion().passes(first) and not strict.passes(first)
     assert any("TTFT p99" in f for f in strict.failures(first))
     repaired = verify_and_repair(Plan("one", [GpuAssignment(list(adapters), 8)]), check, strict)
+    assert repaired.n_gpus == 1 and repaired.gpus[0].max_loras == 32
+    assert strict.passes(repaired.twin[0])
+
+
+def test_twin_repair_splits_a_gpu_that_misses_a_latency_target(calibration: Calibration) -> None:
+    adapters = [AdapterSpec(f"a{i}", 16, 1.6) for i in range(16)]
+    check = TwinCheck(calibration, duration_s=300.0)
+    strict = Criterion(targets=LatencyTargets(ttft_ms={99: 150.0}, itl_ms={99: 60.0}))
+    first = check.run(GpuAssignment(list(adapters), 16), 0)
+    assert Criterion().passes(first) and not strict.passes(first)
+    repaired = verify_and_repair(Plan("one", [GpuAssignment(list(adapters), 16)]), check, strict)
     assert repaired.n_gpus > 1
     assert all(strict.passes(r) for r in repaired.twin)
     _assert_valid(repaired, adapters, calibration)
