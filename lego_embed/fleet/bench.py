@@ -124,16 +124,20 @@ def replan_stability(workload: WorkloadSpec, calibration: Calibration, surrogate
                      verify_duration_s: float, change: float = 0.10,
                      seeds: tuple[int, ...] = (1, 2, 3)) -> dict[str, Any]:
     """Plans the workload, then re-plans it after every adapter's rate changes by a factor
-    drawn uniformly in [1 - change, 1 + change] (one draw per seed): moved adapters and GPUs."""
+    drawn uniformly in [1 - change, 1 + change] (one draw per seed), and once after every rate
+    grows by `change` (seed None): moved adapters and GPUs."""
     cluster = bench_cluster(calibration.gpu)
     first = plan_fleet(workload, cluster, calibration, surrogate, verify_duration_s)
     running = [RunningGpu(g.name, g.node, g.max_loras, g.max_lora_rank, g.max_cpu_loras,
                           tuple(a.adapter_id for a in g.adapters),
                           tuple(a.rate_req_s for a in g.adapters)) for g in first.plan.gpus]
     rows = []
-    for seed in seeds:
-        rng = np.random.default_rng(seed)
-        factors = rng.uniform(1.0 - change, 1.0 + change, len(workload.adapters))
+    for seed in (*seeds, None):
+        if seed is None:
+            factors = np.full(len(workload.adapters), 1.0 + change)
+        else:
+            factors = np.random.default_rng(seed).uniform(1.0 - change, 1.0 + change,
+                                                          len(workload.adapters))
         changed = replace(workload, adapters=tuple(
             replace(a, rate_req_s=a.rate_req_s * f)
             for a, f in zip(workload.adapters, factors, strict=True)))

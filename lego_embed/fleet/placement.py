@@ -6,7 +6,7 @@ minimum by exhaustive search on tiny instances.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lego_embed.errors import WorkloadSpecError
 from lego_embed.fleet.calibration import Calibration
@@ -427,3 +427,25 @@ def consolidate(plan: Plan, check: TwinCheck, criterion: Criterion | None = None
         plan.gpus = [plan.gpus[i] for i in keep] + [merged]
         plan.twin = [plan.twin[i] for i in keep] + [result]
     return plan
+
+
+def free_a_gpu(plan: Plan, check: TwinCheck, criterion: Criterion,
+                       candidates: int = 3) -> bool:
+    """Moves every adapter of the least-loaded GPU, largest first, to one of the `candidates`
+    least-loaded other GPUs that accepts it and still meets the criterion (with its margins) in
+    the twin with it. Returns whether the GPU was freed (and removed); changes nothing if not."""
+    if len(plan.gpus) < 2:
+        return False
+    victim = min(range(len(plan.gpus)), key=lambda i: plan.gpus[i].offered_tok_s)
+    others = [g for i, g in enumerate(plan.gpus) if i != victim]
+    for adapter in sorted(plan.gpus[victim].adapters, key=lambda a: -a.token_rate_tok_s):
+        order = sorted(range(len(others)), key=lambda j: others[j].offered_tok_s)
+        for j in [j for j in order if others[j].accepts(adapter)][:candidates]:
+            trial = replace(others[j], adapters=[*others[j].adapters, adapter])
+            if criterion.passes(check.run(trial, j)):
+                others[j] = trial
+                break
+        else:
+            return False
+    plan.gpus = others
+    return True

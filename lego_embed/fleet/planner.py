@@ -1,6 +1,7 @@
 """The fleet planner: checks a workload against its calibration, the vLLM version's rules and
 the cluster, replicates adapters hotter than one GPU, packs the rest with the surrogate, verifies
-and repairs every GPU in the twin against the latency targets, and says honestly what fails.
+and repairs every GPU in the twin against the latency targets, frees GPUs whose adapters fit on
+the others (the same compaction a re-plan applies), and says honestly what fails.
 
 `plan_fleet` answers a FleetPlan whose `failures` list what still misses after repair (with what
 to change); an input that can never be planned raises a LegoEmbedError at once.
@@ -20,6 +21,7 @@ from lego_embed.fleet.placement import (
     TwinCheck,
     consolidate,
     first_fit_decreasing,
+    free_a_gpu,
     surrogate_feasibility,
     verify_and_repair,
 )
@@ -32,6 +34,7 @@ REPLICA_FILL = 0.8
 CAPACITY_DURATION_S = 900.0
 MIN_RATE_REQ_S = 0.01
 MAX_RATE_REQ_S = 4096.0
+FREEING_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,9 @@ def plan_fleet(workload: WorkloadSpec, cluster: ClusterSpec, calibration: Calibr
     plan = first_fit_decreasing(items, feasible, strategy="ffd_surrogate", rules=rules)
     plan = verify_and_repair(plan, check, criterion, feasible)
     plan = consolidate(plan, check, criterion, feasible)
+    for _ in range(FREEING_ATTEMPTS):
+        if not free_a_gpu(plan, check, criterion):
+            break
     plan.twin = [check.run(g, i) for i, g in enumerate(plan.gpus)]
     name_gpus(plan, cluster)
     fleet = FleetPlan(workload, cluster, calibration, rules, criterion, check, plan, replicas)

@@ -6,16 +6,16 @@ how to apply it without restarting vLLM (runtime LoRA load/unload calls).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from lego_embed.fleet.calibration import Calibration
 from lego_embed.fleet.placement import (
     Criterion,
     GpuAssignment,
-    Plan,
     TwinCheck,
     first_fit_decreasing,
+    free_a_gpu,
     surrogate_feasibility,
     verify_and_repair,
 )
@@ -95,28 +95,6 @@ def _keep_replicas(previous: list[RunningGpu], replicas: dict[str, int]) -> set[
     return kept
 
 
-def _try_to_free_a_gpu(plan: Plan, check: TwinCheck, criterion: Criterion,
-                       candidates: int = 3) -> bool:
-    """Moves every adapter of the least-loaded GPU, largest first, to one of the `candidates`
-    least-loaded other GPUs that accepts it and still meets the criterion (with its margins) in
-    the twin with it. Returns whether the GPU was freed (and removed); changes nothing if not."""
-    if len(plan.gpus) < 2:
-        return False
-    victim = min(range(len(plan.gpus)), key=lambda i: plan.gpus[i].offered_tok_s)
-    others = [g for i, g in enumerate(plan.gpus) if i != victim]
-    for adapter in sorted(plan.gpus[victim].adapters, key=lambda a: -a.token_rate_tok_s):
-        order = sorted(range(len(others)), key=lambda j: others[j].offered_tok_s)
-        for j in [j for j in order if others[j].accepts(adapter)][:candidates]:
-            trial = replace(others[j], adapters=[*others[j].adapters, adapter])
-            if criterion.passes(check.run(trial, j)):
-                others[j] = trial
-                break
-        else:
-            return False
-    plan.gpus = others
-    return True
-
-
 def replan_fleet(workload: WorkloadSpec, cluster: ClusterSpec, calibration: Calibration,
                  surrogate: Surrogate, previous: list[RunningGpu],
                  verify_duration_s: float = 1800.0, seed: int = 0,
@@ -155,7 +133,7 @@ def replan_fleet(workload: WorkloadSpec, cluster: ClusterSpec, calibration: Cali
     running = frozenset(old.name for old in previous)
     plan = verify_and_repair(plan, check, criterion, feasible, keep=running)
     for _ in range(max_freeing_attempts):
-        if not _try_to_free_a_gpu(plan, check, criterion):
+        if not free_a_gpu(plan, check, criterion):
             break
     plan.twin = [check.run(g, i) for i, g in enumerate(plan.gpus)]
     name_gpus(plan, cluster)
