@@ -125,11 +125,12 @@ class Criterion:
     def passes(self, result: TwinResult, keep: bool = False) -> bool:
         return not self.failures(result, keep)
 
-    def slack(self, result: TwinResult) -> float:
-        """The smallest ratio of (target with margin) to the twin's value over the latency
-        targets (1 when there are none): below 1 the GPU misses, and the ratio says by how
-        much its load has to shrink."""
-        ratios = [target * (1.0 - self.latency_margin) / max(result.latency_ms(m, q), 1e-9)
+    def slack(self, result: TwinResult, keep: bool = False) -> float:
+        """The smallest ratio of (target, with its margin unless `keep`) to the twin's value
+        over the latency targets (1 when there are none): below 1 the GPU misses, and the ratio
+        says by how much its load has to shrink."""
+        scale = 1.0 if keep else 1.0 - self.latency_margin
+        ratios = [target * scale / max(result.latency_ms(m, q), 1e-9)
                   for m, q, target in self.targets.items()]
         return min(ratios, default=1.0)
 
@@ -240,15 +241,22 @@ class TwinCheck:
                         self.calibration, duration_s=self.duration_s, seed=self.seed + index)
 
 
-def _shed(gpu: GpuAssignment, result: TwinResult, criterion: Criterion) -> list[AdapterSpec]:
+def _shed(gpu: GpuAssignment, result: TwinResult, criterion: Criterion,
+          keep: bool) -> list[AdapterSpec]:
     """The adapters to move off a failing GPU: the largest first until the GPU keeps what it
-    can serve (its served fraction less 10 points for starvation, its latency slack for a
-    latency miss, at most 90% of the load), always at least one and never all."""
+    can serve: half for a memory error, its served fraction less 10 points for starvation,
+    for a latency miss its latency slack squared (a running GPU in a re-plan, `keep`: the slack
+    itself, to move as little as possible); at most 90% (95% when `keep`) of the load, at
+    least 30%; always at least one adapter and never all."""
+    starving = result.throughput_to_ideal < 1.0 - STARVATION_THRESHOLD + (
+        0.0 if keep else criterion.served_margin)
+    slack = criterion.slack(result, keep)
     if result.memory_error:
         keep_fraction = 0.5
     else:
-        keep_fraction = min(0.9, max(0.1, result.throughput_to_ideal - 0.1),
-                            max(0.3, criterion.slack(result) ** 2))
+        keep_fraction = min(0.95 if keep else 0.9,
+                            max(0.1, result.throughput_to_ideal - 0.1) if starving else 1.0,
+                            max(0.3, slack if keep else slack ** 2))
     keep_tok_s = gpu.offered_tok_s * keep_fraction
     ordered = sorted(gpu.adapters, key=lambda a: (a.token_rate_tok_s, a.adapter_id))
     kept: list[AdapterSpec] = []
@@ -319,7 +327,7 @@ def verify_and_repair(plan: Plan, check: TwinCheck, criterion: Criterion | None 
             if slotted is not None:
                 results[index] = slotted
                 continue
-            shed = _shed(gpu, results[index], criterion)
+            shed = _shed(gpu, results[index], criterion, keep=gpu.name in keep)
             gpu.adapters = [a for a in gpu.adapters if a not in shed]
             if not gpu.fixed_max_lora_rank:
                 chosen = feasible(gpu.adapters) if feasible is not None else None
