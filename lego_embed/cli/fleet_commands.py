@@ -1,5 +1,6 @@
-"""CLI commands of the fleet planner: `lego-embed fleet calibrate|validate|dataset|train|plan|
-simulate|bench`."""
+"""CLI commands of the fleet planner: `lego-embed fleet calibrate|validate|dataset|train|
+workload|plan|simulate|bench`. `plan` exits 0 for a plan within its targets, 2 for bad input,
+3 (EXIT_INFEASIBLE) for a workload the cluster cannot serve within its targets."""
 
 from __future__ import annotations
 
