@@ -17,7 +17,8 @@ Component models (all fitted here, from the component file only):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ GPU_MEMORY_UTILIZATION = 0.9
 class MemoryModel:
     """GPU memory model: weights + LoRA slot buffers (GiB) grow linearly with
     max_loras * max_lora_rank; the KV cache gets what is left of `utilization * gpu_memory_gib`.
-    kv_cache_tokens(...) <= min_kv_tokens means the server fails at start-up (memory error)."""
+    A KV cache smaller than the instance's max_model_len (min_kv_tokens when not given) fails
+    vLLM's start-up check (memory error)."""
 
     weights_gib: float
     slot_gib_per_rank_unit: float
@@ -53,15 +55,18 @@ class MemoryModel:
                 - self.overhead_gib)
         return int(free / self.gib_per_kv_token)
 
-    def fits(self, max_loras: int, max_lora_rank: int, gpu_memory_gib: float | None = None) -> bool:
-        return self.kv_cache_tokens(max_loras, max_lora_rank, gpu_memory_gib) >= self.min_kv_tokens
+    def fits(self, max_loras: int, max_lora_rank: int, gpu_memory_gib: float | None = None,
+             max_model_len: int | None = None) -> bool:
+        need = self.min_kv_tokens if max_model_len is None else max_model_len
+        return self.kv_cache_tokens(max_loras, max_lora_rank, gpu_memory_gib) >= need
 
 
 @dataclass(frozen=True)
 class StepModel:
     """Latency of one engine step (ms). Base: c0_ms + c_token_ms * scheduled tokens +
     c_context_ms * KV tokens attended by the decodes. LoRA: lora_u_ms[i] is the extra ms with
-    lora_u_points[i] distinct adapters in a batch of lora_ref_batch decode tokens."""
+    lora_u_points[i] distinct adapters in a batch of lora_ref_batch decode tokens, measured with
+    lora_ref_max_loras GPU slots at max_lora_rank lora_ref_rank."""
 
     c0_ms: float
     c_token_ms: float
@@ -70,6 +75,7 @@ class StepModel:
     lora_u_ms: tuple[float, ...]
     lora_ref_batch: int
     lora_ref_rank: int
+    lora_ref_max_loras: int
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,14 @@ class Corrections:
 
     step_scale: multiplies every step latency (serving stack overheads not in the sweeps).
     prefill_token_factor: cost of a prefill token relative to a decode token in c_token_ms.
-    lora_batch_exponent: the LoRA cost measured at the sweep's batch scales as
-        (batch tokens / sweep batch) ** exponent (0 = a per-step constant, 1 = per token).
-    lora_rank_exponent: LoRA cost scales as (max_lora_rank / reference rank) ** exponent.
+    lora_step_ms: the part of the intercept of the sweep's LoRA cost paid once per step (ms);
+        the rest is paid per batch token (the sweep has one batch size, so the split is fitted);
+    lora_slot_share: the share of that per-token cost that grows with the GPU slots
+        (max_loras / the sweep's; the LoRA kernels launch blocks per token tile and slot);
+    lora_batch_exponent: above the sweep's batch, the per-adapter LoRA cost grows as
+        (batch tokens / sweep batch) ** exponent (below it, it stays as measured);
+    lora_rank_exponent: the per-adapter LoRA cost scales as (max_lora_rank / reference rank)
+        ** exponent.
     waiting_scan_us: scheduler time per waiting request scanned each step (us).
     generated_to_requested: generated / requested output tokens (EOS stops some early).
     client_max_outstanding: the benchmark client's cap on requests in flight (0 = no cap).
@@ -106,8 +117,10 @@ class Corrections:
 
     step_scale: float = 1.0
     prefill_token_factor: float = 0.4
-    lora_batch_exponent: float = 0.55
-    lora_rank_exponent: float = 0.0
+    lora_step_ms: float = 3.0
+    lora_slot_share: float = 0.5
+    lora_batch_exponent: float = 0.3
+    lora_rank_exponent: float = 0.4
     waiting_scan_us: float = 0.0
     generated_to_requested: float = 0.955
     client_max_outstanding: int = 27000
@@ -115,7 +128,8 @@ class Corrections:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Everything the twin needs about one base model on one GPU type."""
+    """Everything the twin needs about one base model (`model`, served as `hf_model_id`, at most
+    `model_max_len` tokens) on one GPU type (`gpu`) under one vLLM version."""
 
     model: str
     memory: MemoryModel
@@ -123,10 +137,13 @@ class Calibration:
     loading: LoadingModel
     corrections: Corrections = field(default_factory=Corrections)
     source: str = ""
+    gpu: str = ""
+    hf_model_id: str = ""
+    vllm_version: str = ""
+    model_max_len: int = 32768
 
     def with_corrections(self, corrections: Corrections) -> Calibration:
-        return Calibration(model=self.model, memory=self.memory, step=self.step,
-                           loading=self.loading, corrections=corrections, source=self.source)
+        return replace(self, corrections=corrections)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -204,6 +221,7 @@ def fit_step_model(rows: list[dict]) -> StepModel:
         c0_ms=float(c0), c_token_ms=float(c_token), c_context_ms=float(c_context),
         lora_u_points=points, lora_u_ms=tuple(float(np.mean(extra[s])) for s in spreads),
         lora_ref_batch=int(lora[0]["max_num_seqs"]), lora_ref_rank=int(lora[0]["max_lora_rank"]),
+        lora_ref_max_loras=int(lora[0]["max_loras"]),
     )
 
 
@@ -228,8 +246,13 @@ def gpu_memory_from_components(components: dict[str, Any]) -> float:
     return 63.43
 
 
-def calibrate(components_path: str | Path, corrections: Corrections | None = None) -> Calibration:
-    """Builds a calibration from a component file; raises CalibrationError when malformed."""
+def calibrate(components_path: str | Path, corrections: Corrections | None = None,
+              gpu: str = "h100-64gb", base_model: str | None = None,
+              hf_model_id: str | None = None, vllm_version: str | None = None,
+              model_max_len: int = 32768) -> Calibration:
+    """Builds the calibration of the component file's model on GPU `gpu` (names default to the
+    component file's `model`, `hf_model_id` and the vLLM version its `_about` names); raises
+    CalibrationError when malformed or when a name is neither given nor in the file."""
     path = Path(components_path)
     if not path.is_file():
         raise CalibrationError(f"component file {path} does not exist")
@@ -248,14 +271,50 @@ def calibrate(components_path: str | Path, corrections: Corrections | None = Non
                        ("experiment", "max_num_seqs", "synthetic_output_len", "mean_itl_ms",
                         "mean_running_batch", "total_input_tokens", "num_prompts",
                         "restrict_loras_distinct_adapters", "max_lora_rank", "status"))
+    model = base_model or components.get("model")
+    hf_id = hf_model_id or components.get("hf_model_id")
+    version = vllm_version or components.get("vllm_version")
+    if version is None:
+        found = re.search(r"vllm_(\d+\.\d+\.\d+)", str(components.get("_about", "")))
+        version = found.group(1) if found else None
+    for value, what in ((model, "the base model's name (--base-model)"),
+                        (hf_id, "the model id to serve (--hf-model-id)"),
+                        (version, "the vLLM version it was measured on (--vllm-version)")):
+        if not value:
+            raise CalibrationError(f"component file {path} does not name {what}: give it")
     return Calibration(
-        model=str(components.get("model", "unknown")),
+        model=str(model),
         memory=fit_memory_model(memory_rows, gpu_memory_from_components(components)),
         step=fit_step_model(step_rows),
         loading=fit_loading_model(loading_rows),
         corrections=corrections or Corrections(),
         source=str(path),
+        gpu=gpu, hf_model_id=str(hf_id), vllm_version=str(version), model_max_len=model_max_len,
     )
+
+
+def calibration_file_name(base_model: str, gpu: str) -> str:
+    """The file name `lego-embed fleet calibrate` writes and the planner looks for."""
+    return f"{base_model}__{gpu}.calibration.json"
+
+
+def find_calibration(base_model: str, gpu: str, directories: list[Path]) -> Path:
+    """The calibration file of `base_model` on `gpu` in the first directory that has one;
+    refuses (CalibrationError) a pair that was never calibrated."""
+    name = calibration_file_name(base_model, gpu)
+    for directory in directories:
+        if (directory / name).is_file():
+            return directory / name
+    known = sorted({p.name.removesuffix(".calibration.json").replace("__", " on ")
+                    for d in directories if d.is_dir() for p in d.glob("*.calibration.json")})
+    raise CalibrationError(
+        f"no calibration for base model '{base_model}' on GPU '{gpu}' (looked for {name} in "
+        f"{', '.join(str(d) for d in directories)}; calibrated: {', '.join(known) or 'none'}). "
+        "The twin cannot plan for a model or GPU it has not measured: calibrate it first with "
+        f"`lego-embed fleet calibrate COMPONENTS.json --base-model {base_model} --gpu {gpu} "
+        "--out DIR` (a component file of the same tables as components_qwen.json, measured "
+        "on that GPU), then `lego-embed fleet dataset` and `lego-embed fleet train` for its "
+        "surrogate")
 
 
 def load_calibration(path: str | Path) -> Calibration:
@@ -276,7 +335,10 @@ def load_calibration(path: str | Path) -> Calibration:
                                      if k in known})
         return Calibration(model=data["model"], memory=MemoryModel(**data["memory"]),
                            step=StepModel(**step), loading=LoadingModel(**loading),
-                           corrections=corrections, source=data.get("source", ""))
+                           corrections=corrections, source=data.get("source", ""),
+                           gpu=data["gpu"], hf_model_id=data["hf_model_id"],
+                           vllm_version=data["vllm_version"],
+                           model_max_len=int(data["model_max_len"]))
     except (KeyError, TypeError, json.JSONDecodeError) as error:
         raise CalibrationError(f"calibration file {path} is malformed ({error!r}); rewrite it "
                                "with `lego-embed fleet calibrate`") from error

@@ -4,7 +4,8 @@ their distillation into one small decision tree per target that runs in microsec
 Targets, per instance configuration (one GPU, its adapters, its max_loras):
 - throughput: the fraction of the offered token load the instance serves (throughput / ideal);
   the sustained throughput in tokens/s is that fraction times the offered load;
-- starvation: the twin's starvation flag (1 - throughput / ideal >= 0.10, or a memory error).
+- starvation: the twin's starvation flag (1 - throughput / ideal >= 0.10, or a memory error);
+- latency: log10 of the twin's TTFT and ITL percentiles (ms), one tree each (LATENCY_KEYS).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 from lego_embed.errors import CalibrationError
 from lego_embed.fleet.calibration import Calibration
 from lego_embed.fleet.spec import AdapterSpec, LengthDistribution
-from lego_embed.fleet.twin import InstanceConfig, simulate
+from lego_embed.fleet.twin import PERCENTILES, InstanceConfig, TwinResult, simulate
 
+LATENCY_KEYS = tuple((metric, q) for metric in ("ttft", "itl") for q in PERCENTILES)
 MAX_LORAS_CHOICES = (8, 16, 32, 64, 96, 128, 192, 256, 320, 384)
 FEATURES = (
     "n_adapters", "max_loras", "max_lora_rank", "kv_cache_ktokens", "offered_req_s",
@@ -101,11 +103,13 @@ class SmallTree:
 @dataclass(frozen=True)
 class Prediction:
     """Surrogate output for one instance: served fraction of the offered load, sustained
-    throughput (tokens/s), starvation probability and verdict."""
+    throughput (tokens/s), starvation probability and verdict, and latency percentiles (ms)
+    keyed like LATENCY_KEYS."""
 
     served_fraction: float
     throughput_tok_s: float
     starvation_probability: float
+    latency_ms: dict[tuple[str, int], float]
 
     @property
     def starved(self) -> bool:
@@ -118,26 +122,31 @@ class Surrogate:
 
     throughput_tree: SmallTree
     starvation_tree: SmallTree
+    latency_trees: dict[tuple[str, int], SmallTree]
     metrics: dict[str, float]
 
     def predict(self, adapters: Sequence[AdapterSpec], max_loras: int,
                 calibration: Calibration) -> Prediction:
         max_rank = max(a.rank for a in adapters)
         if not calibration.memory.fits(max_loras, max_rank):
-            return Prediction(0.0, 0.0, 1.0)
+            return Prediction(0.0, 0.0, 1.0, {k: float("inf") for k in LATENCY_KEYS})
         x = instance_features(adapters, max_loras, calibration)
         return self.predict_features(x)
 
     def predict_features(self, x: Sequence[float]) -> Prediction:
         fraction = min(1.0, max(0.0, self.throughput_tree.predict_one(x)))
         offered_tok_s = x[FEATURES.index("offered_ktok_s")] * 1000.0
-        return Prediction(fraction, fraction * offered_tok_s, self.starvation_tree.predict_one(x))
+        latency = {k: float(10.0 ** tree.predict_one(x)) for k, tree in self.latency_trees.items()}
+        return Prediction(fraction, fraction * offered_tok_s, self.starvation_tree.predict_one(x),
+                          latency)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({
             "features": list(FEATURES), "metrics": self.metrics,
             "throughput_tree": self.throughput_tree.to_dict(),
-            "starvation_tree": self.starvation_tree.to_dict()}) + "\n")
+            "starvation_tree": self.starvation_tree.to_dict(),
+            "latency_trees": {f"{m}_p{q}": t.to_dict()
+                              for (m, q), t in self.latency_trees.items()}}) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Surrogate:
@@ -150,8 +159,10 @@ class Surrogate:
             if tuple(data["features"]) != FEATURES:
                 raise CalibrationError(f"surrogate {path} was trained on other features; "
                                        "retrain it with `lego-embed fleet train`")
+            latency = {(m, q): SmallTree.from_dict(data["latency_trees"][f"{m}_p{q}"])
+                       for m, q in LATENCY_KEYS}
             return cls(SmallTree.from_dict(data["throughput_tree"]),
-                       SmallTree.from_dict(data["starvation_tree"]), data["metrics"])
+                       SmallTree.from_dict(data["starvation_tree"]), latency, data["metrics"])
         except (KeyError, TypeError, json.JSONDecodeError) as error:
             raise CalibrationError(f"surrogate file {path} is malformed ({error!r})") from error
 
@@ -199,7 +210,15 @@ def _sample_row(index: int, config: DatasetConfig, calibration: Calibration) -> 
             "served_fraction": 0.0 if result.memory_error else result.throughput_to_ideal,
             "throughput_tok_s": result.total_throughput_tok_s,
             "ideal_tok_s": result.ideal_throughput_tok_s,
-            "starved": bool(result.starved), "memory_error": result.memory_error}
+            "starved": bool(result.starved), "memory_error": result.memory_error,
+            "log10_latency_ms": _log_latency(result, config.duration_s)}
+
+
+def _log_latency(result: TwinResult, duration_s: float) -> list[float]:
+    """log10 ms of the LATENCY_KEYS percentiles; with nothing completed, the whole horizon."""
+    return [float(np.log10(max(result.latency_ms(m, q) if result.completed else
+                               duration_s * 1000.0, 1e-3)))
+            for m, q in LATENCY_KEYS]
 
 
 def generate_dataset(path: str | Path, config: DatasetConfig, calibration: Calibration,
@@ -237,9 +256,10 @@ def generate_dataset(path: str | Path, config: DatasetConfig, calibration: Calib
     return len(done) + len(todo)
 
 
-def load_dataset(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(features, served_fraction, starved, ideal_tok_s) arrays from a dataset file, without
-    memory-error rows (Surrogate.predict answers those from the memory model)."""
+def load_dataset(path: str | Path
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(features, served_fraction, starved, ideal_tok_s, log10 latency ms) arrays from a dataset
+    file, without memory-error rows (Surrogate.predict answers those from the memory model)."""
     path = Path(path)
     if not path.is_file():
         raise CalibrationError(f"dataset {path} does not exist; make it with "
@@ -253,7 +273,11 @@ def load_dataset(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     y = np.array([r["served_fraction"] for r in rows], dtype=float)
     starved = np.array([r["starved"] for r in rows], dtype=bool)
     ideal = np.array([r["ideal_tok_s"] for r in rows], dtype=float)
-    return x, y, starved, ideal
+    if any("log10_latency_ms" not in r for r in rows):
+        raise CalibrationError(f"dataset {path} has no latency columns; regenerate it with "
+                               "`lego-embed fleet dataset`")
+    latency = np.array([r["log10_latency_ms"] for r in rows], dtype=float)
+    return x, y, starved, ideal, latency
 
 
 def smape(actual: np.ndarray, predicted: np.ndarray) -> float:
@@ -271,7 +295,7 @@ def train_surrogate(dataset_path: str | Path, max_depth: int = 10, test_fraction
     from sklearn.metrics import f1_score
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
-    x, y, starved, ideal = load_dataset(dataset_path)
+    x, y, starved, ideal, latency = load_dataset(dataset_path)
     order = np.random.default_rng(seed).permutation(len(y))
     n_test = max(1, int(len(y) * test_fraction))
     test, train = order[:n_test], order[n_test:]
@@ -294,7 +318,14 @@ def train_surrogate(dataset_path: str | Path, max_depth: int = 10, test_fraction
     cls_index = int(np.flatnonzero(student_cls.classes_ == 1)[0]) \
         if 1 in student_cls.classes_ else 0
     cls_tree = SmallTree.from_sklearn(student_cls, class_index=cls_index)
-    surrogate = Surrogate(reg_tree, cls_tree, {})
+    teacher_lat = RandomForestRegressor(n_estimators=n_trees, min_samples_leaf=2,
+                                        random_state=seed, n_jobs=1).fit(x[train],
+                                                                         latency[train])
+    labels = teacher_lat.predict(x_distil).reshape(len(x_distil), -1)
+    latency_trees = {key: SmallTree.from_sklearn(DecisionTreeRegressor(
+        max_depth=max_depth, min_samples_leaf=3, random_state=seed).fit(x_distil, labels[:, k]))
+        for k, key in enumerate(LATENCY_KEYS)}
+    surrogate = Surrogate(reg_tree, cls_tree, latency_trees, {})
     predictions = [surrogate.predict_features(row) for row in x[test]]
     tp_pred = np.array([p.served_fraction for p in predictions]) * ideal[test]
     tp_true = y[test] * ideal[test]
@@ -305,7 +336,11 @@ def train_surrogate(dataset_path: str | Path, max_depth: int = 10, test_fraction
         surrogate.predict_features(x[test[i % len(test)]])
     inference_ms = (time.perf_counter() - start) * 1000.0 / repeats
     teacher_tp = teacher_reg.predict(x[test]) * ideal[test]
+    predicted_latency = np.array([[p.latency_ms[k] for k in LATENCY_KEYS] for p in predictions])
+    latency_error = {f"{m}_p{q}_smape": smape(10.0 ** latency[test, k], predicted_latency[:, k])
+                     for k, (m, q) in enumerate(LATENCY_KEYS)}
     metrics = {
+        **latency_error,
         "throughput_smape": smape(tp_true, tp_pred),
         "starvation_f1": float(f1_score(starved[test], st_pred, average="macro")),
         "inference_ms": inference_ms,
@@ -317,4 +352,4 @@ def train_surrogate(dataset_path: str | Path, max_depth: int = 10, test_fraction
     }
     if log is not None:
         log(json.dumps(metrics))
-    return Surrogate(reg_tree, cls_tree, metrics)
+    return Surrogate(reg_tree, cls_tree, latency_trees, metrics)

@@ -32,12 +32,14 @@ from lego_embed.fleet.spec import AdapterSpec
 
 STARVATION_THRESHOLD = 0.10
 KV_BLOCK_TOKENS = 16
+PERCENTILES = (50, 90, 95, 99)
 
 
 @dataclass(frozen=True)
 class InstanceConfig:
     """vLLM launch settings of one instance (`--max-loras`, `--max-cpu-loras`,
-    `--max-lora-rank`, `--max-num-seqs`, `--max-num-batched-tokens`) and its GPU (GiB)."""
+    `--max-lora-rank`, `--max-num-seqs`, `--max-num-batched-tokens`, `--max-model-len` in
+    tokens) and its GPU (GiB; None = the calibration's)."""
 
     max_loras: int
     max_cpu_loras: int
@@ -45,6 +47,7 @@ class InstanceConfig:
     max_num_seqs: int = 2048
     max_num_batched_tokens: int = 2048
     gpu_memory_gib: float | None = None
+    max_model_len: int = 32768
 
 
 @dataclass
@@ -62,9 +65,9 @@ class TwinResult:
     output_throughput_tok_s: float = 0.0
     ideal_throughput_tok_s: float = 0.0
     mean_ttft_ms: float = 0.0
-    p50_ttft_ms: float = 0.0
-    p99_ttft_ms: float = 0.0
     mean_itl_ms: float = 0.0
+    ttft_percentiles_ms: dict[int, float] = field(default_factory=dict)
+    itl_percentiles_ms: dict[int, float] = field(default_factory=dict)
     max_waiting: int = 0
     max_running: int = 0
     max_kv_usage_frac: float = 0.0
@@ -76,6 +79,19 @@ class TwinResult:
     @property
     def total_throughput_tok_s(self) -> float:
         return self.input_throughput_tok_s + self.output_throughput_tok_s
+
+    @property
+    def p50_ttft_ms(self) -> float:
+        return self.ttft_percentiles_ms.get(50, 0.0)
+
+    @property
+    def p99_ttft_ms(self) -> float:
+        return self.ttft_percentiles_ms.get(99, 0.0)
+
+    def latency_ms(self, metric: str, percentile: int) -> float:
+        """`metric` 'ttft' or 'itl' at one of PERCENTILES (ms; inf when nothing completed)."""
+        table = self.ttft_percentiles_ms if metric == "ttft" else self.itl_percentiles_ms
+        return table.get(percentile, float("inf"))
 
     @property
     def throughput_to_ideal(self) -> float:
@@ -116,8 +132,10 @@ class _Arrivals:
 
 
 def generate_arrivals(adapters: Sequence[AdapterSpec], duration_s: float,
-                      rng: np.random.Generator, generated_to_requested: float) -> _Arrivals:
-    """Poisson arrivals per adapter over [0, duration_s), merged in time order."""
+                      rng: np.random.Generator, generated_to_requested: float,
+                      max_request_tokens: int) -> _Arrivals:
+    """Poisson arrivals per adapter over [0, duration_s), merged in time order; prompt + output
+    of a request is held to max_request_tokens (the instance's max_model_len)."""
     times, ids, prompts, requested = [], [], [], []
     for index, adapter in enumerate(adapters):
         n = int(rng.poisson(adapter.rate_req_s * duration_s))
@@ -126,7 +144,7 @@ def generate_arrivals(adapters: Sequence[AdapterSpec], duration_s: float,
         p = adapter.prompt.sample(rng, n)
         o = adapter.output.sample(rng, n)
         prompts.append(p)
-        requested.append(np.maximum(1, np.minimum(o, 2048 - p)))
+        requested.append(np.maximum(1, np.minimum(o, max_request_tokens - p)))
     t = np.concatenate(times) if times else np.zeros(0)
     order = np.argsort(t, kind="stable")
     req = np.concatenate(requested)[order]
@@ -138,10 +156,14 @@ def generate_arrivals(adapters: Sequence[AdapterSpec], duration_s: float,
 
 class _StepLatency:
     """Step latency (ms) from the calibration; see calibration.StepModel and Corrections:
-    step_scale x (c0 + c_token T + c_context KV + D(u) (T / ref_batch) ** g x rank factor)
-    + waiting_scan x waiting, with T = decodes + prefill_token_factor x prefill tokens."""
+    step_scale x (c0 + c_token T + c_context KV + LoRA) + waiting_scan x waiting, with
+    T = decodes + prefill_token_factor x prefill tokens and, when the batch holds u adapters,
+    LoRA = lora_step + (D0 - lora_step) (T / ref_batch) (1 - s + s max_loras / ref_max_loras)
+    + rank factor x (D(u) - D0) x max(1, T / ref_batch) ** g, where D(u) is the sweep's LoRA
+    cost with u adapters at ref_batch tokens and ref_max_loras slots, D0 its intercept, s the
+    slot share and g the batch exponent (at the sweep's batch and slots this is D(u))."""
 
-    def __init__(self, calibration: Calibration, max_lora_rank: int) -> None:
+    def __init__(self, calibration: Calibration, max_lora_rank: int, max_loras: int) -> None:
         step, corr = calibration.step, calibration.corrections
         self.c0 = step.c0_ms
         self.c_token = step.c_token_ms
@@ -149,17 +171,20 @@ class _StepLatency:
         self.prefill_factor = corr.prefill_token_factor
         self.scale = corr.step_scale
         rank_scale = (max_lora_rank / step.lora_ref_rank) ** corr.lora_rank_exponent
-        max_u = 4096
-        points = np.arange(max_u + 1)
-        lora = np.interp(points, step.lora_u_points, step.lora_u_ms)
-        slope = (step.lora_u_ms[-1] - step.lora_u_ms[-2]) / \
-            (step.lora_u_points[-1] - step.lora_u_points[-2])
-        beyond = points > step.lora_u_points[-1]
-        lora[beyond] += slope * (points[beyond] - step.lora_u_points[-1])
-        lora[0] = 0.0
-        self.lora_u = (rank_scale * lora).tolist()
-        self.batch_exponent = corr.lora_batch_exponent
+        points, costs = np.array(step.lora_u_points, float), np.array(step.lora_u_ms, float)
+        slope, intercept = np.polyfit(points, costs, 1)
+        u = np.arange(4097, dtype=float)
+        per_adapter = np.interp(u, points, costs) - intercept
+        per_adapter[u > points[-1]] = costs[-1] - intercept + slope * (u[u > points[-1]]
+                                                                        - points[-1])
+        self.lora_u = (rank_scale * per_adapter).tolist()
+        self.lora_step = corr.lora_step_ms
+        slots = 1.0 - corr.lora_slot_share + corr.lora_slot_share * max_loras / \
+            step.lora_ref_max_loras
+        self.lora_token = max(0.0, float(intercept) - corr.lora_step_ms) * slots / \
+            step.lora_ref_batch
         self.ref_batch = float(step.lora_ref_batch)
+        self.batch_exponent = corr.lora_batch_exponent
         self.scan_ms = corr.waiting_scan_us / 1000.0
 
     def ms(self, decode_tokens: int, prefill_tokens: int, context_tokens: int,
@@ -167,8 +192,10 @@ class _StepLatency:
         tokens = decode_tokens + self.prefill_factor * prefill_tokens
         base = self.c0 + self.c_token * tokens + self.c_context * context_tokens
         if distinct_adapters > 0 and tokens > 0:
-            lora = self.lora_u[min(distinct_adapters, len(self.lora_u) - 1)]
-            base += lora * (tokens / self.ref_batch) ** self.batch_exponent
+            per_adapter = self.lora_u[min(distinct_adapters, len(self.lora_u) - 1)]
+            if tokens > self.ref_batch:
+                per_adapter *= (tokens / self.ref_batch) ** self.batch_exponent
+            base += self.lora_step + self.lora_token * tokens + per_adapter
         return self.scale * base + self.scan_ms * waiting
 
 
@@ -180,12 +207,14 @@ def simulate(adapters: Sequence[AdapterSpec], config: InstanceConfig, calibratio
     memory = calibration.memory
     kv_capacity = memory.kv_cache_tokens(config.max_loras, config.max_lora_rank,
                                          config.gpu_memory_gib)
-    if not memory.fits(config.max_loras, config.max_lora_rank, config.gpu_memory_gib) or any(
-            a.rank > config.max_lora_rank for a in adapters):
+    if not memory.fits(config.max_loras, config.max_lora_rank, config.gpu_memory_gib,
+                       config.max_model_len) or any(a.rank > config.max_lora_rank
+                                                    for a in adapters):
         return TwinResult(memory_error=True, kv_cache_tokens=kv_capacity, duration_s=duration_s)
     corr = calibration.corrections
     rng = np.random.default_rng(seed)
-    arrivals = generate_arrivals(adapters, duration_s, rng, corr.generated_to_requested)
+    arrivals = generate_arrivals(adapters, duration_s, rng, corr.generated_to_requested,
+                                 config.max_model_len)
     return _Engine(adapters, config, calibration, kv_capacity, arrivals, duration_s,
                    observer).run()
 
@@ -299,7 +328,7 @@ class _Engine:
         self.kv_capacity = kv_capacity
         self.arr = arrivals
         self.duration_s = duration_s
-        self.latency = _StepLatency(calibration, config.max_lora_rank)
+        self.latency = _StepLatency(calibration, config.max_lora_rank, config.max_loras)
         self.load_gpu_ms = [calibration.loading.cpu_to_gpu_ms(a.rank) for a in adapters]
         self.load_disk_ms = [calibration.loading.disk_ms(a.rank) for a in adapters]
         self.client_cap = corr_cap if (corr_cap := calibration.corrections.
@@ -324,6 +353,9 @@ class _Engine:
         prefill_target = list(arr.prompt)  # tokens to (re)compute before decoding resumes
         generated_before = [0] * n_req  # output tokens generated before a preemption
         tag = [0] * n_req
+        last_token_t: dict[int, float] = {}  # preempted request -> time of its last token
+        itl_ms: list[float] = []  # inter-token gaps (ms) and how many tokens saw each gap
+        itl_count: list[int] = []
         dropped = 0
 
         waiting = _WaitingQueue(len(self.adapters), max_loras)
@@ -404,6 +436,7 @@ class _Engine:
                     prefilling.remove(victim)
                     kv_used -= prompt_done[victim]
                 else:
+                    last_token_t[victim] = t
                     produced = step - decode_start[victim] + 1
                     ctx = prefill_target[victim] + produced - 1
                     kv_used -= ctx
@@ -462,9 +495,13 @@ class _Engine:
             # --- the step itself
             n_waiting = waiting.count + len(preempted)
             scanned = n_waiting if len(waiting.loaded) >= max_loras else 0
-            t += (latency.ms(decode_tokens, prefill_tokens, context_decode, len(waiting.loaded),
-                             scanned) + step_load_ms) / 1000.0
+            step_ms = latency.ms(decode_tokens, prefill_tokens, context_decode,
+                                 len(waiting.loaded), scanned) + step_load_ms
+            t += step_ms / 1000.0
             step += 1
+            if decode_tokens:
+                itl_ms.append(step_ms)
+                itl_count.append(decode_tokens)
             if kv_used > max_kv:
                 max_kv = kv_used
             context_decode += decode_tokens
@@ -485,6 +522,9 @@ class _Engine:
             for r in started_decode:
                 if generated_before[r] == 0:
                     first_t[r] = t
+                elif r in last_token_t:
+                    itl_ms.append((t - last_token_t.pop(r)) * 1000.0)
+                    itl_count.append(1)
                 remaining = arr_gen[r] - generated_before[r]
                 decode_start[r] = step
                 if remaining <= 1:
@@ -536,6 +576,9 @@ class _Engine:
                 continue
             t += k * dt_ms / 1000.0
             step += k
+            if n_decoding:
+                itl_ms.append(dt_ms)
+                itl_count.append(k * n_decoding)
             kv_used += k * n_decoding
             context_decode += k * n_decoding
 
@@ -544,6 +587,7 @@ class _Engine:
                             max_kv_usage_frac=max_kv / kv_cap, preemptions=preemptions,
                             adapter_loads=loads, dropped_by_client=dropped)
         self._fill_metrics(result, finish_t, first_t, ai)
+        result.itl_percentiles_ms = _weighted_percentiles(np.array(itl_ms), np.array(itl_count))
         return result
 
     def _fill_metrics(self, res: TwinResult, finish_t: list[float], first_t: list[float],
@@ -566,8 +610,9 @@ class _Engine:
         if res.completed:
             ttft = (first[done] - arrive[done]) * 1000.0
             res.mean_ttft_ms = float(ttft.mean())
-            res.p50_ttft_ms = float(np.percentile(ttft, 50))
-            res.p99_ttft_ms = float(np.percentile(ttft, 99))
+            res.ttft_percentiles_ms = {q: float(v) for q, v in
+                                       zip(PERCENTILES, np.percentile(ttft, PERCENTILES),
+                                           strict=True)}
             gaps = gen[done] - 1
             if gaps.sum() > 0:
                 res.mean_itl_ms = float((finish[done] - first[done]).sum() * 1000.0 / gaps.sum())
@@ -577,3 +622,14 @@ class _Engine:
             a.adapter_id: (float(done_per[i] / arrived_per[i]) if arrived_per[i] else 1.0)
             for i, a in enumerate(self.adapters)
         }
+
+
+def _weighted_percentiles(values: np.ndarray, weights: np.ndarray) -> dict[int, float]:
+    """PERCENTILES of `values` where value i occurs weights[i] times (empty -> {})."""
+    if values.size == 0 or weights.sum() <= 0:
+        return {}
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    ranks = np.array(PERCENTILES) / 100.0 * cumulative[-1]
+    index = np.minimum(np.searchsorted(cumulative, ranks, side="left"), values.size - 1)
+    return {q: float(values[order][i]) for q, i in zip(PERCENTILES, index, strict=True)}

@@ -1,4 +1,5 @@
-"""Fixtures for the fleet tests: the real component calibration from ../shared."""
+"""Fixtures for the fleet tests: the real component calibration from ../shared, the shipped
+calibration and surrogate."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lego_embed.fleet.calibration import Calibration, calibrate
+from lego_embed.cli.fleet_commands import DEFAULT_CALIBRATION, DEFAULT_SURROGATE
+from lego_embed.fleet.calibration import Calibration, calibrate, load_calibration
+from lego_embed.fleet.surrogate import Surrogate
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +23,13 @@ def components_path(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def calibration(components_path: Path) -> Calibration:
     return calibrate(components_path)
+
+
+@pytest.fixture(scope="session")
+def shipped_calibration() -> Calibration:
+    return load_calibration(DEFAULT_CALIBRATION)
+
+
+@pytest.fixture(scope="session")
+def surrogate() -> Surrogate:
+    return Surrogate.load(DEFAULT_SURROGATE)

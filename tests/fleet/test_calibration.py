@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from lego_embed.errors import CalibrationError
-from lego_embed.fleet.calibration import Calibration, calibrate, load_calibration
+from lego_embed.fleet.calibration import (
+    Calibration,
+    calibrate,
+    calibration_file_name,
+    find_calibration,
+    load_calibration,
+)
 
 
 def test_memory_model_reproduces_the_measured_kv_capacity(components_path: Path,
@@ -45,6 +51,21 @@ def test_save_and_load_round_trip(tmp_path: Path, calibration: Calibration) -> N
     path = tmp_path / "cal.json"
     calibration.save(path)
     assert load_calibration(path) == calibration
+    assert (calibration.model, calibration.gpu, calibration.vllm_version,
+            calibration.hf_model_id) == ("qwen-2.5-7b-instruct", "h100-64gb", "0.8.5",
+                                         "Qwen/Qwen2.5-7B-Instruct")
+
+
+def test_a_model_or_gpu_without_calibration_is_refused(tmp_path: Path,
+                                                       calibration: Calibration) -> None:
+    calibration.save(tmp_path / calibration_file_name(calibration.model, calibration.gpu))
+    assert find_calibration("qwen-2.5-7b-instruct", "h100-64gb", [tmp_path]).is_file()
+    for model, gpu in (("llama-3-70b", "h100-64gb"), ("qwen-2.5-7b-instruct", "t4-16gb")):
+        with pytest.raises(CalibrationError, match="calibrate it first with `lego-embed fleet "
+                                                   "calibrate") as error:
+            find_calibration(model, gpu, [tmp_path])
+        assert model in str(error.value) and gpu in str(error.value)
+        assert "qwen-2.5-7b-instruct on h100-64gb" in str(error.value)
 
 
 def test_malformed_component_files_are_rejected(tmp_path: Path, components_path: Path) -> None:

@@ -1,17 +1,19 @@
-"""Placement: validity, FFD against the exact optimum, twin repair, operator output."""
+"""Placement: validity, FFD against the exact optimum, replicas never share a GPU, twin repair
+against latency targets, consolidation."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
 from lego_embed.fleet.calibration import Calibration
 from lego_embed.fleet.placement import (
+    Criterion,
     GpuAssignment,
     Plan,
+    TwinCheck,
     consolidate,
     exact_minimum_gpus,
     first_fit_decreasing,
@@ -19,8 +21,12 @@ from lego_embed.fleet.placement import (
     memory_only_plan,
     verify_and_repair,
 )
-from lego_embed.fleet.spec import AdapterSpec, SyntheticWorkloadConfig, synthetic_workload
-from lego_embed.fleet.vllm_output import read_plan, serve_command, write_plan
+from lego_embed.fleet.spec import (
+    AdapterSpec,
+    LatencyTargets,
+    SyntheticWorkloadConfig,
+    synthetic_workload,
+)
 
 
 def capacity_oracle(capacity_tok_s: float, max_adapters: int):
@@ -38,7 +44,8 @@ def _assert_valid(plan: Plan, adapters: Sequence[AdapterSpec], calibration: Cali
     assert sorted(placed) == sorted(a.adapter_id for a in adapters)
     for gpu in plan.gpus:
         assert gpu.adapters
-        assert calibration.memory.fits(gpu.max_loras, gpu.max_lora_rank)
+        assert calibration.memory.fits(gpu.max_loras, gpu.max_lora_rank, max_model_len=4096)
+        assert gpu.max_lora_rank in (8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def _brute_force_minimum(adapters: Sequence[AdapterSpec], feasible) -> int:
@@ -78,39 +85,55 @@ def test_plans_place_every_adapter_once_within_memory(calibration: Calibration) 
 def test_twin_repair_removes_starvation(calibration: Calibration) -> None:
     adapters = [AdapterSpec(f"a{i}", 16, 2.0) for i in range(16)]
     plan = Plan("overloaded", [GpuAssignment(adapters, 16)])
-    repaired = verify_and_repair(plan, calibration, duration_s=300.0)
+    repaired = verify_and_repair(plan, TwinCheck(calibration, duration_s=300.0))
     assert repaired.repairs >= 1
     assert repaired.starving_gpus == 0
     _assert_valid(repaired, adapters, calibration)
 
 
-def test_operator_output_round_trips(tmp_path: Path, calibration: Calibration) -> None:
-    workload = synthetic_workload("w", SyntheticWorkloadConfig(
-        n_adapters=40, total_rate_req_s=4.0, seed=2))
-    plan = first_fit_decreasing(workload.adapters, capacity_oracle(1000.0, 16))
-    write_plan(plan, workload, tmp_path)
-    back, spec = read_plan(tmp_path)
-    assert spec == workload
-    assert [[a.adapter_id for a in g.adapters] for g in back.gpus] == \
-        [[a.adapter_id for a in g.adapters] for g in plan.gpus]
-    command = serve_command(plan.gpus[0], 0, "Qwen/Qwen2.5-7B-Instruct", "adapters")
-    assert command.count("=adapters/") == len(plan.gpus[0].adapters)
-    assert f"--max-loras {plan.gpus[0].max_loras}" in command
-    assert "--max-lora-rank" in command and "--enable-lora" in command
-    small = GpuAssignment(plan.gpus[0].adapters[:3], 16)
-    assert "--max-cpu-loras 16" in serve_command(small, 1, "m", "adapters")
-    routing = (tmp_path / "routing.json").read_text()
-    assert all(a.adapter_id in routing for a in workload.adapters)
+def test_a_slot_starved_gpu_is_repaired_with_one_slot_per_adapter(
+        calibration: Calibration) -> None:
+    adapters = [AdapterSpec(f"a{i}", 16, 0.1) for i in range(32)]
+    check = TwinCheck(calibration, duration_s=300.0)
+    strict = Criterion(targets=LatencyTargets(ttft_ms={99: 2000.0}))
+    first = check.run(GpuAssignment(list(adapters), 8), 0)
+    assert Criterion().passes(first) and not strict.passes(first)
+    assert any("TTFT p99" in f for f in strict.failures(first))
+    repaired = verify_and_repair(Plan("one", [GpuAssignment(list(adapters), 8)]), check, strict)
+    assert repaired.n_gpus == 1 and repaired.gpus[0].max_loras == 32
+    assert strict.passes(repaired.twin[0])
+
+
+def test_twin_repair_splits_a_gpu_that_misses_a_latency_target(calibration: Calibration) -> None:
+    adapters = [AdapterSpec(f"a{i}", 16, 1.6) for i in range(16)]
+    check = TwinCheck(calibration, duration_s=300.0)
+    strict = Criterion(targets=LatencyTargets(ttft_ms={99: 150.0}, itl_ms={99: 60.0}))
+    first = check.run(GpuAssignment(list(adapters), 16), 0)
+    assert Criterion().passes(first) and not strict.passes(first)
+    repaired = verify_and_repair(Plan("one", [GpuAssignment(list(adapters), 16)]), check, strict)
+    assert repaired.n_gpus > 1
+    assert all(strict.passes(r) for r in repaired.twin)
+    _assert_valid(repaired, adapters, calibration)
+
+
+def test_replicas_of_one_adapter_never_share_a_gpu() -> None:
+    hot = [AdapterSpec("hot", 8, 1.0)] * 3
+    cold = [AdapterSpec(f"c{i}", 8, 0.1) for i in range(4)]
+    plan = first_fit_decreasing(hot + cold, capacity_oracle(1e9, 100))
+    homes = [g for g in plan.gpus if any(a.adapter_id == "hot" for a in g.adapters)]
+    assert len(homes) == 3
+    assert all(sum(a.adapter_id == "hot" for a in g.adapters) == 1 for g in homes)
 
 
 def test_consolidation_merges_light_gpus_only_when_the_twin_agrees(
         calibration: Calibration) -> None:
+    check = TwinCheck(calibration, duration_s=200.0)
     light = [AdapterSpec(f"l{i}", 8, 0.2) for i in range(6)]
     plan = Plan("split", [GpuAssignment(light[:3], 8), GpuAssignment(light[3:], 8)])
-    merged = consolidate(plan, calibration, duration_s=200.0)
+    merged = consolidate(plan, check)
     assert merged.n_gpus == 1 and merged.starving_gpus == 0
     _assert_valid(merged, light, calibration)
     heavy = [AdapterSpec(f"h{i}", 16, 4.0) for i in range(8)]
     plan = Plan("split", [GpuAssignment(heavy[:4], 8), GpuAssignment(heavy[4:], 8)])
-    kept = consolidate(plan, calibration, duration_s=200.0)
+    kept = consolidate(plan, check)
     assert kept.n_gpus == 2

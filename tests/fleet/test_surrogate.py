@@ -13,6 +13,7 @@ from lego_embed.fleet.calibration import Calibration
 from lego_embed.fleet.spec import AdapterSpec
 from lego_embed.fleet.surrogate import (
     FEATURES,
+    LATENCY_KEYS,
     DatasetConfig,
     Surrogate,
     generate_dataset,
@@ -54,10 +55,13 @@ def test_training_is_deterministic_and_trees_are_small(tmp_path: Path,
     data_b = json.loads((tmp_path / "b.json").read_text())
     assert data_a["throughput_tree"] == data_b["throughput_tree"]
     assert data_a["starvation_tree"] == data_b["starvation_tree"]
+    assert data_a["latency_trees"] == data_b["latency_trees"]
     assert a.throughput_tree.depth <= 6 and a.starvation_tree.depth <= 6
+    assert all(t.depth <= 6 for t in a.latency_trees.values())
     loaded = Surrogate.load(tmp_path / "a.json")
     x = np.ones(len(FEATURES))
     assert loaded.predict_features(x) == a.predict_features(x)
+    assert set(a.predict_features(x).latency_ms) == set(LATENCY_KEYS)
 
 
 def test_prediction_of_infeasible_memory_is_starvation(tiny_dataset: Path,
@@ -79,3 +83,15 @@ def test_smape_and_bad_files(tmp_path: Path) -> None:
     short.write_text("")
     with pytest.raises(CalibrationError, match="at least 20"):
         train_surrogate(short)
+
+
+def test_the_shipped_surrogate_predicts_latency_that_grows_with_load(
+        surrogate: Surrogate, shipped_calibration: Calibration) -> None:
+    light = [AdapterSpec(f"a{i}", 16, 0.05) for i in range(16)]
+    busy = [AdapterSpec(f"a{i}", 16, 1.0) for i in range(16)]
+    a = surrogate.predict(light, 16, shipped_calibration)
+    b = surrogate.predict(busy, 16, shipped_calibration)
+    assert b.latency_ms[("itl", 50)] > a.latency_ms[("itl", 50)]
+    assert b.latency_ms[("ttft", 99)] >= a.latency_ms[("ttft", 99)]
+    assert not a.starved
+    assert surrogate.metrics["ttft_p99_smape"] < 1.0

@@ -72,3 +72,17 @@ def test_few_slots_force_adapter_swaps(calibration: Calibration) -> None:
     many = simulate(adapters, InstanceConfig(64, 40, 16), calibration, duration_s=300, seed=2)
     assert few.adapter_loads > many.adapter_loads
     assert many.adapter_loads <= 40
+
+
+def test_latency_percentiles_are_ordered_and_grow_with_load(calibration: Calibration) -> None:
+    config = InstanceConfig(max_loras=16, max_cpu_loras=16, max_lora_rank=16)
+    light = simulate(_adapters(16, 0.1), config, calibration, duration_s=600, seed=0)
+    busy = simulate(_adapters(16, 0.8), config, calibration, duration_s=600, seed=0)
+    for result in (light, busy):
+        for table in (result.ttft_percentiles_ms, result.itl_percentiles_ms):
+            values = [table[q] for q in sorted(table)]
+            assert len(values) == 4 and values == sorted(values) and values[0] > 0
+        assert result.latency_ms("ttft", 99) == result.p99_ttft_ms
+    assert busy.latency_ms("itl", 50) > light.latency_ms("itl", 50)
+    assert busy.latency_ms("ttft", 99) > light.latency_ms("ttft", 99)
+    assert 5.0 < light.latency_ms("itl", 50) < 40.0
