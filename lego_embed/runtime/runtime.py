@@ -36,7 +36,7 @@ from lego_embed.npc.combat_task import random_situation
 from lego_embed.npc.decider import PreparedDecision, prepare_decision
 from lego_embed.npc.prompt import build_prompt, persona_prefix
 from lego_embed.npc.state import validate_state
-from lego_embed.runtime.events import PASS_BEGIN, EngineEvent
+from lego_embed.runtime.events import PASS_BEGIN, EngineEvent, measured_on_gpu
 from lego_embed.runtime.gpu_stats import nvml_stats
 from lego_embed.runtime.headroom import HeadroomTracker, WindowHeadroom
 from lego_embed.runtime.predictor import HeadroomPredictor
@@ -198,8 +198,12 @@ class Runtime:
             cfg.frame_budget_ms, cfg.window_ms, on_window=self._window,
             gap_deviations=cfg.gap_deviations,
         )
+        # GPU-measured passes arrive a frame or more late: they get their own tracker (the GPU's
+        # idle gaps and headroom per window) and never drive live dispatch.
+        self.gpu_tracker = HeadroomTracker(cfg.frame_budget_ms, cfg.window_ms)
         self.timeline: list[tuple[int, int, str, int]] = []
         self._events: deque[EngineEvent] = deque()
+        self._gpu_events: deque[EngineEvent] = deque()
         self._incoming: deque[_Incoming] = deque()
         self._done: deque[Decision] = deque()
         self._decisions: list[Decision] = []
@@ -254,7 +258,11 @@ class Runtime:
     def on_event(self, event: EngineEvent) -> None:
         """Reports a rendering event; O(1), never blocks on inference. Only events that can
         open a gap wake the worker: a pass_begin closes one, and the worker sees it between
-        subtasks without being woken, so it never takes the device from a starting pass."""
+        subtasks without being woken, so it never takes the device from a starting pass.
+        Events measured on the GPU (`measured_on_gpu`) only feed `gpu_tracker`."""
+        if measured_on_gpu(event):
+            self._gpu_events.append(event)
+            return
         self._events.append(event)
         self._last_event_ns = event.t_ns
         if event.kind != PASS_BEGIN:
@@ -324,6 +332,9 @@ class Runtime:
             "predicted_window_headroom_ms": predicted,
             "usable_fraction": self.scheduler.usable_fraction,
             "slot_estimates_ms": {k: v.mean_ms for k, v in self.tracker.slots.items()},
+            "gpu_frames_seen": self.gpu_tracker.frames,
+            "gpu_window_headroom_ms": [w.total_ms for w in self.gpu_tracker.windows[-10:]],
+            "gpu_slot_estimates_ms": {k: v.mean_ms for k, v in self.gpu_tracker.slots.items()},
             "cost_profile_ns": self.scheduler.cost.profile_ns(),
             "gpu": nvml_stats(),
         }
@@ -410,6 +421,8 @@ class Runtime:
     def _drain_events(self) -> None:
         while self._events:
             self.tracker.on_event(self._events.popleft())
+        while self._gpu_events:
+            self.gpu_tracker.on_event(self._gpu_events.popleft())
 
     def _admit(self, now_ns: int) -> None:
         while self._incoming:
