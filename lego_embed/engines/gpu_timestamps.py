@@ -2,7 +2,8 @@
 
 Godot 4's RenderingDevice (Vulkan, Direct3D 12, Metal drivers) writes GPU timestamp queries into
 a frame's command stream wherever the renderer calls ``capture_timestamp(name)`` and reads them
-back when that frame's slot is reused, ``RenderingDevice.get_frame_delay()`` frames later. For
+back when that frame's slot is reused: at the end of the draw ``get_frame_delay() - 1`` frames
+later (one frame with the default two frames in flight; measured: 17-20 ms at 60 FPS). For
 each read-back frame GDScript can see, per timestamp, its name, the GPU time (ns, the GPU's own
 clock) and the CPU time at which it was recorded (``Time.get_ticks_usec()`` units, the engine's
 tick clock). What gets captured:
@@ -48,6 +49,7 @@ from lego_embed.runtime.events import (
 )
 
 CLOCK_WINDOW_FRAMES = 120
+STATS_FRAMES = 3600
 VIEWPORT_BEGIN = "vp_begin_"
 VIEWPORT_END = "vp_end_"
 VIEWPORT_PASS = "viewport"
@@ -58,8 +60,8 @@ GROUP_MARKS = (">", "<")
 class GpuTimestampFrame:
     """The timestamps Godot read back for one frame.
 
-    frame: the engine frame (Engine.get_frames_drawn() when it began) they belong to; drawn:
-    Engine.get_frames_drawn() when they were read; names, gpu_ns (GPU clock, ns) and cpu_us
+    frame: the engine frame they belong to (Engine.get_frames_drawn() during its draw); drawn:
+    Engine.get_frames_drawn() during the draw that read them back; names, gpu_ns (GPU clock, ns) and cpu_us
     (engine ticks, us, when the CPU recorded each one), one entry per timestamp in recording
     order; ticks_us and read_ns: the engine's tick count and CLOCK_MONOTONIC (ns) at the read.
     """
@@ -142,9 +144,9 @@ class GpuTimeline:
         self.frames = 0
         self.empty_frames = 0
         self.pass_names: set[str] = set()
-        self.delay_frames: list[int] = []
-        self.delay_ms: list[float] = []
         self.gpu_offset_ns: int | None = None
+        # per recent frame: (delay in frames, delay in ms, GPU busy span in ms)
+        self._recent: deque[tuple[int, float, float]] = deque(maxlen=STATS_FRAMES)
 
     def map_frame(self, frame: GpuTimestampFrame) -> list[int]:
         """The frame's GPU times on CLOCK_MONOTONIC (ns), updating both clock offsets."""
@@ -178,22 +180,28 @@ class GpuTimeline:
         events.append(EngineEvent(FRAME_END, GPU_EVENT_NAME, passes[-1].end_ns + shift))
         self._last_ns = events[-1].t_ns
         self.frames += 1
-        self.delay_frames.append(frame.drawn - frame.frame)
-        self.delay_ms.append((frame.read_ns - passes[-1].end_ns) / 1e6)
+        self._recent.append((
+            frame.drawn - frame.frame, (frame.read_ns - passes[-1].end_ns) / 1e6,
+            (passes[-1].end_ns - passes[0].begin_ns) / 1e6,
+        ))
         return events
 
     def stats(self) -> dict[str, object]:
-        """Frames mapped, pass names seen, the GPU clock's offset from CLOCK_MONOTONIC (ns) and
-        the delay with which frames arrived: in frames (engine frames drawn between the frame
-        and its read-back) and in ms (read-back minus the frame's mapped GPU end)."""
-        delays = sorted(self.delay_ms)
+        """Frames mapped, pass names seen, the GPU clock's offset from CLOCK_MONOTONIC (ns), and
+        over the last STATS_FRAMES frames: the delay with which frames arrived, in frames
+        (engine frames drawn between the frame and its read-back) and in ms (read-back minus
+        the frame's mapped GPU end), and the GPU busy span of a frame (first to last timestamp)."""
+        delay_frames = [d for d, _, _ in self._recent]
+        delays = sorted(ms for _, ms, _ in self._recent)
+        busy = sorted(ms for _, _, ms in self._recent)
         return {
             "frames": self.frames,
             "empty_frames": self.empty_frames,
             "passes": sorted(self.pass_names),
             "gpu_offset_ns": self.gpu_offset_ns,
-            "delay_frames_min": min(self.delay_frames, default=None),
-            "delay_frames_max": max(self.delay_frames, default=None),
+            "delay_frames_min": min(delay_frames, default=None),
+            "delay_frames_max": max(delay_frames, default=None),
             "delay_ms_p50": delays[len(delays) // 2] if delays else None,
             "delay_ms_max": delays[-1] if delays else None,
+            "busy_ms_p50": busy[len(busy) // 2] if busy else None,
         }

@@ -65,18 +65,8 @@ fi
 
 # The Python the bridge embeds: a venv's python points at its base interpreter, whose
 # python3-config gives the embedding flags and whose libpython we link.
-base_python="$("$PYTHON" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
-py_config="$(dirname "$base_python")/python3-config"
-[ -x "$py_config" ] || py_config="$(command -v python3-config)"
-cflags="$("$py_config" --includes)"
-ldflags="$("$py_config" --ldflags --embed)"
-libdir="$("$base_python" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')"
-soname="$("$base_python" -c 'import sysconfig; print(sysconfig.get_config_var("INSTSONAME"))')"
-if [ ! -f "$libdir/$soname" ]; then
-    echo "build.sh: $base_python has no shared libpython ($libdir/$soname); rebuild Python with" \
-         "--enable-shared (pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared)" >&2
-    exit 1
-fi
+# shellcheck source=../../../native/python_build_flags.sh
+. "$CORE_DIR/python_build_flags.sh"
 
 stamp="$BUILD_DIR/flags.txt"
 flags="$cflags $ldflags $soname $base_python"
