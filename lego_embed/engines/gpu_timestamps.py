@@ -60,10 +60,11 @@ GROUP_MARKS = (">", "<")
 class GpuTimestampFrame:
     """The timestamps Godot read back for one frame.
 
-    frame: the engine frame they belong to (Engine.get_frames_drawn() during its draw); drawn:
-    Engine.get_frames_drawn() during the draw that read them back; names, gpu_ns (GPU clock, ns) and cpu_us
-    (engine ticks, us, when the CPU recorded each one), one entry per timestamp in recording
-    order; ticks_us and read_ns: the engine's tick count and CLOCK_MONOTONIC (ns) at the read.
+    frame: the engine frame they belong to (Engine.get_frames_drawn() during its draw);
+    drawn: Engine.get_frames_drawn() during the draw that read them back; names, gpu_ns (GPU
+    clock, ns) and cpu_us (engine ticks, us, when the CPU recorded each one), one entry per
+    timestamp in recording order; ticks_us and read_ns: the engine's tick count and
+    CLOCK_MONOTONIC (ns) at the read.
     """
 
     frame: int
