@@ -10,8 +10,8 @@
 #   godot4_chroot.sh run [--bind DIR]... [--] CMD...
 #                                      run CMD inside the chroot, in the current directory, with
 #                                      /proc, /dev, the Python that lego_embed's venv is based on
-#                                      and this repository mounted at the same paths (plus every
-#                                      --bind DIR, read-write). Exit status: CMD's.
+#                                      (read-only) and this repository mounted at the same paths
+#                                      (plus every --bind DIR, read-write). Exit status: CMD's.
 #   godot4_chroot.sh version           the engine version (godot --version), or exit 3
 #   godot4_chroot.sh remove            delete the chroot folder
 #
@@ -81,7 +81,7 @@ PY
 }
 
 # Body of the private mount namespace: mount, run "$@" inside the chroot, always unmount.
-# Arguments: BIND_COUNT BIND... WORKDIR CMD...
+# Arguments: BIND_COUNT BIND... WORKDIR CMD... (a BIND "ro:PATH" is mounted read-only)
 namespace_body() {
     local count="$1"; shift
     local binds=("${@:1:$count}"); shift "$count"
@@ -94,12 +94,14 @@ namespace_body() {
     trap cleanup EXIT
     mount -t proc proc "$ROOT/proc" && mounted+=("$ROOT/proc")
     mount --bind /dev "$ROOT/dev" && mounted+=("$ROOT/dev")
-    local path target
-    for path in "${binds[@]}"; do
+    local bind path target
+    for bind in "${binds[@]}"; do
+        path="${bind#ro:}"
         target="$ROOT$path"
         if [ -d "$path" ]; then mkdir -p "$target"; else mkdir -p "$(dirname "$target")"; touch "$target"; fi
         mount --bind "$path" "$target"
         mounted+=("$target")
+        if [ "$bind" != "$path" ]; then mount -o remount,bind,ro "$target"; fi
     done
     local status=0
     chroot "$ROOT" /usr/bin/env -C "$workdir" PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin "$@" || status=$?
@@ -172,7 +174,7 @@ run() {
     flock -s 9  # `remove` and `ensure` wait until this run is over
     local path
     binds=("$REPO" "${binds[@]}")  # first: later binds may lie inside it
-    while IFS= read -r path; do binds+=("$path"); done < <(python_paths)
+    while IFS= read -r path; do binds+=("ro:$path"); done < <(python_paths)
     in_chroot "$PWD" "${binds[@]}" -- "$@"
 }
 
