@@ -146,13 +146,14 @@ class GpuTimeline:
         self.empty_frames = 0
         self.pass_names: set[str] = set()
         self.gpu_offset_ns: int | None = None
-        # per recent frame: (delay in frames, delay in ms, GPU busy span in ms)
-        self._recent: deque[tuple[int, float, float]] = deque(maxlen=STATS_FRAMES)
+        self._tick_offset_ns = 0
+        # per recent frame: delay in frames, delay in ms, GPU busy span in ms, GPU tail in ms
+        self._recent: deque[tuple[int, float, float, float]] = deque(maxlen=STATS_FRAMES)
 
     def map_frame(self, frame: GpuTimestampFrame) -> list[int]:
         """The frame's GPU times on CLOCK_MONOTONIC (ns), updating both clock offsets."""
         self._tick_offsets.append(frame.read_ns - frame.ticks_us * 1000)
-        tick_offset_ns = min(self._tick_offsets)
+        self._tick_offset_ns = tick_offset_ns = min(self._tick_offsets)
         self._gpu_bounds.append(max(
             cpu_us * 1000 + tick_offset_ns - gpu_ns
             for cpu_us, gpu_ns in zip(frame.cpu_us, frame.gpu_ns, strict=True)
@@ -181,9 +182,11 @@ class GpuTimeline:
         events.append(EngineEvent(FRAME_END, GPU_EVENT_NAME, passes[-1].end_ns + shift))
         self._last_ns = events[-1].t_ns
         self.frames += 1
+        recorded_last_ns = frame.cpu_us[-1] * 1000 + self._tick_offset_ns
         self._recent.append((
             frame.drawn - frame.frame, (frame.read_ns - passes[-1].end_ns) / 1e6,
             (passes[-1].end_ns - passes[0].begin_ns) / 1e6,
+            (passes[-1].end_ns - recorded_last_ns) / 1e6,
         ))
         return events
 
@@ -191,10 +194,13 @@ class GpuTimeline:
         """Frames mapped, pass names seen, the GPU clock's offset from CLOCK_MONOTONIC (ns), and
         over the last STATS_FRAMES frames: the delay with which frames arrived, in frames
         (engine frames drawn between the frame and its read-back) and in ms (read-back minus
-        the frame's mapped GPU end), and the GPU busy span of a frame (first to last timestamp)."""
-        delay_frames = [d for d, _, _ in self._recent]
-        delays = sorted(ms for _, ms, _ in self._recent)
-        busy = sorted(ms for _, _, ms in self._recent)
+        the frame's mapped GPU end), the GPU busy span of a frame (first to last timestamp), and
+        the GPU tail: how long after the CPU recorded a frame's last command the GPU finished it
+        (longer than a frame: the GPU runs behind, i.e. it is the bottleneck)."""
+        delay_frames = [row[0] for row in self._recent]
+        delays = sorted(row[1] for row in self._recent)
+        busy = sorted(row[2] for row in self._recent)
+        tails = sorted(row[3] for row in self._recent)
         return {
             "frames": self.frames,
             "empty_frames": self.empty_frames,
@@ -205,4 +211,5 @@ class GpuTimeline:
             "delay_ms_p50": delays[len(delays) // 2] if delays else None,
             "delay_ms_max": delays[-1] if delays else None,
             "busy_ms_p50": busy[len(busy) // 2] if busy else None,
+            "tail_ms_p50": tails[len(tails) // 2] if tails else None,
         }

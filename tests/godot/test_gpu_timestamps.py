@@ -95,6 +95,16 @@ def test_frames_become_ordered_gpu_events_with_their_delay() -> None:
     assert stats["frames"] == 3 and stats["delay_frames_min"] == stats["delay_frames_max"] == 2
     assert stats["delay_ms_p50"] == pytest.approx(40.0, abs=2.1)  # read 40 ms after the end
     assert stats["passes"] == ["Frame Begin", "Render Opaque Pass", "Tonemap"]
+    assert stats["tail_ms_p50"] == pytest.approx(0.0, abs=0.002)  # as fast as ever seen
+
+
+def test_the_gpu_tail_is_how_much_later_than_the_fastest_latency_a_frame_finished() -> None:
+    timeline = GpuTimeline()
+    for i, latency_ms in enumerate([1, 1, 1, 9, 9]):  # the GPU falls 8 ms further behind
+        timeline.events(make_frame(i, 10**9 + i * 33_000_000, 0, 0, latency_ns=latency_ms * 10**6))
+    assert timeline.stats()["tail_ms_p50"] == pytest.approx(0.0, abs=0.002)
+    timeline.events(make_frame(5, 10**9 + 5 * 33_000_000, 0, 0, latency_ns=9 * 10**6))
+    assert timeline.stats()["tail_ms_p50"] == pytest.approx(8.0, abs=0.002)
 
 
 def test_a_frame_that_maps_before_the_last_one_is_shifted_after_it() -> None:
