@@ -15,7 +15,9 @@ that this module queues. Here, one pump thread (``GodotSession``):
   "last_error"}``) whenever it changes, which LegoRuntime emits as ``health_changed``,
 - reports every change of the load state (``{"kind": "overloaded", "overloaded", "demand_per_s",
   "sustainable_per_s", "full_model_per_s", "target_per_s", "t_ns"}``), which LegoRuntime emits
-  as ``overloaded``.
+  as ``overloaded``,
+- (Godot 4) maps the GPU timestamps the engine read back onto the runtime's clock
+  (``gpu_timestamps.GpuTimeline``) and forwards them as GPU-measured events.
 
 The model loads on another thread after ``start``; ``{"kind": "ready"}`` or
 ``{"kind": "load_failed", "reason": ...}`` tells the game how it went. The module-level
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lego_embed.engines.gpu_timestamps import GpuTimeline, GpuTimestampFrame
 from lego_embed.errors import EngineBridgeError, SkipBundleError
 from lego_embed.runtime.events import EVENT_KINDS, EngineEvent
 
@@ -41,7 +44,7 @@ ENGINE_WAIT_S = 0.05
 STOP_JOIN_S = 5.0
 LOADER_JOIN_S = 1.0
 
-EngineBatch = tuple[list[tuple[str, str, int]], list[tuple[int, str]]]
+EngineBatch = tuple[list[tuple[str, str, int]], list[tuple[int, str]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ class GodotSession:
         self._stopping = threading.Event()
         self._event_counts = dict.fromkeys(EVENT_KINDS, 0)
         self._forwarded_counts = dict.fromkeys(EVENT_KINDS, 0)
+        self._gpu = GpuTimeline()
         self._requests = 0
         self._health_reported: Any = None
         self._decisions = 0
@@ -223,6 +227,12 @@ class GodotSession:
                 runtime.on_event(event)
                 self._forwarded_counts[event.kind] += 1
 
+    def _forward_gpu_frame(self, text: str) -> None:
+        events = self._gpu.events(GpuTimestampFrame.from_json(text))
+        if self._runtime is not None:
+            for event in events:
+                self._runtime.on_event(event)
+
     def _submit(self, bridge_request_id: int, text: str) -> None:
         self._requests += 1
         npc_id = "?"
@@ -248,8 +258,10 @@ class GodotSession:
             self._push(failed_result(bridge_request_id, npc_id, exc))
 
     def _pump_once(self, timeout_s: float) -> None:
-        events, requests = self._wait_engine(timeout_s)
+        events, requests, gpu_frames = self._wait_engine(timeout_s)
         self._forward_events(events)
+        for text in gpu_frames:
+            self._forward_gpu_frame(text)
         for bridge_request_id, text in requests:
             self._submit(bridge_request_id, text)
         self._report_health()
@@ -279,7 +291,8 @@ class GodotSession:
 
     def stats(self) -> dict[str, Any]:
         """Counters of the bridge (events received from the engine and forwarded to the
-        Runtime, by kind; requests, decisions, failures) and the Runtime's stats()."""
+        Runtime, by kind; requests, decisions, failures), the GPU timeline's (Godot 4) and the
+        Runtime's stats()."""
         result: dict[str, Any] = {
             "events": dict(self._event_counts),
             "events_forwarded": dict(self._forwarded_counts),
@@ -288,6 +301,7 @@ class GodotSession:
             "failed_requests": self._failed,
             "model_ready": self._runtime is not None,
             "uptime_s": (time.monotonic_ns() - self._started_ns) / 1e9,
+            "gpu_timestamps": self._gpu.stats(),
         }
         if self._runtime is not None:
             result["runtime"] = self._runtime.stats()

@@ -11,6 +11,10 @@ PASS_BEGIN = "pass_begin"
 PASS_END = "pass_end"
 FRAME_END = "frame_end"
 EVENT_KINDS = (FRAME_BEGIN, PASS_BEGIN, PASS_END, FRAME_END)
+# Events measured on the GPU (lego_embed.engines.gpu_timestamps): frames named GPU_EVENT_NAME,
+# passes named GPU_PASS_PREFIX + pass. They arrive a frame or more after they happened.
+GPU_EVENT_NAME = "gpu"
+GPU_PASS_PREFIX = "gpu:"
 
 
 @dataclass(frozen=True)
@@ -35,3 +39,9 @@ class EngineEvent:
             raise InvalidEngineEventError(
                 f"event t_ns {self.t_ns!r} must be a non-negative int from time.monotonic_ns()"
             )
+
+
+def measured_on_gpu(event: EngineEvent) -> bool:
+    """Whether the event comes from GPU timestamps (late, on the GPU's timeline) rather than
+    from the engine's CPU callbacks (live)."""
+    return event.name == GPU_EVENT_NAME or event.name.startswith(GPU_PASS_PREFIX)

@@ -71,7 +71,7 @@ from lego_embed.runtime.answers import (
 )
 from lego_embed.runtime.backpressure import BackPressure, OverloadEvent
 from lego_embed.runtime.clock import Clock, MonotonicClock
-from lego_embed.runtime.events import PASS_BEGIN, EngineEvent
+from lego_embed.runtime.events import PASS_BEGIN, EngineEvent, measured_on_gpu
 from lego_embed.runtime.fallback import (
     DEADLINE_PASSED,
     PREDICTED_MISS,
@@ -263,9 +263,13 @@ class Runtime:
             CostModel.from_profile(CostProfile.load(cfg.cost_profile), cfg.cost_deviations)
             if cfg.cost_profile else CostModel(deviations=cfg.cost_deviations)
         )
+        # GPU-measured passes arrive a frame or more late: they get their own tracker (the GPU's
+        # idle gaps and headroom per window) and never drive live dispatch.
+        self.gpu_tracker = HeadroomTracker(cfg.frame_budget_ms, cfg.window_ms)
         self.timeline: list[tuple[int, int, str, int]] = []
         self.backlog_timeline: list[tuple[int, int]] = []
         self._events: deque[EngineEvent] = deque()
+        self._gpu_events: deque[EngineEvent] = deque()
         self._incoming: deque[PendingRequest] = deque()
         self._accept_lock = threading.Lock()
         self._ledger = AnswerLedger()
@@ -369,11 +373,15 @@ class Runtime:
     def on_event(self, event: EngineEvent) -> None:
         """Reports a rendering event; O(1), never blocks on inference. Only events that can
         open a gap wake the worker: a pass_begin closes one, and the worker sees it between
-        subtasks without being woken, so it never takes the device from a starting pass."""
+        subtasks without being woken, so it never takes the device from a starting pass.
+        Events measured on the GPU (`measured_on_gpu`) only feed `gpu_tracker`."""
         if not isinstance(event, EngineEvent):
             raise InvalidEngineEventError(
                 f"on_event takes an EngineEvent(kind, name, t_ns), got {event!r}"
             )
+        if measured_on_gpu(event):
+            self._gpu_events.append(event)
+            return
         self._events.append(event)
         self._last_event_ns = self.clock.now_ns()
         if event.kind != PASS_BEGIN:
@@ -512,6 +520,13 @@ class Runtime:
             "predicted_window_headroom_ms": _finite_or_none(predicted),
             "usable_fraction": _finite_or_none(self.scheduler.usable_fraction),
             "slot_estimates_ms": {k: _finite_or_none(v.mean_ms) for k, v in slots.items()},
+            "gpu_frames_seen": self.gpu_tracker.frames,
+            "gpu_window_headroom_ms": [
+                _finite_or_none(w.total_ms) for w in self.gpu_tracker.windows[-10:]
+            ],
+            "gpu_slot_estimates_ms": {
+                k: _finite_or_none(v.mean_ms) for k, v in self.gpu_tracker.slots.items()
+            },
             "cost_profile_ns": {
                 k: _finite_or_none(v) for k, v in self.scheduler.cost.profile_ns().items()
             },
@@ -774,6 +789,8 @@ class Runtime:
     def _drain_events(self) -> None:
         while self._events:
             self.tracker.on_event(self._events.popleft())
+        while self._gpu_events:
+            self.gpu_tracker.on_event(self._gpu_events.popleft())
 
     def _admit(self, now_ns: int) -> None:
         while self._incoming:

@@ -5,12 +5,15 @@
 #      needs root or sudo).
 #   2. GDNative headers from Debian's source package `godot` (a deb-src entry is added if needed).
 #   3. gdnative_api_struct.gen.h generated from gdnative_api.json by gen_gdnative_api.py.
-#   4. The C bridge compiled against the Python that will run inside Godot.
+#   4. The C bridge (this folder's GDNative glue and the C core it shares with the Godot 4 bridge,
+#      ../../../native/) compiled against the Python that will run inside Godot.
 # Usage: build.sh [PYTHON]   PYTHON: the interpreter (or venv python) the bridge embeds;
 #        default: $LEGO_EMBED_PYTHON, else python3. Its base interpreter's python3-config is used.
 set -euo pipefail
 
 NATIVE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CORE_DIR="$(cd "$NATIVE_DIR/../../../native" && pwd)"
+CORE_SOURCES=("$CORE_DIR/engine_queues.c" "$CORE_DIR/json_text.c" "$CORE_DIR/python_embed.c")
 BUILD_DIR="$NATIVE_DIR/build"
 HEADERS_DIR="$BUILD_DIR/godot-headers"
 LIB="$BUILD_DIR/liblego_bridge.so"
@@ -62,30 +65,21 @@ fi
 
 # The Python the bridge embeds: a venv's python points at its base interpreter, whose
 # python3-config gives the embedding flags and whose libpython we link.
-base_python="$("$PYTHON" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
-py_config="$(dirname "$base_python")/python3-config"
-[ -x "$py_config" ] || py_config="$(command -v python3-config)"
-cflags="$("$py_config" --includes)"
-ldflags="$("$py_config" --ldflags --embed)"
-libdir="$("$base_python" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')"
-soname="$("$base_python" -c 'import sysconfig; print(sysconfig.get_config_var("INSTSONAME"))')"
-if [ ! -f "$libdir/$soname" ]; then
-    echo "build.sh: $base_python has no shared libpython ($libdir/$soname); rebuild Python with" \
-         "--enable-shared (pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared)" >&2
-    exit 1
-fi
+# shellcheck source=../../../native/python_build_flags.sh
+. "$CORE_DIR/python_build_flags.sh"
 
 stamp="$BUILD_DIR/flags.txt"
 flags="$cflags $ldflags $soname $base_python"
-if [ -f "$LIB" ] && [ "$LIB" -nt "$NATIVE_DIR/lego_bridge.c" ] && [ -f "$stamp" ] && \
+newest_source="$(ls -t "$NATIVE_DIR/lego_bridge.c" "${CORE_SOURCES[@]}" "$CORE_DIR"/*.h | head -1)"
+if [ -f "$LIB" ] && [ "$LIB" -nt "$newest_source" ] && [ -f "$stamp" ] && \
    [ "$(cat "$stamp")" = "$flags" ]; then
     echo "build.sh: $LIB is up to date"
     exit 0
 fi
 # shellcheck disable=SC2086
 cc -std=c11 -D_GNU_SOURCE -O2 -fPIC -shared -Wall -Wextra -Werror \
-    -I"$HEADERS_DIR" $cflags \
+    -I"$HEADERS_DIR" -I"$CORE_DIR" $cflags \
     -DLEGO_LIBPYTHON_SONAME="\"$soname\"" -DLEGO_FALLBACK_PYTHON="\"$base_python\"" \
-    "$NATIVE_DIR/lego_bridge.c" -o "$LIB" $ldflags -lpthread -Wl,-rpath,"$libdir"
+    "$NATIVE_DIR/lego_bridge.c" "${CORE_SOURCES[@]}" -o "$LIB" $ldflags -lpthread -Wl,-rpath,"$libdir"
 echo "$flags" > "$stamp"
 echo "build.sh: built $LIB"

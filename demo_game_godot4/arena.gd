@@ -1,0 +1,360 @@
+extends Node3D
+## The combat demo (Godot 4): a 3D arena, a player (keyboard, or a bot when LEGO_DEMO_BOT=1)
+## and three enemies with different personas whose every move comes from the NPC LLM through
+## LegoNPC at 200 actions per minute. A HUD shows FPS, a frame-time graph, LLM latency p50/p99,
+## the skip level and decisions per minute; each enemy shows its current action above its head.
+## The same game as demo_game/ (Godot 3), ported to Godot 4.
+##
+## Environment: LEGO_DEMO_SECONDS (stop after that long and write the report; 0 = run until the
+## window closes), LEGO_DEMO_REPORT (report.json path), LEGO_DEMO_SCREENSHOT (png path, taken
+## near the end), LEGO_EMBED_ENABLED=0 (LLM off: enemies use rules, no Python starts),
+## LEGO_DEMO_FPS (frame cap; the project's is 30, 0 = uncapped).
+
+const Player = preload("res://player.gd")
+const Enemy = preload("res://enemy.gd")
+const FrameGraph = preload("res://frame_graph.gd")
+const ENEMY_SPECS = [
+	{"persona": "brute", "color": Color(0.9, 0.2, 0.15), "at": Vector3(-6, 0, -6)},
+	{"persona": "duelist", "color": Color(1.0, 0.65, 0.1), "at": Vector3(6, 0, -6)},
+	{"persona": "coward", "color": Color(0.7, 0.3, 0.9), "at": Vector3(0, 0, -9)},
+]
+const RECENT_DECISIONS = 200
+
+var player: Node3D
+var enemies: Array[Node3D] = []
+var camera: Camera3D
+var runtime: Node
+var llm_enabled := true
+var duration_s := 0.0
+var report_path := ""
+var screenshot_path := ""
+var elapsed_s := 0.0
+var started := false
+var frame_usec := 0
+var frame_times_ms := PackedFloat64Array()
+var latencies_ms := PackedFloat64Array()
+var decision_times_s: Array[float] = []
+var decisions := 0
+var invalid_actions := 0
+var deadline_met := 0
+var failures := 0
+var failure_reasons := {}
+var skip_levels := {}
+var current_skip_level := 0
+var screenshot_taken := false
+var finished := false
+
+var hud: CanvasLayer
+var hud_label: Label
+var hud_status: Label
+var graph: Control
+var action_labels := {}
+
+
+func _ready() -> void:
+	llm_enabled = not (OS.get_environment("LEGO_EMBED_ENABLED") in ["0", "false", "off", "no"])
+	duration_s = float(OS.get_environment("LEGO_DEMO_SECONDS")) if OS.has_environment("LEGO_DEMO_SECONDS") else 0.0
+	report_path = OS.get_environment("LEGO_DEMO_REPORT")
+	screenshot_path = OS.get_environment("LEGO_DEMO_SCREENSHOT")
+	if OS.has_environment("LEGO_DEMO_FPS"):
+		Engine.max_fps = int(OS.get_environment("LEGO_DEMO_FPS"))  # 0 = uncapped
+	runtime = get_node("/root/LegoRuntime")
+	_build_world()
+	_build_hud()
+	player = Player.new()
+	player.name = "Player"
+	player.arena = self
+	player.use_bot = OS.get_environment("LEGO_DEMO_BOT") == "1"
+	player.position = Vector3(0, 0, 4)
+	add_child(player)
+	for spec: Dictionary in ENEMY_SPECS:
+		var enemy := Enemy.new()
+		enemy.name = String(spec["persona"]).capitalize()
+		enemy.persona = spec["persona"]
+		enemy.color = spec["color"]
+		enemy.position = spec["at"]
+		enemy.arena = self
+		enemy.llm_enabled = llm_enabled
+		enemy.active = not llm_enabled  # with the LLM, enemies start once the model is ready
+		enemy.acted.connect(_on_enemy_acted)
+		enemy.failed.connect(_on_enemy_failed)
+		add_child(enemy)
+		enemies.append(enemy)
+		var label := Label.new()
+		label.horizontal_alignment = HORIZONTAL_ALIGNMENT_CENTER
+		label.add_theme_color_override("font_color", (spec["color"] as Color).lightened(0.4))
+		label.add_theme_color_override("font_shadow_color", Color.BLACK)
+		hud.add_child(label)
+		action_labels[enemy] = label
+	runtime.runtime_ready.connect(_on_runtime_ready)
+	runtime.runtime_failed.connect(_on_runtime_failed)
+	RenderingServer.frame_post_draw.connect(_on_frame_post_draw)
+	started = not llm_enabled
+	if llm_enabled and runtime.failure != "":
+		_on_runtime_failed(runtime.failure)
+
+
+func _build_world() -> void:
+	var floor_mesh := MeshInstance3D.new()
+	var plane := PlaneMesh.new()
+	plane.size = Vector2(24, 24)
+	floor_mesh.mesh = plane
+	var floor_material := StandardMaterial3D.new()
+	floor_material.albedo_color = Color(0.32, 0.3, 0.27)
+	floor_mesh.material_override = floor_material
+	add_child(floor_mesh)
+	var wall_material := StandardMaterial3D.new()
+	wall_material.albedo_color = Color(0.45, 0.42, 0.38)
+	for wall: Array in [[Vector3(0, 1, -12.5), Vector3(25, 2, 1)], [Vector3(0, 1, 12.5), Vector3(25, 2, 1)],
+			[Vector3(-12.5, 1, 0), Vector3(1, 2, 25)], [Vector3(12.5, 1, 0), Vector3(1, 2, 25)]]:
+		var box := MeshInstance3D.new()
+		var cube := BoxMesh.new()
+		cube.size = wall[1]
+		box.mesh = cube
+		box.position = wall[0]
+		box.material_override = wall_material
+		add_child(box)
+	for pillar: Vector3 in [Vector3(-8, 1.5, -7), Vector3(8, 1.5, -7), Vector3(-8, 1.5, 6), Vector3(8, 1.5, 6)]:
+		var column := MeshInstance3D.new()
+		var cylinder := CylinderMesh.new()
+		cylinder.height = 3.0
+		column.mesh = cylinder
+		column.position = pillar
+		column.material_override = wall_material
+		add_child(column)
+	var sun := DirectionalLight3D.new()
+	sun.rotation_degrees = Vector3(-55, -30, 0)
+	sun.light_energy = 1.1
+	add_child(sun)
+	var environment := Environment.new()
+	environment.background_mode = Environment.BG_COLOR
+	environment.background_color = Color(0.08, 0.09, 0.12)
+	environment.ambient_light_source = Environment.AMBIENT_SOURCE_COLOR
+	environment.ambient_light_color = Color(0.55, 0.55, 0.6)
+	environment.ambient_light_energy = 0.6
+	var world_environment := WorldEnvironment.new()
+	world_environment.environment = environment
+	add_child(world_environment)
+	camera = Camera3D.new()
+	camera.position = Vector3(0, 15, 13.5)
+	camera.rotation_degrees = Vector3(-52, 0, 0)
+	camera.current = true
+	add_child(camera)
+
+
+func _build_hud() -> void:
+	var screen := get_viewport().get_visible_rect().size
+	hud = CanvasLayer.new()
+	hud.name = "HUD"
+	add_child(hud)
+	var panel := ColorRect.new()
+	panel.color = Color(0, 0, 0, 0.55)
+	panel.position = Vector2(8, 8)
+	panel.size = Vector2(330, 120)
+	hud.add_child(panel)
+	hud_label = Label.new()
+	hud_label.position = Vector2(16, 12)
+	hud_label.add_theme_font_size_override("font_size", 13)
+	hud.add_child(hud_label)
+	hud_status = Label.new()
+	hud_status.position = Vector2(16, screen.y - 30)
+	hud_status.add_theme_color_override("font_color", Color(1, 0.85, 0.4))
+	hud.add_child(hud_status)
+	graph = FrameGraph.new()
+	graph.position = Vector2(screen.x - 290, 8)
+	graph.size = Vector2(280, 90)
+	hud.add_child(graph)
+	var graph_title := Label.new()
+	graph_title.text = "frame time (ms, 0-50; line = %.1f budget)" % (1000.0 / (Engine.max_fps if Engine.max_fps > 0 else 60))
+	graph_title.position = Vector2(screen.x - 286, 100)
+	graph_title.add_theme_font_size_override("font_size", 12)
+	hud.add_child(graph_title)
+
+
+func _on_runtime_ready(info: Dictionary) -> void:
+	hud_status.text = "NPC model ready: %s (%d layers)" % [str(info.get("model", "?")).get_file(), int(info.get("num_layers", 0))]
+	started = true
+	for enemy in enemies:
+		enemy.active = true
+
+
+func _on_runtime_failed(reason: String) -> void:
+	if llm_enabled:
+		hud_status.text = "LLM unavailable: " + reason
+		failure_reasons[reason] = failure_reasons.get(reason, 0) + 1
+		started = true  # the timed run (and its report) go on, showing the failure
+
+
+func _on_enemy_acted(enemy: Node3D, action: String, info: Dictionary) -> void:
+	if not llm_enabled:
+		return
+	decisions += 1
+	decision_times_s.append(elapsed_s)
+	if not (action in enemy.npc.allowed_actions):
+		invalid_actions += 1
+	latencies_ms.append(float(info.get("latency_ms", 0.0)))
+	if info.get("deadline_met", false):
+		deadline_met += 1
+	current_skip_level = int(info.get("skip_level", 0))
+	var key := str(current_skip_level)
+	skip_levels[key] = skip_levels.get(key, 0) + 1
+
+
+func _on_enemy_failed(_enemy: Node3D, reason: String) -> void:
+	failures += 1
+	failure_reasons[reason] = failure_reasons.get(reason, 0) + 1
+
+
+func nearest_enemy(from: Vector3) -> Node3D:
+	var best: Node3D = null
+	for enemy in enemies:
+		if best == null or enemy.position.distance_to(from) < best.position.distance_to(from):
+			best = enemy
+	return best
+
+
+func _on_frame_post_draw() -> void:
+	var now := Time.get_ticks_usec()
+	if frame_usec > 0:
+		var ms := (now - frame_usec) / 1000.0
+		graph.push(ms)
+		if started and not finished:
+			frame_times_ms.append(ms)
+	frame_usec = now
+
+
+static func percentile(values: Array, q: float) -> float:
+	if values.is_empty():
+		return 0.0
+	var sorted := values.duplicate()
+	sorted.sort()
+	return float(sorted[mini(sorted.size() - 1, int(floor(q * sorted.size())))])
+
+
+func _process(delta: float) -> void:
+	if started:
+		elapsed_s += delta
+	_update_hud()
+	if duration_s > 0.0 and not finished:
+		if not screenshot_taken and elapsed_s >= duration_s - 1.0:
+			_take_screenshot()
+		if elapsed_s >= duration_s:
+			_finish()
+
+
+func _update_hud() -> void:
+	var recent := Array(latencies_ms)
+	if recent.size() > RECENT_DECISIONS:
+		recent = recent.slice(recent.size() - RECENT_DECISIONS)
+	var per_minute := 0
+	for t in decision_times_s:
+		if t >= elapsed_s - 60.0:
+			per_minute += 1
+	var window_s: float = clampf(elapsed_s, 1.0, 60.0)
+	hud_label.text = "FPS %d    LLM %s\nLLM latency p50 %.0f ms   p99 %.0f ms\nskip level %d\ndecisions/min %.0f   (3 NPCs x 200 APM)\ndeadline met %d / %d   failed %d\nplayer HP %d   %s" % [
+		Engine.get_frames_per_second(), "on" if llm_enabled else "OFF (rules)",
+		percentile(recent, 0.5), percentile(recent, 0.99), current_skip_level,
+		per_minute * 60.0 / window_s, deadline_met, decisions, failures,
+		int(player.hp), "bot" if player.use_bot else "keyboard: WASD J K L H"]
+	var placed: Array[Rect2] = []
+	for enemy in enemies:
+		var label: Label = action_labels[enemy]
+		var head: Vector3 = enemy.global_position + Vector3(0, 2.8, 0)
+		var at := camera.unproject_position(head)
+		label.text = "%s: %s\nHP %d" % [enemy.persona, enemy.action, int(enemy.hp)]
+		var rect := Rect2(at - Vector2(label.size.x / 2.0, label.size.y), label.size)
+		for other in placed:  # stack labels that would overlap
+			if rect.intersects(other):
+				rect.position.y = other.position.y - rect.size.y - 2.0
+		placed.append(rect)
+		label.position = rect.position
+
+
+func _take_screenshot() -> void:
+	screenshot_taken = true
+	if screenshot_path == "":
+		return
+	var image := get_viewport().get_texture().get_image()
+	DirAccess.make_dir_recursive_absolute(screenshot_path.get_base_dir())
+	image.save_png(screenshot_path)
+
+
+func report() -> Dictionary:
+	var frames := Array(frame_times_ms)
+	var fps := []
+	for ms: float in frames:
+		fps.append(1000.0 / maxf(ms, 0.001))
+	var latencies := Array(latencies_ms)
+	var slo_total := decisions + failures
+	var budget_ms := 1000.0 / (Engine.max_fps if Engine.max_fps > 0 else 60)
+	var final_stats: Dictionary = runtime.final_stats
+	return {
+		"llm": llm_enabled,
+		"engine": "Godot " + str(Engine.get_version_info()["string"]),
+		"duration_s": elapsed_s,
+		"frames": frames.size(),
+		"fps_mean": frames.size() / maxf(elapsed_s, 0.001),
+		"fps_p50": percentile(fps, 0.5),
+		"fps_p1": percentile(fps, 0.01),
+		"p50_frame_ms": percentile(frames, 0.5),
+		"p99_frame_ms": percentile(frames, 0.99),
+		"frame_budget_ms": budget_ms,
+		"frames_over_1_5x_budget": _count_over(frames, budget_ms * 1.5),
+		"decisions": decisions,
+		"decision_failures": failures,
+		"failure_reasons": failure_reasons,
+		"invalid_actions": invalid_actions,
+		"p50_action_ms": percentile(latencies, 0.5),
+		"p99_action_ms": percentile(latencies, 0.99),
+		"slo_ms": 60000.0 / 200.0,
+		"slo_attainment": float(deadline_met) / slo_total if slo_total > 0 else 0.0,
+		"skip_levels": skip_levels,
+		"npcs": enemies.size(),
+		"apm_per_npc": 200,
+		"bridge_main_thread_us_per_frame": runtime.bridge_cost(),
+		"runtime_stats": final_stats,
+		"gpu_timestamps": final_stats.get("gpu_timestamps", {}),
+		"model": runtime.ready_info,
+		"renderer": "%s %s %s" % [RenderingServer.get_current_rendering_driver_name(),
+				RenderingServer.get_current_rendering_method(), RenderingServer.get_video_adapter_name()],
+		"cpu_cores": OS.get_processor_count(),
+		"loadavg_at_end": _loadavg(),
+		"window": [get_window().size.x, get_window().size.y],
+	}
+
+
+## /proc/loadavg at the end of the run: these numbers depend on what else the machine runs.
+static func _loadavg() -> String:
+	var file := FileAccess.open("/proc/loadavg", FileAccess.READ)
+	if file == null:
+		return ""
+	var text := file.get_line()
+	file.close()
+	return text
+
+
+static func _count_over(values: Array, limit: float) -> int:
+	var n := 0
+	for v: float in values:
+		if v > limit:
+			n += 1
+	return n
+
+
+func _notification(what: int) -> void:
+	if what == NOTIFICATION_WM_CLOSE_REQUEST and not finished:
+		_finish()  # window closed: write the report of what ran
+
+
+func _finish() -> void:
+	finished = true
+	if not screenshot_taken:
+		_take_screenshot()
+	if llm_enabled:
+		runtime.shutdown()
+	if report_path != "":
+		DirAccess.make_dir_recursive_absolute(report_path.get_base_dir())
+		var file := FileAccess.open(report_path, FileAccess.WRITE)
+		file.store_string(JSON.stringify(report(), "  ", true))
+		file.close()
+	get_tree().quit()

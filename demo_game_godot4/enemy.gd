@@ -1,0 +1,177 @@
+extends Node3D
+## An enemy whose every move is chosen by the NPC LLM through its LegoNPC child: whenever its
+## previous action is done (60 / actions_per_minute seconds) it sends its combat state and
+## carries out the action that comes back. With the LLM off (LEGO_EMBED_ENABLED=0) a small rule
+## set picks the action at the same rate, so both runs do the same game work.
+
+signal acted(enemy: Node3D, action: String, info: Dictionary)
+signal failed(enemy: Node3D, reason: String)
+
+const LegoNPC = preload("res://addons/lego_embed/lego_npc.gd")
+const ARENA_HALF = 11.0
+const SPEED = 3.5
+const MELEE_M = 2.5
+const SHOOT_M = 15.0
+
+var persona := "brute"
+var color := Color.RED
+var hp := 100.0
+var action := "idle"
+var action_left_s := 0.0
+var since_request_s := 0.0
+var cooldowns := {"dodge": 0.0, "heal": 0.0, "heavy": 0.0}
+var npc: Node
+var llm_enabled := true
+var active := false          ## false until the model is ready (LLM on) or from the start (off)
+var arena: Node3D
+var rng := RandomNumberGenerator.new()
+var dodge_dir := Vector3.ZERO
+
+
+func _ready() -> void:
+	var body := MeshInstance3D.new()
+	var mesh := CylinderMesh.new()
+	mesh.top_radius = 0.3
+	mesh.bottom_radius = 0.55
+	mesh.height = 1.9
+	body.mesh = mesh
+	body.position = Vector3(0, 0.95, 0)
+	var material := StandardMaterial3D.new()
+	material.albedo_color = color
+	body.material_override = material
+	add_child(body)
+	var head := MeshInstance3D.new()
+	var sphere := SphereMesh.new()
+	sphere.radius = 0.3
+	sphere.height = 0.6
+	head.mesh = sphere
+	head.position = Vector3(0, 2.15, 0)
+	head.material_override = material
+	add_child(head)
+	npc = LegoNPC.new()
+	npc.name = "LegoNPC"
+	npc.persona = persona
+	npc.actions_per_minute = 200.0
+	npc.decision_made.connect(_on_decision_made)
+	npc.decision_failed.connect(_on_decision_failed)
+	add_child(npc)
+
+
+func state() -> Dictionary:
+	var player: Node3D = arena.player
+	var allies := 0
+	for other: Node3D in arena.enemies:
+		if other != self and other.position.distance_to(position) < 6.0:
+			allies += 1
+	return {
+		"hp": int(ceil(hp)),
+		"enemy_hp": int(ceil(player.hp)),
+		"distance": snappedf(position.distance_to(player.position), 0.1),
+		"enemy_last_action": player.last_action,
+		"cooldowns": {
+			"dodge": int(ceil(cooldowns["dodge"])),
+			"heal": int(ceil(cooldowns["heal"])),
+			"heavy": int(ceil(cooldowns["heavy"])),
+		},
+		"allies": allies,
+	}
+
+
+func take_damage(amount: float) -> void:
+	if action == "block":
+		amount *= 0.25
+	elif action == "dodge":
+		amount = 0.0
+	hp = maxf(0.0, hp - amount)
+	if hp <= 0.0:
+		hp = 100.0  # respawn at the arena's edge so the fight goes on
+		position = Vector3(rng.randf_range(-ARENA_HALF, ARENA_HALF), 0, -ARENA_HALF)
+
+
+func _process(delta: float) -> void:
+	if not active:
+		return
+	for key: String in cooldowns:
+		cooldowns[key] = maxf(0.0, cooldowns[key] - delta)
+	since_request_s += delta
+	action_left_s -= delta
+	var period_s: float = 60.0 / npc.actions_per_minute
+	if since_request_s >= period_s and not npc.is_deciding():
+		since_request_s = 0.0
+		if llm_enabled:
+			npc.request_decision(state())
+		else:
+			_start_action(rule_action(state()), {"latency_ms": 0.0, "skip_level": 0, "deadline_met": true})
+	_move(delta)
+
+
+## The LLM-off stand-in: a few rules of the same flavour as the model's training policy.
+func rule_action(s: Dictionary) -> String:
+	if s["hp"] < 30 and s["cooldowns"]["heal"] == 0:
+		return "heal"
+	if s["enemy_last_action"] == "heavy_windup" and s["distance"] < 3.0:
+		return "dodge" if s["cooldowns"]["dodge"] == 0 else "block"
+	if s["distance"] > MELEE_M:
+		return "shoot" if persona == "coward" and s["distance"] < SHOOT_M else "approach"
+	return "heavy attack" if s["cooldowns"]["heavy"] == 0 else "light attack"
+
+
+func _on_decision_made(decided: String, info: Dictionary) -> void:
+	_start_action(decided, info)
+
+
+func _on_decision_failed(reason: String) -> void:
+	failed.emit(self, reason)
+
+
+func _start_action(decided: String, info: Dictionary) -> void:
+	action = decided
+	action_left_s = 60.0 / npc.actions_per_minute
+	var player: Node3D = arena.player
+	var distance := position.distance_to(player.position)
+	match decided:
+		"light attack":
+			if distance <= MELEE_M:
+				player.take_damage(4.0)
+		"heavy attack":
+			if cooldowns["heavy"] <= 0.0 and distance <= MELEE_M + 0.5:
+				player.take_damage(10.0)
+			cooldowns["heavy"] = 3.0
+		"heal":
+			if cooldowns["heal"] <= 0.0:
+				hp = minf(100.0, hp + 20.0)
+			cooldowns["heal"] = 5.0
+		"dodge":
+			cooldowns["dodge"] = 2.0
+			dodge_dir = Vector3(rng.randf_range(-1, 1), 0, rng.randf_range(-1, 1)).normalized()
+		"shoot":
+			if distance <= SHOOT_M:
+				player.take_damage(2.0)
+	acted.emit(self, decided, info)
+
+
+func _move(delta: float) -> void:
+	var player: Node3D = arena.player
+	var to_player := player.position - position
+	to_player.y = 0.0
+	var step := Vector3.ZERO
+	match action:
+		"approach":
+			if to_player.length() > 1.4:
+				step = to_player.normalized() * SPEED
+		"retreat":
+			step = -to_player.normalized() * SPEED
+		"dodge":
+			step = dodge_dir * SPEED * 1.5
+		"call for help":
+			step = -to_player.normalized() * SPEED * 0.5
+	for other: Node3D in arena.enemies:  # keep a little apart so each stays readable
+		var away: Vector3 = position - other.position
+		away.y = 0.0
+		if other != self and away.length() < 1.6:
+			step += away.normalized() * SPEED * 0.8 if away.length() > 0.01 else Vector3(1, 0, 0)
+	position += step * delta
+	position.x = clampf(position.x, -ARENA_HALF, ARENA_HALF)
+	position.z = clampf(position.z, -ARENA_HALF, ARENA_HALF)
+	if to_player.length() > 0.1:
+		look_at(position + to_player, Vector3.UP)
