@@ -8,7 +8,9 @@
 #   --llm-off: the same game with rule-driven enemies and no Python (report_llm_off.json).
 #   --compare: LLM off, then on (headless), and prints the FPS difference.
 # LEGO_DEMO_GODOT_ARGS: extra Godot arguments, e.g. "--rendering-driver opengl3" or
-# "--gpu-profile" (per-pass GPU timestamps). The project renders with Mobile on Vulkan.
+# "--rendering-method mobile --rendering-driver vulkan --gpu-profile" (Vulkan with per-pass GPU
+# timestamps). The project renders with the Compatibility renderer (OpenGL), 3D at 0.6 scale:
+# docs/GODOT.md says why.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
