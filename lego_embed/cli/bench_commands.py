@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lego_embed.engines.colocation_bench import MIXES
 from lego_embed.engines.predictor_bench import benchmark_trace
 from lego_embed.engines.trace_replay import (
     PassModel,
@@ -95,7 +97,8 @@ def _run_colocation(args: argparse.Namespace) -> int:
             trace = load_trace(args.trace)
             off = summarize(run_colocation(None, ColocationSetting(
                 trace, args.apm, "off", 0, args.seconds), core=core), None)
-            setting = ColocationSetting(trace, args.apm, args.policy, args.npcs, args.seconds)
+            setting = ColocationSetting(trace, args.apm, args.policy, args.npcs, args.seconds,
+                                        mix=args.mix)
             run = run_colocation(loaded if args.policy != "off" else None, setting, bundle,
                                  accuracy, core)
             print(json.dumps(summarize(run, off["frame_miss_rate"]), indent=2))
@@ -104,8 +107,14 @@ def _run_colocation(args: argparse.Namespace) -> int:
         if args.traces:
             traces = [t for t in traces if t.name in args.traces]
         ablation_trace = next((t for t in traces if t.name == args.ablation_trace), traces[0])
+        matrix = {}
+        if args.apms:
+            matrix["apms"] = tuple(args.apms)
+        if args.npcs_list:
+            matrix["npcs_list"] = tuple(args.npcs_list)
         result = run_matrix(loaded, traces, args.seconds, core, bundle, accuracy,
-                            ablation_trace=ablation_trace)
+                            ablation_trace=None if args.no_ablations else ablation_trace,
+                            mix=args.mix, **matrix)
     after = machine_state()
     report = {
         "machine": f"{_machine()}, {before['cpus']} CPUs shared with other jobs; render process "
@@ -113,8 +122,8 @@ def _run_colocation(args: argparse.Namespace) -> int:
         "machine_state": {"before": before, "after": after},
         "model": str(loaded.path),
         "skip_levels": 0 if bundle is None else bundle.max_level,
-        "command": "lego-embed bench colocation --all "
-                   f"--seconds {args.seconds}",
+        "command": "lego-embed bench " + " ".join(sys.argv[sys.argv.index("colocation"):]),
+        "mix": args.mix,
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "seconds_per_run": args.seconds,
         "pass_model": PassModel().__dict__,
@@ -170,5 +179,14 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     )
     colocation.add_argument("--no-priority", action="store_true",
                             help="leave the scheduling priority alone")
+    colocation.add_argument("--mix", choices=MIXES, default="decisions",
+                            help="decisions: an action per period; dialogue: an action and a "
+                                 "streamed bark per period")
+    colocation.add_argument("--apms", type=int, nargs="*", choices=(100, 200, 300),
+                            help="with --all: only these APMs")
+    colocation.add_argument("--npcs-list", type=int, nargs="*",
+                            help="with --all: these NPC counts (default 1 4)")
+    colocation.add_argument("--no-ablations", action="store_true",
+                            help="with --all: skip the feature ablations")
     colocation.add_argument("--out", default="docs/benchmarks/colocation_cpu.json")
     colocation.set_defaults(run=_run_colocation)

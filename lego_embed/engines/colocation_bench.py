@@ -6,6 +6,9 @@ pass's CPU time; in this process the Runtime's worker thread, pinned to the same
 600 / 300 / 200 ms at 100 / 200 / 300 APM). The calling thread is the engine bridge: it forwards
 render events to `Runtime.on_event` and issues the requests on time. `off` runs the render alone
 (the reference for added frame misses). Metrics are those of `docs/benchmarks/colocation_*.json`.
+The `dialogue` mix asks every period for an action and the persona's bark in one request
+(ChoiceThenLine: the action and the first line token due within the period, then one token
+per 1/pace), streamed token by token.
 """
 
 from __future__ import annotations
@@ -32,13 +35,17 @@ from lego_embed.engines.trace_replay import (
     next_vsync_ns,
 )
 from lego_embed.model.loading import LoadedModel
-from lego_embed.npc.combat_task import ACTIONS, PERSONAS, random_situation
+from lego_embed.runtime.request import TokenEvent
 from lego_embed.runtime.runtime import Decision, Runtime, RuntimeConfig
+from lego_embed.tasks.combat.policy import ACTIONS, PERSONAS, random_situation
+from lego_embed.tasks.combat.request import combat_request
 
 SLO_MS_BY_APM = {100: 600.0, 200: 300.0, 300: 200.0}
 POLICIES = ("off", "free", "inter_frame", "static_skip", "lego")
 FIRST_REQUEST_DELAY_MS = 300.0
 SWITCH_INTERVAL_S = 0.0002
+MIXES = ("decisions", "dialogue")
+DIALOGUE_PACE_TOKENS_PER_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,8 @@ class ColocationSetting:
 
     start_frame: first trace frame replayed (None: `representative_start`). runtime_options:
     extra RuntimeConfig fields (for the feature ablations: edf, batching, prefix_reuse,
-    constrained).
+    constrained). mix: `decisions` (an action per period) or `dialogue` (an action and a bark
+    per period, streamed at `pace_tokens_per_s`).
     """
 
     trace: RenderTrace
@@ -57,6 +65,8 @@ class ColocationSetting:
     seconds: float = 3.0
     start_frame: int | None = None
     runtime_options: dict[str, Any] = field(default_factory=dict)
+    mix: str = "decisions"
+    pace_tokens_per_s: float = DIALOGUE_PACE_TOKENS_PER_S
 
     @property
     def slo_ms(self) -> float:
@@ -68,7 +78,8 @@ class ColocationSetting:
 
 @dataclass
 class ColocationRun:
-    """What one run measured: frame records, decisions, unanswered requests, LLM subtask spans."""
+    """What one run measured: frame records, decisions, unanswered requests, LLM subtask spans,
+    and the streamed line tokens (dialogue mix)."""
 
     setting: ColocationSetting
     frames: list[FrameRecord]
@@ -76,6 +87,7 @@ class ColocationRun:
     requests: int
     timeline: list[tuple[int, int, str, int]]
     runtime_stats: dict[str, Any] | None
+    tokens: list[TokenEvent] = field(default_factory=list)
 
 
 def representative_start(trace: RenderTrace, frames: int) -> int:
@@ -158,6 +170,8 @@ def run_colocation(
     render.start()
     requests = 0
     rng = random.Random(seed)
+    tokens: list[TokenEvent] = []
+    output = "choice_then_line" if setting.mix == "dialogue" else "choice"
     try:
         while render.origin_ns == 0 and not render.done:
             render.poll_event(1.0)
@@ -178,7 +192,10 @@ def run_colocation(
             while next_arrival < len(arrivals) and arrivals[next_arrival][0] <= now_ns:
                 npc = arrivals[next_arrival][1]
                 state = {**random_situation(rng), "persona": PERSONAS[npc % len(PERSONAS)]}
-                runtime.request(f"npc{npc}", state, list(ACTIONS), setting.slo_ms)
+                runtime.submit(combat_request(
+                    f"npc{npc}", state, ACTIONS, setting.slo_ms, output=output,
+                    pace_tokens_per_s=setting.pace_tokens_per_s, on_token=tokens.append,
+                ))
                 requests += 1
                 next_arrival += 1
             wait_ns = 10**8
@@ -204,7 +221,57 @@ def run_colocation(
         setting, render.records, decisions, requests,
         list(runtime.timeline) if runtime is not None else [],
         runtime.stats() if runtime is not None else None,
+        list(tokens),
     )
+
+
+def dialogue_summary(run: ColocationRun) -> dict[str, Any]:
+    """The line figures of a dialogue run: time to first token (p50/p99, ms), lines that missed
+    their first-token deadline, pace attained (share of line tokens made by their own deadline),
+    tokens per second per line (p50, first to last token), and the skip level of every token."""
+    lines = [d for d in run.decisions if d.output != "choice"]
+    first = [d.first_token_ms for d in lines if d.first_token_ms is not None]
+    by_request: dict[int, list[TokenEvent]] = {}
+    for event in run.tokens:
+        by_request.setdefault(event.request_id, []).append(event)
+    made = [e for events in by_request.values() for e in _distinct_tokens(events)]
+    rates = []
+    for events in by_request.values():
+        tokens = _distinct_tokens(events)
+        if len(tokens) >= 2 and tokens[-1].t_ns > tokens[0].t_ns:
+            rates.append((len(tokens) - 1) / ((tokens[-1].t_ns - tokens[0].t_ns) / 1e9))
+    levels: dict[int, int] = {}
+    for event in made:
+        levels[event.skip_level] = levels.get(event.skip_level, 0) + 1
+    stats = run.runtime_stats or {}
+    skipped = {level["level"]: level["skipped_layers"] for level in stats.get("levels", [])}
+
+    def pct(values: list[float], q: float) -> float | None:
+        return round(float(np.percentile(values, q)), 2) if values else None
+
+    return {
+        "lines": len(lines),
+        "line_tokens": len(made),
+        "p50_first_token_ms": pct(first, 50),
+        "p99_first_token_ms": pct(first, 99),
+        "lines_missing_first_token_deadline": sum(
+            d.first_token_ms is None or d.first_token_ms > d.deadline_ms for d in lines),
+        "pace_attained": round(sum(e.deadline_met for e in made) / len(made), 4) if made else None,
+        "p50_tokens_per_s": pct(rates, 50),
+        "pace_tokens_per_s": run.setting.pace_tokens_per_s,
+        "token_skip_levels": {str(k): v for k, v in sorted(levels.items())},
+        "mean_skipped_layers_per_token": round(
+            sum(skipped.get(k, 0) * v for k, v in levels.items()) / len(made), 3) if made else None,
+    }
+
+
+def _distinct_tokens(events: list[TokenEvent]) -> list[TokenEvent]:
+    """One event per line token (a final event that only releases held-back text is dropped)."""
+    tokens: list[TokenEvent] = []
+    for event in events:
+        if not tokens or event.index > tokens[-1].index:
+            tokens.append(event)
+    return tokens
 
 
 def summarize(
@@ -269,6 +336,9 @@ def summarize(
     }
     if setting.runtime_options:
         row["runtime_options"] = dict(setting.runtime_options)
+    if setting.mix != "decisions":
+        row["mix"] = setting.mix
+        row.update(dialogue_summary(run))
     if run.runtime_stats is not None:
         stats = run.runtime_stats
         row["runtime"] = {
@@ -368,8 +438,10 @@ def run_matrix(
     policies: tuple[str, ...] = MATRIX_POLICIES,
     ablation_trace: RenderTrace | None = None,
     progress: Any = print,
+    mix: str = "decisions",
 ) -> MatrixResult:
-    """Every trace x APM x NPC count x policy, each against an `off` run of the same trace."""
+    """Every trace x APM x NPC count x policy, each against an `off` run of the same trace
+    (`mix`: decisions, or dialogue: an action and a streamed bark per period)."""
     runs: list[dict[str, Any]] = []
     timeline_run = None
     for trace in traces:
@@ -381,16 +453,18 @@ def run_matrix(
         for apm in apms:
             for npcs in npcs_list:
                 for policy in policies:
-                    setting = ColocationSetting(trace, apm, policy, npcs, seconds)
+                    setting = ColocationSetting(trace, apm, policy, npcs, seconds, mix=mix)
                     run = run_colocation(loaded, setting, bundle, accuracy_by_level, core)
                     row = summarize(run, off["frame_miss_rate"])
                     runs.append(row)
                     if policy == "lego" and npcs == max(npcs_list) and timeline_run is None:
                         timeline_run = run
+                    lines = (f" ttft_p50={row['p50_first_token_ms']} pace={row['pace_attained']}"
+                             if mix == "dialogue" else "")
                     progress(
                         f"{trace.name} apm={apm} npcs={npcs} {policy}: slo={row['slo_attainment']}"
                         f" added_miss={row['added_frame_miss_rate']}"
-                        f" util={row['headroom_utilization']}"
+                        f" util={row['headroom_utilization']}{lines}"
                     )
     ablations = []
     if ablation_trace is not None:

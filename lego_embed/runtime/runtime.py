@@ -1,6 +1,12 @@
-"""The Runtime: the game-facing API that runs NPC decisions in the renderer's idle gaps.
+"""The Runtime: the game-facing API that runs NPC requests in the renderer's idle gaps.
 
-Threading model. The game (or an engine bridge) calls `on_event`, `request`, `poll` and
+Requests are task-neutral (`runtime.request.Request`: a two-part prompt, an output spec, a
+reaction deadline and, for lines, a reading pace). The static part of a prompt is prefilled
+once with the full model and its KV kept, so every later request with the same static text
+(any NPC's) prefills only its dynamic part. Line tokens are streamed to `on_token` as they are
+made, each with its own deadline.
+
+Threading model. The game (or an engine bridge) calls `on_event`, `submit`, `poll` and
 `stats` from its own threads; none of them runs inference or waits for it. One background
 worker thread, started by `start()`, owns the executor, the scheduler, the headroom tracker and
 the predictor: it drains the engine events, admits new requests (choosing their skip level),
@@ -16,11 +22,10 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +37,20 @@ from lego_embed.model.kv_cache import PrefixCache
 from lego_embed.model.layer_plan import LayerPlan
 from lego_embed.model.loading import LoadedModel
 from lego_embed.model.profile import CostProfile
-from lego_embed.npc.combat_task import random_situation
-from lego_embed.npc.decider import PreparedDecision, prepare_decision
-from lego_embed.npc.prompt import build_prompt, persona_prefix
-from lego_embed.npc.state import validate_state
+from lego_embed.npc.answer import (
+    AnswerSampler,
+    FreeChoiceSampler,
+    make_sampler,
+    read_answer,
+)
+from lego_embed.npc.chat_template import ChatTemplate
+from lego_embed.npc.output_spec import Choice
+from lego_embed.npc.prompt_parts import EncodedPrompt, encode_prompt
 from lego_embed.runtime.events import PASS_BEGIN, EngineEvent
 from lego_embed.runtime.gpu_stats import nvml_stats
 from lego_embed.runtime.headroom import HeadroomTracker, WindowHeadroom
 from lego_embed.runtime.predictor import HeadroomPredictor
+from lego_embed.runtime.request import ActionEvent, Request, TokenEvent
 from lego_embed.runtime.scheduler import (
     POLICIES,
     CostModel,
@@ -57,14 +68,20 @@ SILENCE_CHECK_SLACK_S = 0.001  # wake just after the engine-silence threshold, n
 
 @dataclass(frozen=True)
 class Decision:
-    """One finished NPC decision.
+    """One finished NPC request (a decision, a line, or both).
 
-    action: the chosen action (None only when `error` says why). latency_ms: from `request()`
-    to the answer. skip_level / skipped_layers: the level the request ended at and the layers
-    it skipped. tokens: generated tokens. deadline_ms: the request's deadline (relative to the
-    request); deadline_met: answered within it. escalations: skip-level raises mid-request.
+    action: the chosen action (Choice, ChoiceThenLine; None for a Line, or when `error` says
+    why). line: what the NPC said (Line, ChoiceThenLine), the streamed texts joined.
+    latency_ms: from `submit()` to the finished answer. skip_level / skipped_layers: the level
+    the request ended at and the layers it skipped. tokens: generated tokens. deadline_ms: the
+    request's reaction deadline (relative to the request); deadline_met: the action and the
+    first line token were made within it. escalations: skip-level raises mid-request.
     compute_ms: measured subtask time. expected_accuracy: the level's measured accuracy (0..1)
-    from the skip bundle, when known.
+    from the skip bundle, when known. output: the output spec's kind. action_ms /
+    first_token_ms: when the action / the first line token were known (ms from the request).
+    line_tokens: tokens of the line; late_tokens: line tokens made after their own deadline
+    (the first at deadline_ms, then one per 1/pace). warnings: problems found when the request
+    was built that did not stop it (unused fields, an unknown persona).
     """
 
     request_id: int
@@ -80,6 +97,13 @@ class Decision:
     escalations: int = 0
     compute_ms: float = 0.0
     expected_accuracy: float | None = None
+    output: str = "choice"
+    line: str | None = None
+    action_ms: float | None = None
+    first_token_ms: float | None = None
+    line_tokens: int = 0
+    late_tokens: int = 0
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -91,19 +115,23 @@ class RuntimeConfig:
     (one SLO period). margin_us / margin_fraction: dispatch margin. usable_fraction: share of
     predicted headroom the level choice relies on. edf / batching / prefix_reuse: the
     beyond-LEGO features (earliest deadline first, batched same-level subtasks: decode steps
-    and equal-length prefills, persona prefix KV reuse). static_level / static_slice_ms: the
+    and equal-length prefills, static prompt part KV reuse). static_level / static_slice_ms: the
     static_skip policy. cpu_core: pin the worker thread to this core (CPU runs).
     record_timeline: keep (start_ns, end_ns, kind, batch) of every subtask in `Runtime.timeline`.
     warmup: measure the cost profile at start() (one request per level, and batches of
     2..max_batch requests when batching).
     constrained: decode with the action trie (default); False generates up to 16 free tokens
-    (LEGO's shape) and accepts the answer only if its text is an allowed action. cost_profile:
+    (LEGO's shape) and accepts a Choice's answer only if its text is an allowed action (lines
+    are always decoded by their output spec). cost_profile:
     a `lego-embed profile` JSON that seeds the cost model (the warm-up and every measured
-    subtask then correct it). prefix_min_tokens: reuse a persona prefix only if it is at least
+    subtask then correct it). prefix_min_tokens: keep a static prompt part only if it is at least
     this long (a short prefix saves almost nothing, and attending over cached positions needs a
     mask, which made the bundled model's attention block 60% slower on CPU).
     cost_deviations / gap_deviations: how conservative predictions
     are (subtask cost: mean + k deviations; gap length: mean - k deviations).
+    warmup_prompt_tokens: length of the warm-up prompt (tokens). chat_template: apply the model
+    folder's chat template to prompts when it has one. max_static_prefixes: static prompt
+    parts whose KV is kept (least recently used dropped first).
     """
 
     policy: str = "lego"
@@ -125,6 +153,9 @@ class RuntimeConfig:
     cost_profile: str | None = None
     cost_deviations: float = 2.0
     gap_deviations: float = 2.0
+    warmup_prompt_tokens: int = 32
+    chat_template: bool = True
+    max_static_prefixes: int = 64
 
     def validate(self) -> RuntimeConfig:
         if self.policy not in POLICIES:
@@ -140,6 +171,10 @@ class RuntimeConfig:
             )
         if self.margin_us < 0 or self.margin_fraction < 0 or self.static_slice_ms <= 0:
             raise RuntimeConfigError("margins must be >= 0 and static_slice_ms > 0")
+        for name in ("warmup_prompt_tokens", "max_static_prefixes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise RuntimeConfigError(f"{name} must be a whole number >= 1, got "
+                                         f"{getattr(self, name)!r}")
         if self.cpu_core is not None and self.cpu_core not in os.sched_getaffinity(0):
             raise RuntimeConfigError(
                 f"cpu_core {self.cpu_core} is not available; pick one of "
@@ -148,18 +183,29 @@ class RuntimeConfig:
         return self
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Incoming:
+    """A submitted request with its encoded prompt and sampler, and what it streamed so far."""
+
     request_id: int
-    npc_id: str
-    prepared: PreparedDecision
+    request: Request
+    encoded: EncodedPrompt
+    sampler: AnswerSampler
     arrival_ns: int
-    deadline_ms: float
-    callback: Callable[[Decision], None] | None
+    action_ns: int | None = None
+    first_token_ns: int | None = None
+    line_tokens: int = 0
+    late_tokens: int = 0
+    shown_chars: int = 0
+    static_owner: bool = False
+
+    @property
+    def deadline_ms(self) -> float:
+        return self.request.deadline_ms
 
 
 class Runtime:
-    """Schedules NPC decisions into rendering headroom (see the module docstring).
+    """Schedules NPC requests into rendering headroom (see the module docstring).
 
     `bundle` is a SkipBundle (lego_embed.skip) or None (level 0 only). `accuracy_by_level`
     overrides the expected accuracy per level (e.g. from docs/benchmarks/skip_accuracy.json).
@@ -174,6 +220,10 @@ class Runtime:
     ) -> None:
         self.loaded = loaded
         self.config = (config or RuntimeConfig()).validate()
+        self.chat_template = (
+            ChatTemplate.from_folder(loaded.path, loaded.tokenizer.special_tokens)
+            if self.config.chat_template else None
+        )
         self.executor = Executor(loaded)
         self.levels = self._levels(loaded, bundle, accuracy_by_level or {})
         cfg = self.config
@@ -207,14 +257,15 @@ class Runtime:
         self._stopping = threading.Event()
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
-        self._prefixes: dict[tuple[int, ...], PrefixCache] = {}
-        self._persona_ids: dict[str, list[int]] = {}
+        self._prefixes: OrderedDict[tuple[int, ...], PrefixCache] = OrderedDict()
+        self._static_in_flight: set[tuple[int, ...]] = set()
         self._last_event_ns: int | None = None
         self._window_busy_ns = 0
         self._window_backlogged = False
         self._counters = {
             "subtasks": 0, "batched_subtasks": 0, "prefix_hits": 0, "escalations": 0,
             "llm_busy_ns": 0, "errors": 0, "contended_subtasks": 0, "relevels": 0,
+            "static_prefills": 0, "line_tokens": 0, "late_tokens": 0, "token_level_changes": 0,
         }
 
     @staticmethod
@@ -260,29 +311,31 @@ class Runtime:
         if event.kind != PASS_BEGIN:
             self._wake.set()
 
-    def request(
-        self,
-        npc_id: str,
-        state: Mapping[str, Any],
-        actions: Sequence[str],
-        deadline_ms: float,
-        callback: Callable[[Decision], None] | None = None,
-    ) -> int:
-        """Queues a decision and returns its request id. Validates the state and actions now
-        (InvalidGameStateError / InvalidActionSetError); never waits for inference."""
-        if not deadline_ms > 0:
-            raise RuntimeConfigError(f"deadline_ms must be > 0, got {deadline_ms}")
+    def submit(self, request: Request) -> int:
+        """Queues a request and returns its id. Encodes the prompt (with the model's chat
+        template when it has one) and builds the output spec's sampler now, so a bad request
+        raises its typed error here (InvalidActionSetError, PromptTooLongError, ...); never
+        waits for inference."""
+        if not isinstance(request, Request):
+            raise RuntimeConfigError(
+                f"submit takes a lego_embed.runtime.request.Request, got {type(request).__name__}"
+            )
         arrival_ns = time.monotonic_ns()
-        prepared = prepare_decision(self.loaded.tokenizer, state, actions)
+        tokenizer = self.loaded.tokenizer
+        encoded = encode_prompt(tokenizer, request.prompt, self.chat_template)
+        if self.config.constrained or not isinstance(request.output, Choice):
+            sampler = make_sampler(tokenizer, request.output)
+        else:  # LEGO's shape: free tokens, accepted only if they spell an allowed action
+            make_sampler(tokenizer, request.output)  # still checks the action set
+            sampler = FreeChoiceSampler(tokenizer, request.output, FREE_TEXT_TOKENS)
+        self.executor.check_prompt(encoded.ids, sampler)
         request_id = next(self._ids)
-        self._incoming.append(
-            _Incoming(request_id, str(npc_id), prepared, arrival_ns, float(deadline_ms), callback)
-        )
+        self._incoming.append(_Incoming(request_id, request, encoded, sampler, arrival_ns))
         self._wake.set()
         return request_id
 
     def poll(self) -> list[Decision]:
-        """Decisions finished since the last poll, oldest first."""
+        """Requests finished since the last poll, oldest first."""
         finished = []
         while self._done:
             finished.append(self._done.popleft())
@@ -291,7 +344,9 @@ class Runtime:
     def stats(self) -> dict[str, Any]:
         """Counters, latencies, headroom estimates, the cost profile and GPU stats (NVML)."""
         decisions = list(self._decisions)
-        latencies = [d.latency_ms for d in decisions if d.action is not None]
+        latencies = [d.latency_ms for d in decisions if d.error is None]
+        lines = [d for d in decisions if d.line is not None]
+        first_tokens = [d.first_token_ms for d in lines if d.first_token_ms is not None]
         predicted = self.predictor.predict()
         windows = self.tracker.windows
         return {
@@ -317,6 +372,17 @@ class Runtime:
             "errors": self._counters["errors"],
             "contended_subtasks": self._counters["contended_subtasks"],
             "relevels": self._counters["relevels"],
+            "lines": len(lines),
+            "line_tokens": self._counters["line_tokens"],
+            "late_tokens": self._counters["late_tokens"],
+            "lines_missing_first_token_deadline": sum(
+                d.first_token_ms is None or d.first_token_ms > d.deadline_ms for d in lines
+            ),
+            "p50_first_token_ms": float(np.percentile(first_tokens, 50)) if first_tokens else None,
+            "p99_first_token_ms": float(np.percentile(first_tokens, 99)) if first_tokens else None,
+            "static_prefills": self._counters["static_prefills"],
+            "static_prefixes_kept": len(self._prefixes),
+            "token_level_changes": self._counters["token_level_changes"],
             "llm_busy_ms": self._counters["llm_busy_ns"] / 1e6,
             "frames_seen": self.tracker.frames,
             "windows": len(windows),
@@ -330,9 +396,10 @@ class Runtime:
 
     # ------------------------------------------------------------------ worker
     def _warmup(self) -> None:
-        tokenizer = self.loaded.tokenizer
-        state = validate_state(random_situation(random.Random(0)))
-        prompt_ids = tokenizer.encode(build_prompt(state))
+        vocab = self.executor.vocab_size
+        length = min(self.config.warmup_prompt_tokens,
+                     self.loaded.max_context_tokens - WARMUP_DECODE_TOKENS)
+        prompt_ids = [(7 * i + 3) % vocab for i in range(length)]
         runs = [self.levels[0], *self.levels]
         for option in runs:
             request = self.executor.start(
@@ -414,22 +481,33 @@ class Runtime:
     def _admit(self, now_ns: int) -> None:
         while self._incoming:
             incoming = self._incoming.popleft()
-            prepared = incoming.prepared
-            prefix = None
-            prefix_ids = self._prefix_ids(prepared)
-            if self.config.prefix_reuse and prefix_ids:
-                prefix = self._prefixes.get(prefix_ids)
-                self._counters["prefix_hits"] += prefix is not None
-            sampler = prepared.sampler if self.config.constrained else GreedySampler(
-                self.loaded.tokenizer.eos_token_id, FREE_TEXT_TOKENS
+            static = self._static_ids(incoming)
+            prefix = self._prefixes.get(static) if static else None
+            split = 0
+            if prefix is not None:
+                self._prefixes.move_to_end(static)
+                self._counters["prefix_hits"] += 1
+            elif static and static not in self._static_in_flight:
+                # this request prefills the static part with the full model; its KV is kept
+                self._static_in_flight.add(static)
+                incoming.static_owner = True
+                split = len(static)
+            state = self.executor.start(
+                incoming.encoded.ids, incoming.sampler, prefix=prefix, split_after=split
             )
-            state = self.executor.start(prepared.prompt_ids, sampler, prefix=prefix)
             request = ScheduledRequest(
-                incoming.request_id, incoming.npc_id, state, incoming.arrival_ns,
+                incoming.request_id, incoming.request.npc_id, state, incoming.arrival_ns,
                 incoming.arrival_ns + round(incoming.deadline_ms * 1e6),
-                sampler.max_new_tokens, payload=incoming,
+                incoming.sampler.first_answer_tokens, payload=incoming,
             )
             self.scheduler.admit(request, now_ns, self.headroom_rate())
+
+    def _static_ids(self, incoming: _Incoming) -> tuple[int, ...]:
+        """The prompt's static part when it is worth keeping (prefix_reuse, long enough)."""
+        static = incoming.encoded.static_ids
+        if not self.config.prefix_reuse or len(static) < self.config.prefix_min_tokens:
+            return ()
+        return static
 
     def _execute(self, dispatch: Dispatch) -> None:
         batch = dispatch.requests
@@ -473,82 +551,139 @@ class Runtime:
         keep_going = True
         for request in batch:
             state = request.state
-            if state.at_pass_start or state.finished:
-                self._remember_prefix(request)
+            if not state.at_pass_start and not state.finished:
+                continue
+            keep_going = False
+            self._keep_static_part(request)
+            self._stream(request, end_ns)
             if state.finished:
                 self._complete(request, None)
-                keep_going = False
-            elif state.at_pass_start:
-                keep_going = False
-                escalated = self.scheduler.recheck(request, end_ns, self.headroom_rate())
-                self._counters["escalations"] += escalated
+                continue
+            self.scheduler.pass_boundary(request)
+            escalated = self.scheduler.recheck(request, end_ns, self.headroom_rate())
+            self._counters["escalations"] += escalated
         return keep_going
 
-    def _action(self, prepared: PreparedDecision, generated: list[int]) -> str | None:
-        if self.config.constrained:
-            return prepared.sampler.action(generated)
-        text = self.loaded.tokenizer.decode(generated, skip_special_tokens=True).strip()
-        return text if text in prepared.sampler.trie.actions else None
-
-    def _prefix_ids(self, prepared: PreparedDecision) -> tuple[int, ...]:
-        """The prompt's static persona part: the tokens it shares with the encoded persona
-        prefix (a tokenizer may encode the prefix's trailing blank as a token of its own)."""
-        if prepared.prefix_tokens >= self.config.prefix_min_tokens:
-            return tuple(prepared.prompt_ids[: prepared.prefix_tokens])
-        key = prepared.state.persona
-        static = self._persona_ids.get(key)
-        if static is None:
-            static = self.loaded.tokenizer.encode(persona_prefix(key))
-            self._persona_ids[key] = static
-        common = 0
-        for ours, theirs in zip(prepared.prompt_ids, static, strict=False):
-            if ours != theirs:
-                break
-            common += 1
-        common = min(common, len(prepared.prompt_ids) - 1)
-        if common < self.config.prefix_min_tokens:
-            return ()
-        return tuple(prepared.prompt_ids[:common])
-
-    def _remember_prefix(self, request: ScheduledRequest) -> None:
-        """After a full-model prefill, keeps the persona prefix's KV for the NPC's next requests."""
-        prepared = request.payload.prepared
+    def _keep_static_part(self, request: ScheduledRequest) -> None:
+        """After the pass that prefilled a prompt's static part: keeps its KV, and restarts the
+        waiting requests with the same static part from it (none of their subtasks ran)."""
+        incoming: _Incoming = request.payload
         state = request.state
-        if not self.config.prefix_reuse or request.level != 0 or not state.generated:
+        if not incoming.static_owner or state.in_static_part or state.position != state.split_at:
             return
-        prefix_ids = self._prefix_ids(prepared)
-        if not prefix_ids or prefix_ids in self._prefixes:
+        static = incoming.encoded.static_ids
+        prefix = self.executor.prefix_from(state, len(static))
+        self._prefixes[static] = prefix
+        self._counters["static_prefills"] += 1
+        while len(self._prefixes) > self.config.max_static_prefixes:
+            self._prefixes.popitem(last=False)
+        self._static_in_flight.discard(static)
+        incoming.static_owner = False
+        for other in self.scheduler.pending:
+            waiting: _Incoming = other.payload
+            if other is request or other.state.timings or waiting.encoded.static_ids != static:
+                continue
+            other.state = self.executor.start(waiting.encoded.ids, waiting.sampler, prefix=prefix)
+            self.scheduler.pass_boundary(other)
+            self._counters["prefix_hits"] += 1
+
+    def _stream(self, request: ScheduledRequest, now_ns: int) -> None:
+        """Delivers what the last pass decided: a ChoiceThenLine's action, a line token (with
+        the text it releases); then moves the request's deadline to its next token's."""
+        incoming: _Incoming = request.payload
+        spec_request = incoming.request
+        sampler = incoming.sampler
+        generated = request.state.generated
+        level = self.levels[request.level].level
+        latency_ms = (now_ns - incoming.arrival_ns) / 1e6
+        if incoming.action_ns is None and sampler.text is not None:
+            action = sampler.action(generated)
+            if action is not None:
+                incoming.action_ns = now_ns
+                if spec_request.on_action is not None:
+                    spec_request.on_action(ActionEvent(
+                        incoming.request_id, spec_request.npc_id, action, now_ns, latency_ms,
+                        latency_ms <= spec_request.deadline_ms, level,
+                    ))
+        if sampler.text is None:
             return
-        layers = tuple(kv.truncated(len(prefix_ids)) for kv in state.kv)
-        if all(len(layer) == len(prefix_ids) for layer in layers):
-            self._prefixes[prefix_ids] = PrefixCache(prefix_ids, layers)
+        count = len(sampler.line_ids(generated))
+        if request.state.finished:
+            sampler.text.finish()
+        text = sampler.text.released[incoming.shown_chars:]
+        new_token = count > incoming.line_tokens
+        if not new_token and not text:
+            return
+        incoming.shown_chars = len(sampler.text.released)
+        deadline_ms = spec_request.token_deadline_ms(max(count, 1))
+        met = latency_ms <= deadline_ms
+        if new_token:
+            incoming.line_tokens = count
+            self._counters["line_tokens"] += 1
+            if incoming.first_token_ns is None:
+                incoming.first_token_ns = now_ns
+            if not met:
+                incoming.late_tokens += 1
+                self._counters["late_tokens"] += 1
+        if spec_request.on_token is not None:
+            spec_request.on_token(TokenEvent(
+                incoming.request_id, spec_request.npc_id, max(count, 1), text, now_ns,
+                latency_ms, deadline_ms, met, level,
+            ))
+        if count and not request.state.finished:
+            next_deadline_ns = incoming.arrival_ns + round(
+                spec_request.token_deadline_ms(count + 1) * 1e6)
+            changed = self.scheduler.retarget(
+                request, next_deadline_ns, len(generated) + 1, now_ns, self.headroom_rate()
+            )
+            self._counters["token_level_changes"] += changed
 
     def _complete(self, request: ScheduledRequest, error: str | None) -> None:
         now_ns = time.monotonic_ns()
         incoming: _Incoming = request.payload
         state = request.state
-        action = None if error else self._action(incoming.prepared, state.generated)
-        if action is None and error is None:
+        answer = read_answer(incoming.sampler, state.generated)
+        spec = incoming.request.output
+        if error is None and spec.kind != "line" and answer.action is None:
             error = "the answer is not one of the allowed actions"
+        if incoming.static_owner:  # it failed before its static part was kept
+            self._static_in_flight.discard(incoming.encoded.static_ids)
         option = self.levels[request.level]
+
+        def since_request_ms(t_ns: int | None) -> float | None:
+            return None if t_ns is None else (t_ns - request.arrival_ns) / 1e6
+
+        action_ms = since_request_ms(incoming.action_ns if spec.kind == "choice_then_line"
+                                     else (now_ns if answer.action is not None else None))
+        first_token_ms = since_request_ms(incoming.first_token_ns)
+        due = ([action_ms] if spec.kind != "line" else []) + (
+            [first_token_ms] if spec.kind != "choice" else [])
+        in_time = all(t is not None and t <= incoming.deadline_ms for t in due)
         decision = Decision(
             request_id=request.request_id,
             npc_id=request.npc_id,
-            action=action,
+            action=None if error else answer.action,
             latency_ms=(now_ns - request.arrival_ns) / 1e6,
             skip_level=option.level,
             skipped_layers=option.skipped_layers,
             tokens=len(state.generated),
             deadline_ms=incoming.deadline_ms,
-            deadline_met=error is None and now_ns <= request.deadline_ns,
+            deadline_met=error is None and in_time,
             error=error,
             escalations=request.escalations,
             compute_ms=sum(t.duration_ns for t in state.timings) / 1e6,
             expected_accuracy=option.accuracy,
+            output=spec.kind,
+            line=None if error else answer.line,
+            action_ms=action_ms,
+            first_token_ms=first_token_ms,
+            line_tokens=answer.line_tokens,
+            late_tokens=incoming.late_tokens,
+            warnings=incoming.request.warnings,
         )
         self.scheduler.finish(request)
         rate = self.headroom_rate()
-        if request.alone and error is None and rate < 1.0:
+        if request.alone and error is None and rate < 1.0 and spec.kind == "choice":
             # a request that never waited behind another shows which share of the predicted
             # headroom dispatch really gets: its compute over (its wall time x headroom rate)
             wall_ns = now_ns - request.arrival_ns
@@ -556,5 +691,5 @@ class Runtime:
         self._counters["relevels"] += self.scheduler.relevel_waiting(now_ns, self.headroom_rate())
         self._decisions.append(decision)
         self._done.append(decision)
-        if incoming.callback is not None:
-            incoming.callback(decision)
+        if incoming.request.callback is not None:
+            incoming.request.callback(decision)

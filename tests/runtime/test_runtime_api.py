@@ -11,10 +11,11 @@ import pytest
 from lego_embed.engines.trace_replay import simulate_frames
 from lego_embed.errors import InvalidActionSetError, InvalidGameStateError, RuntimeConfigError
 from lego_embed.model.loading import LoadedModel
-from lego_embed.npc.combat_task import ACTIONS, random_situation
-from lego_embed.npc.decider import NpcDecider
 from lego_embed.runtime.events import EngineEvent
 from lego_embed.runtime.runtime import Decision, Runtime, RuntimeConfig
+from lego_embed.tasks.combat.decide import CombatDecider
+from lego_embed.tasks.combat.policy import ACTIONS, random_situation
+from lego_embed.tasks.combat.request import combat_request
 
 
 def wait_for(runtime: Runtime, count: int, timeout_s: float = 60.0) -> list[Decision]:
@@ -34,10 +35,12 @@ def test_requests_are_answered_with_allowed_actions(npc_loaded: LoadedModel) -> 
         rng = random.Random(3)
         actions = list(ACTIONS[:5])
         states = [{**random_situation(rng), "persona": "brute"} for _ in range(4)]
-        ids = [runtime.request("npc0", states[0], actions, 2000.0, called.append)]
+        ids = [runtime.submit(combat_request("npc0", states[0], actions, 2000.0,
+                                             callback=called.append))]
         decisions = wait_for(runtime, 1)
         ids += [
-            runtime.request(f"npc{i % 2}", state, actions, 2000.0, called.append)
+            runtime.submit(combat_request(f"npc{i % 2}", state, actions, 2000.0,
+                                          callback=called.append))
             for i, state in enumerate(states[1:])
         ]
         decisions += wait_for(runtime, 3)
@@ -52,7 +55,7 @@ def test_requests_are_answered_with_allowed_actions(npc_loaded: LoadedModel) -> 
     assert stats["prefix_hits"] >= 1  # the second request of each NPC reuses its persona prefix
     assert stats["gpu"]["nvml"].startswith("NVML unavailable")
     # scheduled, prefix-reusing decisions equal the plain run-to-completion reference
-    reference = NpcDecider(npc_loaded)
+    reference = CombatDecider(npc_loaded)
     by_id = {d.request_id: d for d in decisions}
     for request_id, state in zip(ids, states, strict=True):
         assert by_id[request_id].action == reference.decide(state, actions).action
@@ -62,11 +65,13 @@ def test_bad_input_is_rejected_synchronously(npc_loaded: LoadedModel) -> None:
     runtime = Runtime(npc_loaded, config=RuntimeConfig(warmup=False))
     state = random_situation(random.Random(0))
     with pytest.raises(InvalidGameStateError, match="hp"):
-        runtime.request("npc", {**state, "hp": float("nan")}, list(ACTIONS), 300.0)
+        runtime.submit(combat_request("npc", {**state, "hp": float("nan")}, ACTIONS, 300.0))
     with pytest.raises(InvalidActionSetError):
-        runtime.request("npc", state, [], 300.0)
+        runtime.submit(combat_request("npc", state, [], 300.0))
     with pytest.raises(RuntimeConfigError):
-        runtime.request("npc", state, list(ACTIONS), 0.0)
+        runtime.submit(combat_request("npc", state, ACTIONS, 0.0))
+    with pytest.raises(RuntimeConfigError, match="Request"):
+        runtime.submit(state)
     with pytest.raises(RuntimeConfigError, match="policy"):
         Runtime(npc_loaded, config=RuntimeConfig(policy="greedy"))
     assert runtime.poll() == []
@@ -93,7 +98,7 @@ def test_lego_policy_runs_only_in_gaps_of_a_reporting_engine(npc_loaded: LoadedM
     time.sleep(0.1)
     rng = random.Random(5)
     for i in range(3):
-        runtime.request(f"npc{i}", random_situation(rng), list(ACTIONS), 1200.0)
+        runtime.submit(combat_request(f"npc{i}", random_situation(rng), ACTIONS, 1200.0))
     decisions = wait_for(runtime, 3, timeout_s=30.0)
     thread.join()
     runtime.stop()

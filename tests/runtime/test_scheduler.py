@@ -275,3 +275,26 @@ def test_waiting_requests_are_releveled_when_the_backlog_grows(npc_loaded: Loade
     assert waiting.level > 0 and waiting.state.plan.skipped_layers > 0
     scheduler.executor.step(waiting.state)  # once it runs, its level is kept
     assert scheduler.relevel_waiting(0, headroom_rate=0.1) == 0
+
+
+def test_each_line_token_gets_its_own_deadline_order_and_level(npc_loaded: LoadedModel) -> None:
+    """retarget: a streamed line's next token is a request of its own: EDF re-orders by the
+    token's deadline, and the level is chosen afresh for it (down as well as up)."""
+    scheduler = make(npc_loaded, usable_fraction=1.0)
+    n = npc_loaded.num_layers
+    stream = new_request(scheduler, 1, 1000.0, tokens=1)
+    other = new_request(scheduler, 2, 500.0, tokens=1)
+    scheduler.admit(stream, 0, headroom_rate=1.0)
+    scheduler.admit(other, 0, headroom_rate=1.0)
+    assert [r.request_id for r in scheduler.pending] == [2, 1]
+    # the stream's first token is made: its next one is due sooner than the other request
+    while not stream.state.generated:
+        scheduler.executor.step(stream.state)
+    one_token_ms = n + 0.2
+    assert scheduler.retarget(stream, round(0.5 * one_token_ms * MS), 2, 0, 1.0)
+    assert [r.request_id for r in scheduler.pending] == [1, 2]
+    assert stream.level == len(scheduler.levels) - 1 and stream.level_changes == 1
+    # plenty of time for the token after: back to the full model
+    assert scheduler.retarget(stream, round(100 * one_token_ms * MS), 3, 0, 1.0)
+    assert stream.level == 0 and stream.state.plan is scheduler.levels[0].plan
+    assert [r.request_id for r in scheduler.pending] == [2, 1]
