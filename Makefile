@@ -39,8 +39,9 @@ godot-bridge: $(STAMP)
 
 setup: $(STAMP) godot-bridge
 
-# Sample decisions in the terminal, then the Godot combat demo: in a window when there is a
-# display, else under Xvfb for 60 s (writes docs/demo/report.json and docs/demo/screenshot.png).
+# Sample decisions and barks in the terminal, then the Godot combat demo: in a window when there
+# is a display, else under Xvfb for 60 s with the LLM off and 60 s with it on (writes
+# docs/demo/report.json with both runs' FPS, and docs/demo/screenshot.png).
 demo: setup
 	$(VENV)/bin/lego-embed decide --model bundled --samples
 	demo_game/run_demo.sh

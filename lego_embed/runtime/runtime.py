@@ -425,7 +425,7 @@ class Runtime:
 
     def _window(self, window: WindowHeadroom) -> None:
         rate = self.headroom_rate()
-        if self._window_backlogged and len(self.scheduler) and rate < 1.0:
+        if self._window_backlogged and len(self.scheduler) and 0.0 < rate < 1.0:
             # requests waited the whole window: its compute shows what dispatch can really get
             busy_fraction = self._window_busy_ns / 1e6 / self.tracker.window_ms
             self.scheduler.observe_usable_fraction(busy_fraction / rate)
@@ -683,7 +683,7 @@ class Runtime:
         )
         self.scheduler.finish(request)
         rate = self.headroom_rate()
-        if request.alone and error is None and rate < 1.0 and spec.kind == "choice":
+        if request.alone and error is None and 0.0 < rate < 1.0 and spec.kind == "choice":
             # a request that never waited behind another shows which share of the predicted
             # headroom dispatch really gets: its compute over (its wall time x headroom rate)
             wall_ns = now_ns - request.arrival_ns
