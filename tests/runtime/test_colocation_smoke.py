@@ -63,3 +63,24 @@ def test_replay_segment_of_a_trace_barely_longer_than_the_replay() -> None:
     assert start >= len(render) // 20  # past the first 5% (loading screens)
     segment_mean = sum(render[start : start + 100]) / 100
     assert abs(segment_mean - sum(render) / len(render)) < 0.1
+
+
+def test_short_dialogue_run_streams_lines_and_reports_their_figures(
+    npc_loaded: LoadedModel, tmp_path: Path
+) -> None:
+    trace = RenderTrace("steady", tmp_path / "steady.csv", "rendertime(ms)", (8.0,) * 90)
+    core = max(os.sched_getaffinity(0))
+    setting = ColocationSetting(trace, 100, "lego", 1, 1.5, mix="dialogue")
+    run = run_colocation(npc_loaded, setting, core=core, answer_grace_s=120.0)
+    row = summarize(run, 0.0)
+    assert run.requests == 2 and row["answered"] == 2  # one per 600 ms from 300 ms
+    assert row["mix"] == "dialogue" and row["lines"] == 2
+    tokens = run.tokens
+    assert row["line_tokens"] == sum(d.line_tokens for d in run.decisions) > 0
+    assert sum(row["token_skip_levels"].values()) == row["line_tokens"]
+    assert {e.request_id for e in tokens} == {d.request_id for d in run.decisions}
+    for decision in run.decisions:  # the streamed pieces of each line joined are the line
+        assert "".join(e.text for e in tokens if e.request_id == decision.request_id) == (
+            decision.line)
+    assert 0.0 <= row["pace_attained"] <= 1.0
+    assert row["p50_first_token_ms"] <= row["p99_first_token_ms"]
