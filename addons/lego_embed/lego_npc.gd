@@ -45,7 +45,7 @@ export(float, 1.0, 6000.0) var actions_per_minute := 200.0
 # Explicit deadline in ms (for an action, and for a line's first token); 0: from actions_per_minute.
 export(float, 0.0, 60000.0) var deadline_ms := 0.0
 # Longest line, in tokens, and the reading pace the line's tokens are due at (tokens per second).
-export(int, 1, 256) var max_line_tokens := 16
+export(int, 1, 256) var max_line_tokens := 24
 export(float, 1.0, 200.0) var pace_tokens_per_s := 15.0
 # A line ends before the first of these strings (for example "\n").
 export(Array, String) var stop := []

@@ -28,6 +28,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--states", type=int, default=2000, help="held-out states to decide")
     evaluate.add_argument("--line-states", type=int, default=1000,
                           help="held-out states to speak a bark for (0: skip barks)")
+    evaluate.add_argument("--level-line-states", type=int, default=200,
+                          help="held-out states per skip level for bark quality at that level "
+                               "(the model's skip bundle; 0: skip)")
     evaluate.add_argument("--out", type=Path, default=DEFAULT_EVAL_OUT)
     evaluate.set_defaults(run=_evaluate)
 
@@ -85,6 +88,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return answer.action, answer.line
 
     lines = line_quality(speak, args.line_states) if args.line_states else None
+    by_level = _line_quality_by_level(loaded, decider, args.level_line_states)
     report = {
         "model": args.model,
         "n_layers": loaded.num_layers,
@@ -103,7 +107,40 @@ def _evaluate(args: argparse.Namespace) -> int:
                             "lego_embed.tasks.combat.line_check.LineChecker",
             "p50_action_and_line_ms_cpu": round(statistics.median(line_latencies), 2),
         })
+    if by_level:
+        report["line_quality_by_skip_level"] = by_level
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _line_quality_by_level(loaded, decider, states: int) -> list[dict]:
+    """Action agreement and bark quality with the whole generation at each level of the
+    model's skip bundle ([] when it has none or `states` is 0)."""
+    from lego_embed.errors import SkipBundleError
+    from lego_embed.skip.bundle import SkipBundle
+    from lego_embed.tasks.combat.evaluation import line_quality
+
+    folder = loaded.path / "skip_bundle"
+    if not states or not folder.is_dir():
+        return []
+    try:
+        bundle = SkipBundle.load(folder, loaded)
+    except SkipBundleError:
+        return []
+    rows = []
+    for level in bundle.levels:
+        plan = bundle.plan(level.level)
+
+        def speak(state: dict, actions: tuple[str, ...], plan=plan):
+            answer = decider.speak(state, actions, layer_plan=plan)
+            return answer.action, answer.line
+
+        quality = line_quality(speak, states)
+        rows.append({"level": level.level, "skipped_layers": level.skipped_layers,
+                     "states": states, "line_judged_right": round(quality.right, 4),
+                     "line_exact_for_situation": round(quality.exact, 4),
+                     "action_agreement": round(quality.action_agreement, 4)})
+        print(f"level {level.level}: barks right {quality.right:.3f}", flush=True)
+    return rows

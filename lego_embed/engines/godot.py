@@ -112,7 +112,7 @@ class BridgeRequest:
     prompt_template: str = ""
     persona: str | None = None
     say_for: str | None = None
-    max_tokens: int = 16
+    max_tokens: int = 24
     stop: tuple[str, ...] = ()
     pace_tokens_per_s: float = DEFAULT_PACE_TOKENS_PER_S
 
@@ -145,7 +145,7 @@ def parse_request(payload: list[Any]) -> BridgeRequest:
     stop = spec.get("stop", [])
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise EngineBridgeError(f"stop must be an Array of Strings, got {stop!r}")
-    max_tokens = _typed(spec, "max_tokens", (int, float), 16)
+    max_tokens = _typed(spec, "max_tokens", (int, float), 24)
     return BridgeRequest(
         npc_id=str(npc_id), output=output, fields=fields, actions=actions,
         deadline_ms=float(deadline_ms),

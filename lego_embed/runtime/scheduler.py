@@ -10,7 +10,7 @@ time back with `record`. Policies:
   is the smallest whose predicted cost fits the predicted headroom before the deadline,
   re-checked and escalated at every decode step. A streamed line is a sequence of deadlines,
   one per token (`retarget`): after each line token the request's deadline moves to the next
-  token's, EDF re-orders, and the level is chosen afresh for that token.
+  token's, EDF re-orders, and the level is escalated if that token would be late.
 - `free`: start whenever there is work (plain co-location); full model.
 - `inter_frame`: start only between frame_end and the next frame_begin (Pilotfish-style),
   without a fit check; full model.
@@ -369,15 +369,18 @@ class Scheduler:
     def retarget(self, request: ScheduledRequest, deadline_ns: int, expected_tokens: int,
                  now_ns: int, headroom_rate: float) -> bool:
         """A line token was made: the request's next deadline is the next token's. Re-orders the
-        queue and, for `lego`, picks the level for that token afresh (it may go down as well as
-        up; layers skipped for one token keep no KV for it). True if the level changed."""
+        queue and, for `lego`, checks the level against that token's deadline: raised when the
+        token would be late at the current one, never lowered within a request (the spans nest,
+        so a layer skipped for earlier tokens is never run again over positions it lacks).
+        True if the level changed."""
         request.deadline_ns = deadline_ns
         request.expected_tokens = expected_tokens
         if self.config.edf:
             heapq.heapify(self._queue)
         if self.config.policy != "lego" or not request.state.at_pass_start:
             return False
-        level = self._fit_level(request, self._available_ns(request, now_ns, headroom_rate), 0)
+        available_ns = self._available_ns(request, now_ns, headroom_rate)
+        level = self._fit_level(request, available_ns, request.level)
         if level == request.level:
             return False
         request.level = level

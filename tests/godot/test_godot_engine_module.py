@@ -57,7 +57,7 @@ def test_a_combat_request_from_the_new_api_carries_persona_and_say_for() -> None
     spec = {"output": "line", "fields": fields, "persona": "coward", "say_for": "block"}
     request = RequestBuilder().build(parse_request(["c", spec, [], 300]))
     assert request.prompt.static.startswith("persona coward")
-    assert request.prompt.dynamic.endswith("action block say") and request.output == Line(16)
+    assert request.prompt.dynamic.endswith("action block say") and request.output == Line(24)
     choice = RequestBuilder().build(parse_request(["c", {**spec, "output": "choice"},
                                                   ["block"], 300]))
     assert choice.output == Choice(("block",))

@@ -279,7 +279,8 @@ def test_waiting_requests_are_releveled_when_the_backlog_grows(npc_loaded: Loade
 
 def test_each_line_token_gets_its_own_deadline_order_and_level(npc_loaded: LoadedModel) -> None:
     """retarget: a streamed line's next token is a request of its own: EDF re-orders by the
-    token's deadline, and the level is chosen afresh for it (down as well as up)."""
+    token's deadline, and the level is raised when that token would be late (never lowered
+    within the line: skipped layers lack KV for the tokens made without them)."""
     scheduler = make(npc_loaded, usable_fraction=1.0)
     n = npc_loaded.num_layers
     stream = new_request(scheduler, 1, 1000.0, tokens=1)
@@ -294,7 +295,14 @@ def test_each_line_token_gets_its_own_deadline_order_and_level(npc_loaded: Loade
     assert scheduler.retarget(stream, round(0.5 * one_token_ms * MS), 2, 0, 1.0)
     assert [r.request_id for r in scheduler.pending] == [1, 2]
     assert stream.level == len(scheduler.levels) - 1 and stream.level_changes == 1
-    # plenty of time for the token after: back to the full model
-    assert scheduler.retarget(stream, round(100 * one_token_ms * MS), 3, 0, 1.0)
-    assert stream.level == 0 and stream.state.plan is scheduler.levels[0].plan
+    # plenty of time for the token after: the level stays, the order follows the deadline
+    assert not scheduler.retarget(stream, round(100 * one_token_ms * MS), 3, 0, 1.0)
+    assert stream.level == len(scheduler.levels) - 1
     assert [r.request_id for r in scheduler.pending] == [2, 1]
+    # a stream that is on time stays at the full model
+    calm = new_request(scheduler, 3, 1000.0, tokens=1)
+    scheduler.admit(calm, 0, headroom_rate=1.0)
+    while not calm.state.generated:
+        scheduler.executor.step(calm.state)
+    assert not scheduler.retarget(calm, round(100 * one_token_ms * MS), 2, 0, 1.0)
+    assert calm.level == 0 and calm.state.plan is scheduler.levels[0].plan

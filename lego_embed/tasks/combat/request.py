@@ -20,7 +20,7 @@ from lego_embed.tasks.combat.prompt import combat_prompt, line_prompt
 from lego_embed.tasks.combat.state import FIELDS, validate_state
 
 OUTPUTS = ("choice", "choice_then_line", "line")
-LINE_MAX_TOKENS = 16
+LINE_MAX_TOKENS = 24
 
 
 def state_warnings(state: Mapping[str, Any]) -> tuple[str, ...]:
