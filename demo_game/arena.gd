@@ -19,6 +19,7 @@ const ENEMY_SPECS = [
 	{"persona": "coward", "color": Color(0.7, 0.3, 0.9), "at": Vector3(0, 0, -9)},
 ]
 const RECENT_DECISIONS = 200
+const BUBBLE_WIDTH = 200.0
 
 var player: Spatial
 var enemies := []
@@ -168,12 +169,12 @@ func _build_hud() -> void:
 	hud_status.add_color_override("font_color", Color(1, 0.85, 0.4))
 	hud.add_child(hud_status)
 	graph = FrameGraph.new()
-	graph.rect_position = Vector2(screen.x - 290, 8)
+	graph.rect_position = Vector2(screen.x - 290, screen.y - 126)
 	graph.rect_size = Vector2(280, 90)
 	hud.add_child(graph)
 	var graph_title := Label.new()
 	graph_title.text = "frame time (ms, 0-50; line = %.1f budget)" % (1000.0 / (Engine.target_fps if Engine.target_fps > 0 else 60))
-	graph_title.rect_position = Vector2(screen.x - 286, 100)
+	graph_title.rect_position = Vector2(screen.x - 286, screen.y - 34)
 	hud.add_child(graph_title)
 
 
@@ -181,7 +182,7 @@ func _speech_bubble(color: Color) -> Label:
 	var bubble := Label.new()
 	bubble.align = Label.ALIGN_CENTER
 	bubble.autowrap = true
-	bubble.rect_min_size = Vector2(190, 0)
+	bubble.rect_size = Vector2(BUBBLE_WIDTH, 0)
 	bubble.add_color_override("font_color", Color(0.08, 0.08, 0.1))
 	var style := StyleBoxFlat.new()
 	style.bg_color = Color(1, 1, 0.96, 0.92)
@@ -312,17 +313,27 @@ func _update_hud() -> void:
 		for other in placed:  # stack labels that would overlap
 			if rect.intersects(other):
 				rect.position.y = other.position.y - rect.size.y - 2.0
+		rect.position.y = max(rect.position.y, 4.0)
 		placed.append(rect)
 		label.rect_position = rect.position
 		var bubble: Label = bubbles[enemy]
 		bubble.visible = enemy.bubble_text != ""
 		if bubble.visible:
 			bubble.text = enemy.bubble_text
-			bubble.rect_size = Vector2(bubble.rect_min_size.x, 0)
-			var spot := Rect2(Vector2(rect.position.x + rect.size.x / 2.0 - bubble.rect_size.x / 2.0, rect.position.y - bubble.rect_size.y - 4.0), bubble.rect_size)
+			var lines: int = max(1, bubble.get_line_count())
+			var size := Vector2(BUBBLE_WIDTH, lines * (bubble.get_line_height() + 3) + 10)
+			bubble.rect_size = size
+			var spot := Rect2(Vector2(rect.position.x + rect.size.x / 2.0 - size.x / 2.0, rect.position.y - size.y - 4.0), size)
 			for other in placed:
 				if spot.intersects(other):
 					spot.position.y = other.position.y - spot.size.y - 4.0
+			if spot.position.y < 4.0:  # no room above the enemy: below its label instead
+				spot.position.y = rect.end.y + 4.0
+				for other in placed:
+					if spot.intersects(other):
+						spot.position.y = other.end.y + 4.0
+			var screen := get_viewport().size
+			spot.position.x = clamp(spot.position.x, 4.0, screen.x - size.x - 4.0)
 			placed.append(spot)
 			bubble.rect_position = spot.position
 

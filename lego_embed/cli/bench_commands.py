@@ -84,7 +84,12 @@ def _run_colocation(args: argparse.Namespace) -> int:
         run_matrix,
         summarize,
     )
-    from lego_embed.engines.colocation_plots import plot_summary, plot_timeline
+    from lego_embed.engines.colocation_plots import (
+        DIALOGUE_METRICS,
+        SUMMARY_METRICS,
+        plot_summary,
+        plot_timeline,
+    )
 
     if not args.all and not (args.trace and args.apm and args.policy):
         print("lego-embed bench colocation: give --trace, --apm and --policy, or --all")
@@ -135,7 +140,8 @@ def _run_colocation(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     if result.timeline_run is not None:
         plot_timeline(result.timeline_run, out.with_name(out.stem + "_timeline.png"))
-    plot_summary(result.runs, out.with_name(out.stem + "_summary.png"))
+    plot_summary(result.runs, out.with_name(out.stem + "_summary.png"),
+                 DIALOGUE_METRICS if args.mix == "dialogue" else SUMMARY_METRICS)
     print(f"wrote {out}")
     return 0
 
