@@ -78,12 +78,16 @@ def test_bad_input_is_rejected_synchronously(npc_loaded: LoadedModel) -> None:
 
 
 def test_lego_policy_runs_only_in_gaps_of_a_reporting_engine(npc_loaded: LoadedModel) -> None:
-    """Feeds a simulated 60 FPS renderer in real time; every subtask must start inside a gap."""
+    """Feeds a simulated 60 FPS renderer in real time; every subtask must start inside a gap.
+
+    A pass counts as begun when its pass_begin reached the runtime (a sleeping engine thread
+    can deliver it after the event's own timestamp; the runtime cannot know of it earlier)."""
     runtime = Runtime(npc_loaded, config=RuntimeConfig(policy="lego", record_timeline=True))
     runtime.start()
     origin_ns = time.monotonic_ns() + 20_000_000
     frames = list(simulate_frames([9.0] * 90, origin_ns=origin_ns))
-    busy_spans = [(s, e) for record, _ in frames for _, s, e in record.pass_spans_ns]
+    pass_ends = {b: e for record, _ in frames for _, b, e in record.pass_spans_ns}
+    busy_spans: list[tuple[int, int]] = []
 
     def engine() -> None:
         for _, events in frames:
@@ -92,6 +96,8 @@ def test_lego_policy_runs_only_in_gaps_of_a_reporting_engine(npc_loaded: LoadedM
                 if delay_ns > 0:
                     time.sleep(delay_ns / 1e9)
                 runtime.on_event(EngineEvent(event.kind, event.name, event.t_ns))
+                if event.kind == "pass_begin":
+                    busy_spans.append((time.monotonic_ns(), pass_ends[event.t_ns]))
 
     thread = threading.Thread(target=engine)
     thread.start()
