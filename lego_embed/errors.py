@@ -60,6 +60,19 @@ class InvalidActionSetError(LegoEmbedError):
     """The allowed actions are empty, repeated, or not encodable by the tokenizer."""
 
 
+class OutputSpecError(LegoEmbedError):
+    """An output spec (choice, line, choice then line) has an invalid limit or stop string."""
+
+
+class PromptTemplateError(LegoEmbedError):
+    """A prompt template is malformed, names a field it was not declared with, or a request
+    lacks a field the template needs; the message names the field."""
+
+
+class ChatTemplateError(LegoEmbedError):
+    """A model's chat template cannot be read or rendered."""
+
+
 class TraceFormatError(LegoEmbedError):
     """A render trace file cannot be read: missing columns, no usable rows."""
 

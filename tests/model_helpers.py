@@ -100,3 +100,50 @@ def run_greedy(executor, prompt, max_new_tokens, eos_token_id=EOS_ID, **start_kw
     state = executor.start(prompt, sampler, **start_kwargs)
     executor.run_to_completion(state)
     return state, torch.stack(sampler.logits)
+
+
+# Qwen2-Instruct's chat template, as its tokenizer_config.json ships it.
+QWEN2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CHAT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+ENGLISH = (
+    "You are Mara, the shopkeeper of the Rusty Lantern. You sell rope, lamps and maps.",
+    "The player offers 12 gold for a lamp. The player says: can you go lower?",
+    "Guard Ada saw the player 3 seconds ago near the north gate and raised the alarm.",
+    "Sell, haggle, refuse, call the guard, greet the customer, close the shop.",
+    "Squad, hold the line! Flank left, cover the medic, fall back to the wall.",
+)
+
+
+def save_english_model(folder: Path, family: str = "qwen2", chat_template: str | None = None,
+                       seed: int = 0) -> Path:
+    """A tiny random `family` model whose byte-level BPE tokenizer (no unknown tokens: any
+    text encodes) has the ChatML special tokens, EOS <|im_end|>; with `chat_template` it is an
+    instruct-style folder (the template saved as transformers saves it)."""
+    from tokenizers import decoders, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE * 3, special_tokens=list(CHAT_SPECIALS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(ENGLISH * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    torch.manual_seed(seed)
+    config = CONFIG_CLASSES[family](**{
+        **COMMON, **FAMILY_SETTINGS[family], "vocab_size": backend.get_vocab_size(),
+        "bos_token_id": None, "eos_token_id": backend.token_to_id("<|im_end|>"),
+        "pad_token_id": backend.token_to_id("<|endoftext|>"), "max_position_embeddings": 512,
+    })
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

@@ -1,5 +1,5 @@
 """The game process never imports transformers: the runtime (as the Godot bridge builds it), the
-`lego-embed decide` command and a decision all run on our own decoder."""
+`lego-embed decide` command and a decision with a spoken line all run on our own decoder."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import sys
 RUNTIME_SCRIPT = """
 import json, sys, time
 from lego_embed.engines.godot import BridgeConfig, build_runtime
-from lego_embed.npc.combat_task import ACTIONS
+from lego_embed.tasks.combat.policy import ACTIONS
+from lego_embed.tasks.combat.request import combat_request
 
 runtime, info = build_runtime(BridgeConfig.from_mapping({"model": "bundled"}))
 state = {"persona": "brute", "hp": 70, "enemy_hp": 60, "distance": 2.0,
          "enemy_last_action": "heavy_windup", "cooldowns": {"dodge": 0, "heal": 0, "heavy": 0},
          "allies": 1}
-runtime.request("npc0", state, list(ACTIONS), 60000.0)
+runtime.submit(combat_request("npc0", state, ACTIONS, 60000.0, output="choice_then_line"))
 decisions = []
 while not decisions:  # no engine events: the runtime runs freely; the test's timeout bounds it
     decisions = runtime.poll()
@@ -24,6 +25,7 @@ while not decisions:  # no engine events: the runtime runs freely; the test's ti
 runtime.stop()
 print(json.dumps({
     "action": decisions[0].action,
+    "line": decisions[0].line,
     "levels": info["skip_levels"],
     "transformers": sorted(m for m in sys.modules if m.split(".")[0] == "transformers"),
 }))
@@ -47,7 +49,7 @@ def run_python(script: str) -> dict:
 
 def test_a_runtime_decision_leaves_transformers_out() -> None:
     result = run_python(RUNTIME_SCRIPT)
-    assert result["action"] is not None
+    assert result["action"] is not None and result["line"]
     assert len(result["levels"]) > 1  # the skip bundle loaded too
     assert result["transformers"] == []
 

@@ -1,13 +1,20 @@
-"""Trains the bundled NPC model: a 16-layer Llama that picks combat actions like the expert policy.
+"""Trains the bundled NPC model: a 16-layer Llama that picks combat actions like the expert policy
+and says a persona bark while doing them.
 
-1. generates combat situations (lego_embed.npc.combat_task) labelled by the noisy expert;
+1. generates combat situations (lego_embed.tasks.combat) labelled by the noisy expert; half of
+   them also carry the persona's bark for the situation and the labelled action
+   (lego_embed.tasks.combat.lines), after the action and the output spec's separator;
 2. trains a BPE tokenizer on their text with `tokenizers`;
 3. trains a Llama-architecture causal LM on CPU (fixed seed, progress bar, checkpoints it resumes
    from: re-run the same command after an interruption);
 4. writes config, safetensors weights and tokenizer to lego_embed/assets/npc_model/.
 
-Usage: python tools/train_npc_model.py [--steps 3500] [--out DIR] [--work DIR]
-`lego-embed eval --model bundled` then measures held-out agreement with the expert.
+Usage: python tools/train_npc_model.py [--steps 4000] [--out DIR] [--work DIR] [--init-from DIR]
+With --init-from, training continues from an earlier model folder of the same shape: its
+decoder layers are copied, and so are the embedding rows of every token both vocabularies
+have (the new tokenizer is trained on the new texts; tokens only it has start random).
+`lego-embed eval --model bundled` then measures held-out agreement with the expert and the
+share of barks the corpus checker judges right.
 """
 
 from __future__ import annotations
@@ -24,24 +31,37 @@ from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lego_embed.model.tokenizer import Tokenizer
-from lego_embed.npc.combat_task import expert_action, noisy_expert_action, random_situation
-from lego_embed.npc.prompt import ANSWER_PREFIX, build_prompt
-from lego_embed.npc.state import validate_state
-from lego_embed.npc.tokenizer import train_npc_tokenizer
+from lego_embed.npc.output_spec import ANSWER_PREFIX, SAY_SEPARATOR
+from lego_embed.tasks.combat.lines import line_for
+from lego_embed.tasks.combat.policy import expert_action, noisy_expert_action, random_situation
+from lego_embed.tasks.combat.prompt import build_prompt
+from lego_embed.tasks.combat.state import validate_state
+from lego_embed.tasks.combat.tokenizer import train_npc_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ANSWER_LOSS_WEIGHT = 4.0
+LINE_SHARE = 0.5
 
 
-def make_examples(count: int, seed: int, noisy: bool) -> list[tuple[str, str]]:
-    """(prompt, answer) pairs labelled by the noisy (training) or deterministic expert."""
+def make_examples(
+    count: int, seed: int, noisy: bool, line_share: float = LINE_SHARE
+) -> list[tuple[str, str, str | None]]:
+    """(prompt, action, bark or None) triples labelled by the noisy (training) or deterministic
+    expert; a `line_share` of them carry the bark for the situation and the labelled action."""
     rng = random.Random(seed)
     examples = []
     for _ in range(count):
         state = validate_state(random_situation(rng))
-        answer = noisy_expert_action(state, rng) if noisy else expert_action(state)
-        examples.append((build_prompt(state), answer))
+        action = noisy_expert_action(state, rng) if noisy else expert_action(state)
+        line = line_for(state, action) if rng.random() < line_share else None
+        examples.append((build_prompt(state), action, line))
     return examples
+
+
+def answer_text(action: str, line: str | None) -> str:
+    """What follows the prompt: the action, then (with a bark) the separator and the bark."""
+    text = ANSWER_PREFIX + action
+    return text if line is None else f"{text}{SAY_SEPARATOR} {line}"
 
 
 def model_config(tokenizer: Tokenizer, layers: int, hidden: int) -> LlamaConfig:
@@ -61,12 +81,16 @@ def model_config(tokenizer: Tokenizer, layers: int, hidden: int) -> LlamaConfig:
     )
 
 
-def encode(tokenizer, examples: list[tuple[str, str]]) -> list[tuple[list[int], int]]:
-    """Token ids of prompt + answer + EOS, and where the answer starts."""
+def encode(tokenizer, examples: list[tuple[str, str, str | None]]) -> list[tuple[list[int], int]]:
+    """Token ids of prompt + answer + EOS, and where the answer starts. The answer's parts are
+    encoded separately, exactly as the output spec's sampler forces and reads them."""
     encoded = []
-    for prompt, answer in examples:
+    for prompt, action, line in examples:
         prompt_ids = tokenizer.encode(prompt)
-        answer_ids = tokenizer.encode(ANSWER_PREFIX + answer, add_special_tokens=False)
+        answer_ids = tokenizer.encode(ANSWER_PREFIX + action, add_special_tokens=False)
+        if line is not None:
+            answer_ids += tokenizer.encode(SAY_SEPARATOR, add_special_tokens=False)
+            answer_ids += tokenizer.encode(" " + line, add_special_tokens=False)
         encoded.append((prompt_ids + answer_ids + [tokenizer.eos_token_id], len(prompt_ids)))
     return encoded
 
@@ -85,6 +109,28 @@ def batch_tensors(batch: list[tuple[list[int], int]], pad_id: int):
     return input_ids, mask, input_ids[:, 1:], weights
 
 
+def warm_start(model, tokenizer, folder: Path) -> int:
+    """Copies an earlier model's weights into `model` (see the module docstring); returns how
+    many embedding rows were carried over."""
+    previous = LlamaForCausalLM.from_pretrained(folder)
+    old_vocab = Tokenizer.from_folder(folder).backend.get_vocab()
+    state = {k: v for k, v in previous.state_dict().items() if "embed_tokens" not in k
+             and "lm_head" not in k}
+    missing, _ = model.load_state_dict(state, strict=False)
+    if any("embed_tokens" not in k and "lm_head" not in k for k in missing):
+        raise SystemExit(f"{folder} is not the same shape as the model to train: {missing}")
+    old_rows = previous.get_input_embeddings().weight.detach()
+    rows = model.get_input_embeddings().weight
+    carried = 0
+    with torch.no_grad():
+        for token, new_id in tokenizer.backend.get_vocab().items():
+            old_id = old_vocab.get(token)
+            if old_id is not None:
+                rows[new_id] = old_rows[old_id]
+                carried += 1
+    return carried
+
+
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -92,11 +138,11 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def greedy_agreement(model, tokenizer, examples: list[tuple[str, str]]) -> float:
+def greedy_agreement(model, tokenizer, examples: list[tuple[str, str, str | None]]) -> float:
     """Share of prompts whose greedy first answer token is the expert's (a quick training check)."""
     hits = 0
     with torch.no_grad():
-        for prompt, answer in examples:
+        for prompt, answer, _ in examples:
             ids = torch.tensor([tokenizer.encode(prompt)])
             first = tokenizer.encode(ANSWER_PREFIX + answer, add_special_tokens=False)[0]
             hits += int(model(input_ids=ids).logits[0, -1].argmax()) == first
@@ -108,15 +154,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "lego_embed/assets/npc_model")
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "work/npc_train")
     parser.add_argument("--examples", type=int, default=240_000)
-    parser.add_argument("--steps", type=int, default=3500)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--vocab", type=int, default=512)
+    parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--check-states", type=int, default=400,
+                        help="held-out states for the agreement printed at each checkpoint")
+    parser.add_argument("--warmup", type=int, default=100, help="learning-rate warm-up steps")
+    parser.add_argument("--init-from", type=Path,
+                        help="continue from this earlier model folder (same layers and width)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -129,13 +180,18 @@ def main() -> None:
     if tokenizer_dir.is_dir():
         tokenizer = Tokenizer.from_folder(tokenizer_dir)
     else:
-        texts = [f"{p}{ANSWER_PREFIX}{a}" for p, a in examples[:50_000]]
+        texts = [p + answer_text(a, line) for p, a, line in examples[:50_000]]
         tokenizer = train_npc_tokenizer(texts, args.vocab)
         tokenizer.save(tokenizer_dir)
     data = encode(tokenizer, examples)
-    check = make_examples(400, args.seed + 7, noisy=False)
+    check = make_examples(args.check_states, args.seed + 7, noisy=False)
 
     model = LlamaForCausalLM(model_config(tokenizer, args.layers, args.hidden))
+    carried = None
+    if args.init_from is not None:
+        carried = warm_start(model, tokenizer, args.init_from)
+        print(f"warm start from {args.init_from}: {carried} of {tokenizer.vocab_size} "
+              "embedding rows carried over")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     checkpoint_path = args.work / "checkpoint.pt"
     step, log, train_seconds = 0, [], 0.0
@@ -163,7 +219,7 @@ def main() -> None:
             [data[r] for r in rows], tokenizer.pad_token_id
         )
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.steps, args.lr, warmup=100)
+            group["lr"] = learning_rate(step, args.steps, args.lr, warmup=args.warmup)
         logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
         losses = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
@@ -196,8 +252,11 @@ def main() -> None:
     model.save_pretrained(args.out, safe_serialization=True)
     tokenizer.save(args.out)
     summary = {
-        "examples": args.examples, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+        "examples": args.examples, "line_share": LINE_SHARE, "steps": args.steps,
+        "batch": args.batch, "lr": args.lr,
         "seed": args.seed, "threads": args.threads, "layers": args.layers,
+        "warmup": args.warmup, "init_from": None if args.init_from is None else str(args.init_from),
+        "embedding_rows_carried": carried,
         "hidden": args.hidden, "vocab": tokenizer.vocab_size,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(train_seconds, 1),

@@ -85,4 +85,12 @@ static func runtime_options() -> Dictionary:
 		if parsed.error == OK and typeof(parsed.result) == TYPE_DICTIONARY:
 			return parsed.result
 		push_error("lego_embed: LEGO_EMBED_RUNTIME_OPTIONS is not a JSON object; using the project setting")
-	return read("lego_embed/runtime/options")
+	return read("lego_embed/runtime/options").duplicate(true)
+
+
+# The frame budget (ms) the engine paces frames to: 1000 / Engine.target_fps when the game caps
+# its frame rate (Project Settings > Debug > Settings > Force Fps), else one 60 Hz vsync period.
+static func engine_frame_budget_ms() -> float:
+	if Engine.target_fps > 0:
+		return 1000.0 / Engine.target_fps
+	return 1000.0 / 60.0

@@ -6,7 +6,9 @@ pass's CPU time; in this process the Runtime's worker thread, pinned to the same
 600 / 300 / 200 ms at 100 / 200 / 300 APM). The calling thread is the engine bridge: it forwards
 render events to `Runtime.on_event` and issues the requests on time. `off` runs the render alone
 (the reference for added frame misses). Metrics are those of `docs/benchmarks/colocation_*.json`;
-a setting may inject render hitches (`bench.hitch`).
+a setting may inject render hitches (`bench.hitch`). The `dialogue` mix asks every period for an
+action and the persona's bark in one request (ChoiceThenLine: the action and the first line
+token due within the period, then one token per 1/pace), streamed token by token.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from lego_embed.engines.trace_replay import (
 )
 from lego_embed.errors import BenchmarkConfigError
 from lego_embed.model.loading import LoadedModel
-from lego_embed.npc.combat_task import ACTIONS, PERSONAS, random_situation
 from lego_embed.runtime.answers import CORRECTION, DECIDED, FAILED, FALLBACK, SUPERSEDED
+from lego_embed.runtime.request import TokenEvent
 from lego_embed.runtime.runtime import Decision, Runtime, RuntimeConfig
+from lego_embed.tasks.combat.policy import ACTIONS, PERSONAS, random_situation
+from lego_embed.tasks.combat.request import combat_request
 
 SLO_MS_BY_APM = {100: 600.0, 200: 300.0, 300: 200.0}
 POLICIES = ("off", "free", "inter_frame", "static_skip", "lego", "oracle")
@@ -43,6 +47,8 @@ MATRIX_POLICIES = ("free", "inter_frame", "static_skip", "lego")
 GAME_REQUEST_OPTIONS = {"fallback": "block"}  # what the benchmark's NPCs ask with
 FIRST_REQUEST_DELAY_MS = 300.0
 SWITCH_INTERVAL_S = 0.0002
+MIXES = ("decisions", "dialogue")
+DIALOGUE_PACE_TOKENS_PER_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,10 @@ class ColocationSetting:
     start_frame: first trace frame replayed (None: `representative_start`). runtime_options:
     extra RuntimeConfig fields (for the feature ablations: edf, batching, prefix_reuse,
     constrained). hitches: long frames injected into the replay segment. request_options:
-    keyword arguments of every `Runtime.request` (default: a fallback action; NPCs supersede
-    their older requests). Policy `oracle` is `lego` told the segment's true future headroom.
+    the runtime's options of every request (`runtime.request.Request`: default a fallback
+    action; NPCs supersede their older requests). Policy `oracle` is `lego` told the segment's
+    true future headroom. mix: `decisions` (an action per period) or `dialogue` (an action and a
+    bark per period, streamed at `pace_tokens_per_s`).
     """
 
     trace: RenderTrace
@@ -67,6 +75,8 @@ class ColocationSetting:
     request_options: dict[str, Any] = field(
         default_factory=lambda: dict(GAME_REQUEST_OPTIONS)
     )
+    mix: str = "decisions"
+    pace_tokens_per_s: float = DIALOGUE_PACE_TOKENS_PER_S
 
     @property
     def slo_ms(self) -> float:
@@ -80,7 +90,8 @@ class ColocationSetting:
 class ColocationRun:
     """What one run measured: frame records, answers (corrections excluded), requests issued,
     LLM subtask spans, the runtime's final stats, when each request was issued ((request id,
-    monotonic ns)) and the runtime's queue length at every change ((monotonic ns, requests))."""
+    monotonic ns)), the runtime's queue length at every change ((monotonic ns, requests)) and
+    the streamed line tokens (dialogue mix)."""
 
     setting: ColocationSetting
     frames: list[FrameRecord]
@@ -90,6 +101,7 @@ class ColocationRun:
     runtime_stats: dict[str, Any] | None
     issued: list[tuple[int, int]] = field(default_factory=list)
     backlog: list[tuple[int, int]] = field(default_factory=list)
+    tokens: list[TokenEvent] = field(default_factory=list)
 
 
 def representative_start(trace: RenderTrace, frames: int) -> int:
@@ -151,6 +163,8 @@ def run_colocation(
     requests = 0
     issued: list[tuple[int, int]] = []
     rng = random.Random(seed)
+    tokens: list[TokenEvent] = []
+    output = "choice_then_line" if setting.mix == "dialogue" else "choice"
     try:
         while render.origin_ns == 0 and not render.done:
             render.poll_event(1.0)
@@ -171,8 +185,11 @@ def run_colocation(
             while next_arrival < len(arrivals) and arrivals[next_arrival][0] <= now_ns:
                 npc = arrivals[next_arrival][1]
                 state = {**random_situation(rng), "persona": PERSONAS[npc % len(PERSONAS)]}
-                request_id = runtime.request(f"npc{npc}", state, list(ACTIONS), setting.slo_ms,
-                                             **setting.request_options)
+                request_id = runtime.submit(combat_request(
+                    f"npc{npc}", state, ACTIONS, setting.slo_ms, output=output,
+                    pace_tokens_per_s=setting.pace_tokens_per_s, on_token=tokens.append,
+                    **setting.request_options,
+                ))
                 issued.append((request_id, now_ns))
                 requests += 1
                 next_arrival += 1
@@ -199,8 +216,59 @@ def run_colocation(
         setting, render.records, decisions, requests,
         list(runtime.timeline) if runtime is not None else [],
         runtime.stats() if runtime is not None else None, issued,
-        list(runtime.backlog_timeline) if runtime is not None else [],
+        list(runtime.backlog_timeline) if runtime is not None else [], list(tokens),
     )
+
+
+def dialogue_summary(run: ColocationRun) -> dict[str, Any]:
+    """The line figures of a dialogue run: time to first token (p50/p99, ms), lines that missed
+    their first-token deadline, pace attained (share of line tokens made by their own deadline),
+    tokens per second per line (p50, first to last token), and the skip level of every token.
+    Lines are the model's answers (status decided); a request answered with its fallback action
+    has no line (it is counted in `fallbacks`)."""
+    lines = [d for d in run.decisions if d.output != "choice" and d.status == DECIDED]
+    first = [d.first_token_ms for d in lines if d.first_token_ms is not None]
+    by_request: dict[int, list[TokenEvent]] = {}
+    for event in run.tokens:
+        by_request.setdefault(event.request_id, []).append(event)
+    made = [e for events in by_request.values() for e in _distinct_tokens(events)]
+    rates = []
+    for events in by_request.values():
+        tokens = _distinct_tokens(events)
+        if len(tokens) >= 2 and tokens[-1].t_ns > tokens[0].t_ns:
+            rates.append((len(tokens) - 1) / ((tokens[-1].t_ns - tokens[0].t_ns) / 1e9))
+    levels: dict[int, int] = {}
+    for event in made:
+        levels[event.skip_level] = levels.get(event.skip_level, 0) + 1
+    stats = run.runtime_stats or {}
+    skipped = {level["level"]: level["skipped_layers"] for level in stats.get("levels", [])}
+
+    def pct(values: list[float], q: float) -> float | None:
+        return round(float(np.percentile(values, q)), 2) if values else None
+
+    return {
+        "lines": len(lines),
+        "line_tokens": len(made),
+        "p50_first_token_ms": pct(first, 50),
+        "p99_first_token_ms": pct(first, 99),
+        "lines_missing_first_token_deadline": sum(
+            d.first_token_ms is None or d.first_token_ms > d.deadline_ms for d in lines),
+        "pace_attained": round(sum(e.deadline_met for e in made) / len(made), 4) if made else None,
+        "p50_tokens_per_s": pct(rates, 50),
+        "pace_tokens_per_s": run.setting.pace_tokens_per_s,
+        "token_skip_levels": {str(k): v for k, v in sorted(levels.items())},
+        "mean_skipped_layers_per_token": round(
+            sum(skipped.get(k, 0) * v for k, v in levels.items()) / len(made), 3) if made else None,
+    }
+
+
+def _distinct_tokens(events: list[TokenEvent]) -> list[TokenEvent]:
+    """One event per line token (a final event that only releases held-back text is dropped)."""
+    tokens: list[TokenEvent] = []
+    for event in events:
+        if not tokens or event.index > tokens[-1].index:
+            tokens.append(event)
+    return tokens
 
 
 def summarize(
@@ -290,6 +358,9 @@ def summarize(
     if setting.request_options != GAME_REQUEST_OPTIONS:
         row["request_options"] = {k: v for k, v in setting.request_options.items()
                                   if isinstance(v, bool | str | int | float)}
+    if setting.mix != "decisions":
+        row["mix"] = setting.mix
+        row.update(dialogue_summary(run))
     if run.runtime_stats is not None:
         stats = run.runtime_stats
         row["runtime"] = {

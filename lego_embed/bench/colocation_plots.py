@@ -61,20 +61,26 @@ def plot_timeline(run: ColocationRun, path: Path, frames: int = 4) -> None:
     plt.close(fig)
 
 
-def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
-    """Per policy: SLO attainment, added frame-miss rate and headroom utilisation, mean over
-    traces and APMs, one bar group per NPC count."""
-    metrics = ("slo_attainment", "added_frame_miss_rate", "headroom_utilization")
+SUMMARY_METRICS = ("slo_attainment", "added_frame_miss_rate", "headroom_utilization")
+DIALOGUE_METRICS = ("p50_first_token_ms", "pace_attained", "added_frame_miss_rate",
+                    "mean_skipped_layers_per_token")
+
+
+def plot_summary(rows: list[dict[str, Any]], path: Path,
+                 metrics: tuple[str, ...] = SUMMARY_METRICS) -> None:
+    """Per policy: each of `metrics` (default: SLO attainment, added frame-miss rate and
+    headroom utilisation; DIALOGUE_METRICS for the dialogue mix), mean over traces and APMs,
+    one bar group per NPC count."""
     npcs_values = sorted({r["npcs"] for r in rows if r["policy"] != "off"})
     policies = [p for p in POLICY_ORDER if any(r["policy"] == p for r in rows)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics) + 3, 3.6))
     width = 0.8 / max(len(npcs_values), 1)
     for ax, metric in zip(axes, metrics, strict=True):
         for k, npcs in enumerate(npcs_values):
             means = []
             for policy in policies:
                 values = [r[metric] for r in rows if r["policy"] == policy and r["npcs"] == npcs
-                          and r[metric] is not None]
+                          and r.get(metric) is not None]
                 means.append(float(np.mean(values)) if values else 0.0)
             ax.bar(np.arange(len(policies)) + k * width, means, width, label=f"{npcs} NPC")
         ax.set_xticks(np.arange(len(policies)) + width * (len(npcs_values) - 1) / 2, policies)

@@ -11,6 +11,10 @@ Three sections, all against the same `off` run of their block:
   usable headroom). Every policy runs there, and `oracle` (lego told the true future headroom).
 - `ablations`: lego with one feature off, on one trace at 300 APM with 4 NPCs.
 
+The plan's `mix` is what every NPC asks for in the main and regime sections: `decisions` (an
+action per period) or `dialogue` (an action and a streamed bark per period, `bench.colocation`);
+the regime is sized by the cost of a decision either way. Ablations always ask for decisions.
+
 Every run is repeated `repeats` times. A block is one trace in one repeat: its `off` run and
 all its runs in a fresh random order (seeded by repeat and trace), so the policies of a setting
 are compared side by side and machine drift spreads over all of them. `aggregate` reports mean,
@@ -44,8 +48,8 @@ from lego_embed.engines.trace_replay import (
     simulate_frames,
 )
 from lego_embed.model.loading import LoadedModel
-from lego_embed.npc.combat_task import ACTIONS, random_situation
-from lego_embed.npc.decider import NpcDecider
+from lego_embed.tasks.combat.decide import CombatDecider
+from lego_embed.tasks.combat.policy import ACTIONS, random_situation
 
 MATRIX_APMS = (100, 200, 300)
 MATRIX_NPCS = (1, 4)
@@ -68,13 +72,18 @@ RATE_METRICS = (
     "backlogged_wake_ms", "backlogged_tail_ms", "expected_accuracy", "mean_skipped_layers",
     "p50_action_ms", "p99_action_ms",
 )
+DIALOGUE_METRICS = (
+    "p50_first_token_ms", "p99_first_token_ms", "pace_attained", "p50_tokens_per_s",
+    "mean_skipped_layers_per_token",
+)
 
 
 @dataclass(frozen=True)
 class MatrixPlan:
     """What to run: seconds per run, repeats, the main matrix's APMs / NPC counts / policies,
     the regime's traces (names), demand ratios and APM, the ablation trace (None: no
-    ablations), and the seed of the run orders."""
+    ablations), the seed of the run orders, and the mix of the main and regime runs (see the
+    module docstring)."""
 
     seconds: float = 5.0
     repeats: int = 3
@@ -86,6 +95,7 @@ class MatrixPlan:
     regime_apm: int = REGIME_APM
     ablation_trace: str | None = "blackmyth_render_1"
     seed: int = 0
+    mix: str = "decisions"
 
     def runs(self, traces: Sequence[RenderTrace]) -> int:
         """How many runs the plan makes over `traces` (`off` runs included)."""
@@ -141,7 +151,7 @@ def usable_headroom_ms_per_s(
 def decision_cost_ms(loaded: LoadedModel, samples: int = 9) -> float:
     """The full model's compute per decision on this machine (ms): the median over `samples`
     combat decisions run to completion, after two unmeasured ones."""
-    decider = NpcDecider(loaded)
+    decider = CombatDecider(loaded)
     rng = random.Random(0)
     costs = []
     for k in range(samples + 2):
@@ -168,14 +178,15 @@ def regime_settings(
 def _block_jobs(
     trace: RenderTrace, plan: MatrixPlan, regime: list[tuple[int, float]]
 ) -> list[Job]:
-    seconds = plan.seconds
+    seconds, mix = plan.seconds, plan.mix
     jobs = [Job("off", ColocationSetting(trace, 0, "off", 0, seconds))]
     for apm in plan.apms:
         for npcs in plan.npcs_list:
-            jobs += [Job("main", ColocationSetting(trace, apm, policy, npcs, seconds))
+            jobs += [Job("main", ColocationSetting(trace, apm, policy, npcs, seconds, mix=mix))
                      for policy in plan.policies]
     for npcs, ratio in regime:
-        jobs += [Job("regime", ColocationSetting(trace, plan.regime_apm, policy, npcs, seconds),
+        jobs += [Job("regime", ColocationSetting(trace, plan.regime_apm, policy, npcs, seconds,
+                                                 mix=mix),
                      demand_ratio=ratio) for policy in REGIME_POLICIES]
     if trace.name == plan.ablation_trace:
         for name, runtime_options, request_options in ABLATIONS:
@@ -261,7 +272,8 @@ def _spread(values: list[float]) -> dict[str, float] | None:
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (section, trace, APM, NPCs, policy, ablation): mean, min and max over the
-    repeats of every rate (RATE_METRICS), requests and answers summed, load averages seen."""
+    repeats of every rate (RATE_METRICS, and DIALOGUE_METRICS for dialogue runs), requests and
+    answers summed, load averages seen."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(_group_key(row), []).append(row)
@@ -273,7 +285,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["ablation"] = ablation
         if "demand_ratio" in mine[0]:
             entry["demand_ratio"] = mine[0]["demand_ratio"]
-        for metric in RATE_METRICS:
+        dialogue = DIALOGUE_METRICS if any("mix" in r for r in mine) else ()
+        for metric in RATE_METRICS + dialogue:
             entry[metric] = _spread([r.get(metric) for r in mine])
         for count in ("requests", "answered", "decided", "fallbacks", "superseded", "failed",
                       "frames"):

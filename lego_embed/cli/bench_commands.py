@@ -10,6 +10,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lego_embed.bench.colocation import MIXES
 from lego_embed.bench.predictor import benchmark_trace
 from lego_embed.engines.trace_replay import (
     PassModel,
@@ -78,7 +79,13 @@ def _command_line() -> str:
 
 def _run_colocation(args: argparse.Namespace) -> int:
     from lego_embed.bench.colocation import ColocationSetting, run_colocation, summarize
-    from lego_embed.bench.colocation_plots import plot_regime, plot_summary, plot_timeline
+    from lego_embed.bench.colocation_plots import (
+        DIALOGUE_METRICS,
+        SUMMARY_METRICS,
+        plot_regime,
+        plot_summary,
+        plot_timeline,
+    )
     from lego_embed.bench.hitch import Hitch
     from lego_embed.bench.machine import core_priority, machine_state, machine_summary
     from lego_embed.bench.matrix import MatrixPlan, decision_cost_ms, run_matrix
@@ -95,7 +102,7 @@ def _run_colocation(args: argparse.Namespace) -> int:
             off = summarize(run_colocation(None, ColocationSetting(
                 trace, args.apm, "off", 0, args.seconds, hitches=hitches), core=core), None)
             setting = ColocationSetting(trace, args.apm, args.policy, args.npcs, args.seconds,
-                                        hitches=hitches)
+                                        hitches=hitches, mix=args.mix)
             run = run_colocation(loaded if args.policy != "off" else None, setting, bundle,
                                  accuracy, core)
         print(json.dumps(summarize(run, off["frame_miss_rate"]), indent=2))
@@ -106,10 +113,10 @@ def _run_colocation(args: argparse.Namespace) -> int:
     sections = set(args.sections)
     plan = MatrixPlan(
         seconds=args.seconds, repeats=args.repeats,
-        apms=tuple(args.apms) if "main" in sections else (),
+        apms=tuple(args.apms) if "main" in sections else (), npcs_list=tuple(args.npcs_list),
         regime_traces=tuple(args.regime_traces) if "regime" in sections else (),
         regime_ratios=tuple(args.regime_ratios),
-        ablation_trace=args.ablation_trace if "ablation" in sections else None,
+        ablation_trace=args.ablation_trace if "ablation" in sections else None, mix=args.mix,
     )
     started = datetime.now(timezone.utc)
     before = machine_state()
@@ -132,6 +139,7 @@ def _run_colocation(args: argparse.Namespace) -> int:
         "plan": result.extra["plan"],
         "seconds_per_run": plan.seconds,
         "repeats": plan.repeats,
+        "mix": plan.mix,
         "decision_cost_ms": round(cost_ms, 3),
         "pass_model": PassModel().__dict__,
         "regime": result.regime,
@@ -146,7 +154,8 @@ def _run_colocation(args: argparse.Namespace) -> int:
         plot_timeline(result.timeline_run, out.with_name(out.stem + "_timeline.png"))
     main_runs = [r for r in result.runs if r["section"] in ("main", "off")]
     if any(r["section"] == "main" for r in main_runs):
-        plot_summary(main_runs, out.with_name(out.stem + "_summary.png"))
+        plot_summary(main_runs, out.with_name(out.stem + "_summary.png"),
+                     DIALOGUE_METRICS if plan.mix == "dialogue" else SUMMARY_METRICS)
     if result.skip_regret or any(r["section"] == "regime" for r in result.rows):
         plot_regime(result.rows, out.with_name(out.stem + "_regime.png"))
     print(f"wrote {out}")
@@ -266,6 +275,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         help="single runs: inject a frame of MS ms render time S seconds into the replay",
     )
     _add_run_options(colocation)
+    colocation.add_argument("--mix", choices=MIXES, default="decisions",
+                            help="decisions: an action per period; dialogue: an action and a "
+                                 "streamed bark per period")
+    colocation.add_argument("--npcs-list", type=int, nargs="+", default=[1, 4],
+                            help="with --all: the main section's NPC counts")
     colocation.add_argument("--out", default="docs/benchmarks/colocation_cpu.json")
     colocation.set_defaults(run=_run_colocation)
 

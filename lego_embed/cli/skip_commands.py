@@ -2,8 +2,10 @@
 
 Calibration and held-out data come from the bundled model's combat task: each sequence is a
 situation's prompt followed by the expert policy's answer, tokenized exactly as at training
-time (prompt with BOS, then ANSWER_PREFIX + action, then EOS). Calibration situations use
-CALIBRATION_SEED; held-out decisions and perplexity use the NPC package's held-out seed.
+time (prompt with BOS, then ANSWER_PREFIX + action, then EOS); half of the calibration
+sequences also carry the persona's bark (separator and line before the EOS), so the adaptors
+learn to speak too. Calibration situations use CALIBRATION_SEED; held-out decisions and
+perplexity use the combat task's held-out seed (decisions only).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 CALIBRATION_SEED = 31_415_926
+CALIBRATION_LINE_SHARE = 0.5
 DEFAULT_BUDGETS = (2, 4, 6, 8)
 BENCHMARKS = Path("docs/benchmarks")
 
@@ -75,18 +78,26 @@ def _load(args: argparse.Namespace):
     return load_model(args.model)
 
 
-def task_sequences(tokenizer, situations: list[dict]):
-    """Calibration examples (prompt ids + expert answer ids + EOS) and the expert actions."""
-    from lego_embed.npc.combat_task import ACTIONS, expert_action
-    from lego_embed.npc.decider import prepare_decision
-    from lego_embed.npc.prompt import ANSWER_PREFIX
+def task_sequences(tokenizer, situations: list[dict], line_share: float = 0.0):
+    """Calibration examples (prompt ids + expert answer ids [+ separator + bark] + EOS) and the
+    expert actions; every 1/line_share-th situation carries the bark."""
+    from lego_embed.npc.output_spec import ANSWER_PREFIX, SAY_SEPARATOR
     from lego_embed.skip.calibration import CalibrationExample
+    from lego_embed.tasks.combat.decide import prepare_decision
+    from lego_embed.tasks.combat.lines import line_for
+    from lego_embed.tasks.combat.policy import ACTIONS, expert_action
+    from lego_embed.tasks.combat.state import validate_state
 
     examples, experts = [], []
-    for situation in situations:
+    every = round(1 / line_share) if line_share else 0
+    for index, situation in enumerate(situations):
         prepared = prepare_decision(tokenizer, situation, ACTIONS)
-        expert = expert_action(prepared.state)
+        state = validate_state(situation)
+        expert = expert_action(state)
         answer = tokenizer.encode(ANSWER_PREFIX + expert, add_special_tokens=False)
+        if every and index % every == 0:
+            answer += tokenizer.encode(SAY_SEPARATOR, add_special_tokens=False)
+            answer += tokenizer.encode(" " + line_for(state, expert), add_special_tokens=False)
         examples.append(CalibrationExample(tuple(prepared.prompt_ids),
                                            tuple(answer) + (tokenizer.eos_token_id,)))
         experts.append(expert)
@@ -94,21 +105,21 @@ def task_sequences(tokenizer, situations: list[dict]):
 
 
 def _calibration_batches(loaded, args: argparse.Namespace):
-    from lego_embed.npc.combat_task import random_situation
     from lego_embed.skip.calibration import make_batches
+    from lego_embed.tasks.combat.policy import random_situation
 
     rng = random.Random(CALIBRATION_SEED)
     situations = [random_situation(rng) for _ in range(args.calibration)]
-    examples, _ = task_sequences(loaded.tokenizer, situations)
+    examples, _ = task_sequences(loaded.tokenizer, situations, CALIBRATION_LINE_SHARE)
     return make_batches(examples, args.batch, loaded.tokenizer.pad_token_id), examples
 
 
 def _heldout(loaded, count: int, batch: int):
     """Held-out prompt + expert answer batches and the constrained action sampler."""
     from lego_embed.npc.actions import ActionTrie, ConstrainedActionSampler
-    from lego_embed.npc.combat_task import ACTIONS
-    from lego_embed.npc.evaluation import heldout_situations
     from lego_embed.skip.calibration import make_batches
+    from lego_embed.tasks.combat.evaluation import heldout_situations
+    from lego_embed.tasks.combat.policy import ACTIONS
 
     tokenizer = loaded.tokenizer
     examples, _ = task_sequences(tokenizer, heldout_situations(count))
@@ -167,6 +178,7 @@ def _build(args: argparse.Namespace) -> int:
               f"final, {result.seconds:.1f} s", flush=True)
 
     facts = {"situations": args.calibration, "seed": CALIBRATION_SEED,
+             "line_share": CALIBRATION_LINE_SHARE,
              "tokens": sum(b.real_tokens for b in batches), "mse_steps": config.mse_steps,
              "kl_steps": config.kl_steps, "kl_batches": config.kl_batches,
              "threads": args.threads}

@@ -6,11 +6,14 @@ that this module queues. Here, one pump thread (``GodotSession``):
 
 - drains the C queues (``_lego_bridge.wait_engine``, which waits with the GIL released),
 - turns each event into an ``EngineEvent`` for ``Runtime.on_event``,
-- turns each request into a state dict and submits it with ``Runtime.request``; a malformed
-  state or action list (InvalidGameStateError, InvalidActionSetError, any exception) becomes a
+- turns each request into a runtime ``Request`` and submits it with ``Runtime.submit``: an NPC
+  with a prompt template gets its own prompt (static part + filled template) and output spec;
+  one without uses the bundled model's combat task (the state is the fields). A malformed
+  request (a missing field, a template error, bad actions or options, any exception) becomes a
   failed decision carrying ``"Type: message"``, which LegoNPC emits as ``decision_failed``,
-- queues every finished decision (``_lego_bridge.push_result``) for the engine's next poll(),
-  with its ``status`` (decided, fallback, superseded, failed),
+- queues every streamed action and line token and every answer (``_lego_bridge.push_result``)
+  for the engine's next poll(), the answers with their ``status`` (decided, fallback,
+  superseded, failed),
 - reports the runtime worker's health (``{"kind": "health", "state", "restarts",
   "last_error"}``) whenever it changes, which LegoRuntime emits as ``health_changed``,
 - reports every change of the load state (``{"kind": "overloaded", "overloaded", "demand_per_s",
@@ -18,6 +21,14 @@ that this module queues. Here, one pump thread (``GodotSession``):
   as ``overloaded``,
 - (Godot 4) maps the GPU timestamps the engine read back onto the runtime's clock
   (``gpu_timestamps.GpuTimeline``) and forwards them as GPU-measured events.
+
+A request as LegoNPC sends it (the C bridge's ``request(npc_id, spec, actions, deadline_ms[,
+options])``; ``spec`` and ``options`` are Dictionaries): ``output`` ("choice", "line",
+"choice_then_line" or "check": only check the prompt template), ``fields``, ``static_prompt``,
+``prompt_template``, ``persona`` (combat task), ``say_for`` (a combat line for this action),
+``max_tokens``, ``stop``, ``pace_tokens_per_s``. A spec without ``output`` is a combat state
+(``request_decision``, and what the Godot 4 addon sends). The options (``parse_request_options``)
+are ``fallback`` (an allowed action, "" for none) and ``supersede`` (bool).
 
 The model loads on another thread after ``start``; ``{"kind": "ready"}`` or
 ``{"kind": "load_failed", "reason": ...}`` tells the game how it went. The module-level
@@ -39,8 +50,11 @@ from typing import Any
 from lego_embed.engines.gpu_timestamps import GpuTimeline, GpuTimestampFrame
 from lego_embed.errors import EngineBridgeError, SkipBundleError
 from lego_embed.runtime.events import EVENT_KINDS, EngineEvent
+from lego_embed.runtime.request import DEFAULT_PACE_TOKENS_PER_S
 
 ENGINE_WAIT_S = 0.05
+IDLE_CHECK_FRAMES = 120  # frames the runtime must have seen before the idle-time check
+NO_IDLE_FRACTION = 0.05  # headroom per frame below this share of the frame budget: no idle time
 STOP_JOIN_S = 5.0
 LOADER_JOIN_S = 1.0
 
@@ -93,27 +107,140 @@ def to_json(value: Any) -> str:
 
 
 REQUEST_OPTIONS = {"fallback": str, "supersede": bool}
+OUTPUTS = ("choice", "line", "choice_then_line", "check")
+TEMPLATE_CACHE_SIZE = 256
 
 
-def parse_request(payload: list[Any]) -> tuple[str, dict[str, Any], list[str], float]:
-    """The decoded JSON array the C bridge wrote for request(npc_id, state, actions,
-    deadline_ms[, options]), checked (the options: `parse_request_options`)."""
+@dataclass(frozen=True)
+class BridgeRequest:
+    """One request from LegoNPC, checked (see the module docstring for the fields). options:
+    the runtime's options for when the work does not fit (`parse_request_options`)."""
+
+    npc_id: str
+    output: str
+    fields: dict[str, Any]
+    actions: list[str]
+    deadline_ms: float
+    static_prompt: str = ""
+    prompt_template: str = ""
+    persona: str | None = None
+    say_for: str | None = None
+    max_tokens: int = 24
+    stop: tuple[str, ...] = ()
+    pace_tokens_per_s: float = DEFAULT_PACE_TOKENS_PER_S
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _typed(spec: Mapping[str, Any], key: str, kinds: tuple[type, ...], default: Any) -> Any:
+    value = spec.get(key, default)
+    if value is None or (isinstance(value, kinds) and not isinstance(value, bool)):
+        return value
+    raise EngineBridgeError(f"request field {key} must be {kinds[0].__name__}, got {value!r}")
+
+
+def parse_request(payload: list[Any]) -> BridgeRequest:
+    """The decoded JSON array the C bridge wrote for request(npc_id, spec, actions,
+    deadline_ms[, options]), checked (EngineBridgeError names what is wrong)."""
     if not isinstance(payload, list) or len(payload) not in (4, 5):
         raise EngineBridgeError(
-            f"a request is [npc_id, state, actions, deadline_ms(, options)], got {payload!r}"
+            f"a request is [npc_id, spec, actions, deadline_ms(, options)], got {payload!r}"
         )
-    npc_id, state, actions, deadline_ms = payload[:4]
-    if not isinstance(state, dict):
-        raise EngineBridgeError(f"the state must be a Dictionary, got {state!r}")
+    npc_id, spec, actions, deadline_ms = payload[:4]
+    if not isinstance(spec, dict):
+        raise EngineBridgeError(f"the state must be a Dictionary, got {spec!r}")
     if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
         raise EngineBridgeError(f"allowed actions must be an Array of Strings, got {actions!r}")
     if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int | float):
         raise EngineBridgeError(f"deadline_ms must be a number, got {deadline_ms!r}")
-    return str(npc_id), state, actions, float(deadline_ms)
+    options = parse_request_options(payload)
+    if "output" not in spec:  # request_decision(state): the combat task's state itself
+        return BridgeRequest(str(npc_id), "choice", spec, actions, float(deadline_ms),
+                             options=options)
+    output = spec["output"]
+    if output not in OUTPUTS:
+        raise EngineBridgeError(f"output {output!r} is not one of {', '.join(OUTPUTS)}")
+    fields = spec.get("fields", {})
+    if not isinstance(fields, dict):
+        raise EngineBridgeError(f"fields must be a Dictionary, got {fields!r}")
+    stop = spec.get("stop", [])
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise EngineBridgeError(f"stop must be an Array of Strings, got {stop!r}")
+    max_tokens = _typed(spec, "max_tokens", (int, float), 24)
+    return BridgeRequest(
+        npc_id=str(npc_id), output=output, fields=fields, actions=actions,
+        deadline_ms=float(deadline_ms),
+        static_prompt=_typed(spec, "static_prompt", (str,), "") or "",
+        prompt_template=_typed(spec, "prompt_template", (str,), "") or "",
+        persona=_typed(spec, "persona", (str,), None),
+        say_for=_typed(spec, "say_for", (str,), None),
+        max_tokens=int(max_tokens), stop=tuple(stop),
+        pace_tokens_per_s=float(_typed(spec, "pace_tokens_per_s", (int, float),
+                                       DEFAULT_PACE_TOKENS_PER_S)),
+        options=options,
+    )
+
+
+class RequestBuilder:
+    """Turns BridgeRequests into runtime Requests; keeps parsed prompt templates."""
+
+    def __init__(self) -> None:
+        self._templates: dict[str, Any] = {}
+
+    def template(self, text: str) -> Any:
+        """The checked PromptTemplate for `text` (PromptTemplateError if it is malformed)."""
+        from lego_embed.npc.prompt_template import PromptTemplate
+
+        template = self._templates.get(text)
+        if template is None:
+            template = PromptTemplate(text)
+            if len(self._templates) >= TEMPLATE_CACHE_SIZE:
+                self._templates.pop(next(iter(self._templates)))
+            self._templates[text] = template
+        return template
+
+    def build(self, bridge: BridgeRequest, **callbacks: Any) -> Any:
+        """A runtime Request (typed errors for a missing field, bad actions, ...)."""
+        from lego_embed.npc.output_spec import Choice, ChoiceThenLine, Line
+        from lego_embed.npc.prompt_parts import Prompt
+        from lego_embed.runtime.request import Request
+
+        if not bridge.prompt_template:
+            return self._combat(bridge, **callbacks)
+        filled = self.template(bridge.prompt_template).fill(bridge.fields)
+        warnings = tuple(
+            f"field '{name}' is not in the prompt template, so the model never sees it "
+            "(check its name)" for name in filled.unused
+        )
+        output: Any
+        if bridge.output == "choice":
+            output = Choice(bridge.actions)
+        elif bridge.output == "line":
+            output = Line(bridge.max_tokens, bridge.stop)
+        else:
+            output = ChoiceThenLine(bridge.actions, bridge.max_tokens, bridge.stop)
+        return Request(
+            npc_id=bridge.npc_id, prompt=Prompt(bridge.static_prompt, filled.text),
+            output=output, deadline_ms=bridge.deadline_ms,
+            pace_tokens_per_s=bridge.pace_tokens_per_s, warnings=warnings, **bridge.options,
+            **callbacks,
+        )
+
+    @staticmethod
+    def _combat(bridge: BridgeRequest, **callbacks: Any) -> Any:
+        from lego_embed.tasks.combat.request import combat_request
+
+        state = dict(bridge.fields)
+        if bridge.persona and "persona" not in state:
+            state["persona"] = bridge.persona
+        return combat_request(
+            bridge.npc_id, state, bridge.actions, bridge.deadline_ms, output=bridge.output,
+            say_for=bridge.say_for, max_tokens=bridge.max_tokens,
+            pace_tokens_per_s=bridge.pace_tokens_per_s, **bridge.options, **callbacks,
+        )
 
 
 def parse_request_options(payload: list[Any]) -> dict[str, Any]:
-    """The request's options Dictionary (5th element) as `Runtime.request` keyword arguments:
+    """The request's options Dictionary (5th element) as `runtime.request.Request` fields:
     fallback (an action, "" for none) and supersede (bool)."""
     if len(payload) < 5 or payload[4] is None:
         return {}
@@ -155,6 +282,13 @@ def health_result(health: Any) -> dict[str, Any]:
     return {"kind": "health", **health.as_dict()}
 
 
+def stream_result(kind: str, bridge_request_id: int, event: Any) -> dict[str, Any]:
+    """A streamed ActionEvent (kind "action") or TokenEvent (kind "token") for LegoRuntime."""
+    fields = dataclasses.asdict(event)
+    fields["runtime_request_id"] = fields.pop("request_id")
+    return {"kind": kind, "request_id": bridge_request_id, **fields}
+
+
 def failed_result(bridge_request_id: int, npc_id: str, error: BaseException) -> dict[str, Any]:
     """A request that failed before inference (bad state, bad actions, no model)."""
     return {
@@ -188,6 +322,8 @@ class GodotSession:
         self._gpu = GpuTimeline()
         self._requests = 0
         self._health_reported: Any = None
+        self._builder = RequestBuilder()
+        self._idle_checked = False
         self._decisions = 0
         self._failed = 0
         self._started_ns = time.monotonic_ns()
@@ -239,8 +375,10 @@ class GodotSession:
         try:
             payload = json.loads(text)
             npc_id = str(payload[0])
-            npc_id, state, actions, deadline_ms = parse_request(payload)
-            options = parse_request_options(payload)
+            bridge = parse_request(payload)
+            if bridge.output == "check":
+                self._check(bridge_request_id, bridge)
+                return
             if self._runtime is None:
                 raise EngineBridgeError(
                     f"the NPC model failed to load: {self._load_error}" if self._load_error
@@ -251,11 +389,29 @@ class GodotSession:
                 self._decisions += 1
                 self._push(decision_result(bridge_request_id, decision))
 
-            self._runtime.request(npc_id, state, actions, deadline_ms, callback=deliver,
-                                  **options)
+            def action(event: Any) -> None:
+                self._push(stream_result("action", bridge_request_id, event))
+
+            def token(event: Any) -> None:
+                self._push(stream_result("token", bridge_request_id, event))
+
+            request = self._builder.build(bridge, callback=deliver, on_action=action,
+                                          on_token=token)
+            self._runtime.submit(request)
         except Exception as exc:  # the game hears about it through decision_failed
             self._failed += 1
             self._push(failed_result(bridge_request_id, npc_id, exc))
+
+    def _check(self, bridge_request_id: int, bridge: BridgeRequest) -> None:
+        """Checks an NPC's prompt template when it is set: "checked" with the error (None when
+        it is fine) and the fields it names."""
+        try:
+            fields = list(self._builder.template(bridge.prompt_template).fields)
+            error = None
+        except Exception as exc:  # reported to the NPC, which emits decision_failed
+            fields, error = [], f"{type(exc).__name__}: {exc}"
+        self._push({"kind": "checked", "request_id": bridge_request_id,
+                    "npc_id": bridge.npc_id, "error": error, "fields": fields})
 
     def _pump_once(self, timeout_s: float) -> None:
         events, requests, gpu_frames = self._wait_engine(timeout_s)
@@ -282,9 +438,26 @@ class GodotSession:
             self._health_reported = health
             self._push(health_result(health))
 
+    def _check_idle_time(self) -> None:
+        """Once, after IDLE_CHECK_FRAMES frames: warns (with the fix) when the game leaves the
+        model no idle time between and inside its frames."""
+        runtime = self._runtime
+        if self._idle_checked or runtime is None or runtime.tracker.frames < IDLE_CHECK_FRAMES:
+            return
+        self._idle_checked = True
+        per_frame_ms = runtime.tracker.headroom_per_frame_ms()
+        budget_ms = runtime.config.frame_budget_ms
+        if per_frame_ms < NO_IDLE_FRACTION * budget_ms:
+            self._push({"kind": "warning", "reason": (
+                f"the game leaves the NPC model {per_frame_ms:.2f} ms of idle time per frame "
+                f"(frame budget {budget_ms:.1f} ms), so NPC answers will be late: cap the frame "
+                "rate (Engine.target_fps, Project Settings > Debug > Settings > Force Fps) or "
+                "give the frame less work")})
+
     def _run_pump(self) -> None:
         while not self._stopping.is_set():
             try:
+                self._check_idle_time()
                 self._pump_once(ENGINE_WAIT_S)
             except Exception as exc:  # keep pumping; tell the game
                 self._push({"kind": "error", "reason": f"{type(exc).__name__}: {exc}"})

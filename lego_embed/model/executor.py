@@ -65,6 +65,13 @@ class RequestState:
     program: list[_PlannedSubtask] | None = None
     cursor: int = 0
     ffn_partial: tuple[torch.Tensor, torch.Tensor] | None = None
+    split_at: int = 0
+
+    @property
+    def in_static_part(self) -> bool:
+        """True while the next pass prefills the prompt's static start (see `Executor.start`'s
+        `split_after`)."""
+        return self.position < self.split_at
 
     @property
     def at_pass_start(self) -> bool:
@@ -130,26 +137,14 @@ class Executor:
         sampler: TokenSampler,
         layer_plan: LayerPlan | Sequence[LayerStep] | None = None,
         prefix: PrefixCache | None = None,
+        split_after: int = 0,
     ) -> RequestState:
         """A new request; nothing runs until `step`. With `prefix`, `prompt_ids` must start with
         `prefix.token_ids` (tokenize the static part separately and concatenate the ids) or be
-        a start of them; the prefix's KV is reused for all but the prompt's last token."""
-        ids = [int(token) for token in prompt_ids]
-        if not ids:
-            raise InvalidPromptError("the prompt is empty; pass at least one token id")
-        outside = sorted({t for t in ids if not 0 <= t < self.vocab_size})
-        if outside:
-            raise InvalidPromptError(
-                f"token ids {outside[:5]} are outside the vocabulary 0..{self.vocab_size - 1}; "
-                "encode the prompt with this model's tokenizer"
-            )
-        max_new_tokens = int(getattr(sampler, "max_new_tokens", 1))
-        limit = self.loaded.max_context_tokens
-        if len(ids) + max_new_tokens > limit:
-            raise PromptTooLongError(
-                f"prompt of {len(ids)} tokens + {max_new_tokens} new tokens exceeds the model's "
-                f"context of {limit} tokens; shorten the prompt or generate fewer tokens"
-            )
+        a start of them; the prefix's KV is reused for all but the prompt's last token.
+        `split_after` > 0 prefills the first that many prompt tokens as passes of their own,
+        without a head: a static prompt part whose KV `prefix_from` can keep afterwards."""
+        ids = self.check_prompt(prompt_ids, sampler)
         plan = as_layer_plan(layer_plan, self.num_layers)
         kv = [LayerKV.empty(self.device) for _ in range(self.num_layers)]
         position = 0
@@ -167,7 +162,34 @@ class Executor:
                 )
             position = min(len(prefix.token_ids), len(ids) - 1)
             kv = [layer.truncated(position) for layer in prefix.layers]
-        return RequestState(tuple(ids), sampler, plan, kv, position, ids[position:])
+        if not 0 <= split_after < len(ids):
+            raise ExecutorUsageError(
+                f"split_after={split_after}; it must leave at least the prompt's last token "
+                f"(0..{len(ids) - 1})"
+            )
+        return RequestState(tuple(ids), sampler, plan, kv, position, ids[position:],
+                            split_at=split_after)
+
+    def check_prompt(self, prompt_ids: Sequence[int], sampler: TokenSampler) -> list[int]:
+        """The prompt's ids as ints, or the typed error `start` would raise (empty prompt, ids
+        outside the vocabulary, prompt plus answer longer than the model's context)."""
+        ids = [int(token) for token in prompt_ids]
+        if not ids:
+            raise InvalidPromptError("the prompt is empty; pass at least one token id")
+        outside = sorted({t for t in ids if not 0 <= t < self.vocab_size})
+        if outside:
+            raise InvalidPromptError(
+                f"token ids {outside[:5]} are outside the vocabulary 0..{self.vocab_size - 1}; "
+                "encode the prompt with this model's tokenizer"
+            )
+        max_new_tokens = int(getattr(sampler, "max_new_tokens", 1))
+        limit = self.loaded.max_context_tokens
+        if len(ids) + max_new_tokens > limit:
+            raise PromptTooLongError(
+                f"prompt of {len(ids)} tokens + {max_new_tokens} new tokens exceeds the model's "
+                f"context of {limit} tokens; shorten the prompt or generate fewer tokens"
+            )
+        return ids
 
     def prefill_prefix(
         self, prompt_ids: Sequence[int], layer_plan: LayerPlan | Sequence[LayerStep] | None = None
@@ -296,6 +318,8 @@ class Executor:
             tokens = min(
                 len(state.pending_ids), self.prefill_chunk_tokens or len(state.pending_ids)
             )
+            if state.in_static_part:
+                tokens = min(tokens, state.split_at - state.position)
             last_chunk = tokens == len(state.pending_ids)
         else:
             phase, tokens, last_chunk = DECODE, 1, True

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lego_embed.errors import InvalidActionSetError
-from lego_embed.npc.prompt import ANSWER_PREFIX
+from lego_embed.npc.output_spec import ANSWER_PREFIX
 
 
 @dataclass
@@ -73,13 +73,26 @@ class ActionTrie:
         actions = self._walk(generated).actions
         return actions[0] if len(actions) == 1 else None
 
+    def continuations(self, generated: Sequence[int]) -> list[int]:
+        """Token ids that extend `generated` towards a longer action (end-of-sequence left out)."""
+        return [t for t in self._walk(generated).children if t != self.eos_token_id]
+
+    def complete(self, generated: Sequence[int]) -> str | None:
+        """The action whose tokens are exactly `generated`, if any."""
+        end = self._walk(generated).children.get(self.eos_token_id)
+        return end.actions[0] if end is not None else None
+
 
 class ConstrainedActionSampler:
-    """TokenSampler for the executor: greedy decoding restricted to the action trie."""
+    """TokenSampler for the executor: greedy decoding restricted to the action trie (the
+    `Choice` output spec). It has no line: `line_ids` is always empty, `text` None."""
+
+    text = None
 
     def __init__(self, trie: ActionTrie) -> None:
         self.trie = trie
         self.max_new_tokens = trie.max_tokens
+        self.first_answer_tokens = trie.max_tokens
 
     def next_token(self, logits: torch.Tensor, generated: Sequence[int]) -> int:
         allowed = self.trie.allowed_next(generated)
@@ -93,3 +106,6 @@ class ConstrainedActionSampler:
 
     def action(self, generated: Sequence[int]) -> str | None:
         return self.trie.action_of(generated)
+
+    def line_ids(self, generated: Sequence[int]) -> list[int]:
+        return []

@@ -1,38 +1,44 @@
-"""NPC decisions from a model: state -> prompt -> constrained decoding -> one allowed action."""
+"""NPC answers from a model without scheduling: prompt -> constrained decoding -> answer.
+
+`prepare` checks and encodes a request before any model work (typed errors); `NpcDecider` runs
+it to completion on the calling thread. It is the reference path for `lego-embed decide`,
+evaluation and tests; the runtime schedules the same prepared request subtask by subtask.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lego_embed.model.executor import Executor
 from lego_embed.model.loading import LoadedModel
-from lego_embed.npc.actions import ActionTrie, ConstrainedActionSampler
-from lego_embed.npc.prompt import build_prompt, persona_prefix
-from lego_embed.npc.state import GameState, validate_state
+from lego_embed.npc.answer import AnswerSampler, make_sampler, read_answer
+from lego_embed.npc.chat_template import ChatTemplate
+from lego_embed.npc.output_spec import OutputSpec
+from lego_embed.npc.prompt_parts import EncodedPrompt, Prompt, encode_prompt
 
 
 @dataclass(frozen=True)
-class PreparedDecision:
-    """What the executor needs to run one decision: prompt tokens and the action sampler.
+class PreparedRequest:
+    """What the executor needs to run one request: the encoded prompt and a fresh sampler."""
 
-    prefix_tokens: how many leading prompt tokens are the NPC's static persona prefix.
-    """
+    encoded: EncodedPrompt
+    sampler: AnswerSampler
 
-    state: GameState
-    prompt_ids: list[int]
-    prefix_tokens: int
-    sampler: ConstrainedActionSampler
+    @property
+    def prompt_ids(self) -> list[int]:
+        return list(self.encoded.ids)
 
 
 @dataclass(frozen=True)
-class NpcDecision:
-    """One finished decision. latency_ms: wall time from request to answer (ms);
-    compute_ms: sum of the measured subtask durations (ms)."""
+class NpcAnswer:
+    """One finished answer. action / line: as the output spec asks (None where it asks for
+    none). latency_ms: wall time from the call to the answer (ms); compute_ms: sum of the
+    measured subtask durations (ms)."""
 
-    action: str
+    action: str | None
+    line: str | None
     latency_ms: float
     compute_ms: float
     prompt_tokens: int
@@ -40,36 +46,32 @@ class NpcDecision:
     subtasks: int
 
 
-def prepare_decision(
-    tokenizer: Any, state: Mapping[str, Any], actions: Sequence[str]
-) -> PreparedDecision:
-    """Validates the state and the action set, and encodes the prompt (raises typed errors)."""
-    game_state = validate_state(state)
-    trie = ActionTrie(tokenizer, actions, tokenizer.eos_token_id)
-    prompt_ids = tokenizer.encode(build_prompt(game_state))
-    prefix_ids = tokenizer.encode(persona_prefix(game_state.persona))
-    prefix_tokens = len(prefix_ids) if prompt_ids[: len(prefix_ids)] == prefix_ids else 0
-    return PreparedDecision(game_state, prompt_ids, prefix_tokens, ConstrainedActionSampler(trie))
+def prepare(tokenizer: Any, prompt: Prompt, output: OutputSpec,
+            chat: ChatTemplate | None = None) -> PreparedRequest:
+    """Encodes the prompt and builds the output spec's sampler (raises typed errors)."""
+    return PreparedRequest(encode_prompt(tokenizer, prompt, chat), make_sampler(tokenizer, output))
 
 
 class NpcDecider:
-    """Runs decisions to completion on the calling thread (no scheduling): the simple path used
-    by `lego-embed decide`, evaluation, and as the reference for the scheduled runtime."""
+    """Runs requests to completion on the calling thread (no scheduling). The model folder's
+    chat template is applied when it has one and `chat_template` is True."""
 
-    def __init__(self, loaded: LoadedModel, executor: Executor | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, executor: Executor | None = None,
+                 chat_template: bool = True) -> None:
         self.loaded = loaded
         self.executor = executor or Executor(loaded)
+        self.chat = (ChatTemplate.from_folder(loaded.path, loaded.tokenizer.special_tokens)
+                     if chat_template else None)
 
-    def decide(
-        self, state: Mapping[str, Any], actions: Sequence[str], layer_plan: Any = None
-    ) -> NpcDecision:
+    def answer(self, prompt: Prompt, output: OutputSpec, layer_plan: Any = None) -> NpcAnswer:
         started_ns = time.perf_counter_ns()
-        prepared = prepare_decision(self.loaded.tokenizer, state, actions)
+        prepared = prepare(self.loaded.tokenizer, prompt, output, self.chat)
         request = self.executor.start(prepared.prompt_ids, prepared.sampler, layer_plan=layer_plan)
         timings = self.executor.run_to_completion(request)
-        action = prepared.sampler.action(request.generated)
-        return NpcDecision(
-            action=action,
+        answer = read_answer(prepared.sampler, request.generated)
+        return NpcAnswer(
+            action=answer.action,
+            line=answer.line,
             latency_ms=(time.perf_counter_ns() - started_ns) / 1e6,
             compute_ms=sum(t.duration_ns for t in timings) / 1e6,
             prompt_tokens=len(prepared.prompt_ids),

@@ -1,6 +1,13 @@
-"""The Runtime: the game-facing API that runs NPC decisions in the renderer's idle gaps.
+"""The Runtime: the game-facing API that runs NPC requests in the renderer's idle gaps.
 
-Threading model. The game (or an engine bridge) calls `on_event`, `request`, `poll`, `health`
+Requests are task-neutral (`runtime.request.Request`: a two-part prompt, an output spec, a
+reaction deadline and, for lines, a reading pace). The static part of a prompt is prefilled
+once with the full model and its KV kept, so every later request with the same static text
+(any NPC's) prefills only its dynamic part. Line tokens are streamed to `on_token` as they are
+made, each with its own deadline (the scheduler treats every next token as a deadline of its
+own and escalates the skip level when one would be late).
+
+Threading model. The game (or an engine bridge) calls `on_event`, `submit`, `poll`, `health`
 and `stats` from its own threads; none of them runs inference or waits for it. One background
 worker thread, started by `start()`, owns the executor, the scheduler, the headroom tracker and
 the predictor: it drains the engine events, admits new requests (choosing their skip level),
@@ -17,15 +24,19 @@ Supervision. Each cycle of the worker loop runs under one exception handler: an 
 fails the requests in flight (`WorkerFaultError`), is logged once with its traceback and counted,
 and the worker carries on with its scheduler, tracker, predictor and prefix cache reset (a
 restart). More than `max_worker_restarts` restarts within `restart_window_s` stop the worker for
-good (health `failed`): every open request is failed and `request()` raises `RuntimeFailedError`.
-A request still unanswered long after its deadline is failed with `RequestOverdueError`.
+good (health `failed`): every open request is failed and `submit()` raises `RuntimeFailedError`.
+A request still unanswered long after its deadline (for a line: its next token's) is failed
+with `RequestOverdueError`.
 
-When the work does not fit: a new request of an NPC supersedes its older open one (answered
-`superseded` at once; the older one's prompt KV is reused where the prompts share a prefix); a
-request with a fallback gets it at its deadline when the model has not answered, or when the
-skip-level choice finds that no level can finish it in time (its compute is then given to the
-others); and `BackPressure` tells the game (`poll_overload()`, `stats()["backpressure"]`) when it
-asks for more decisions per second than the headroom sustains.
+When the work does not fit: a new request of an NPC supersedes its older open one that has
+delivered nothing yet (answered `superseded` at once; the older one's prompt KV is reused where
+the prompts share a prefix; an action already delivered or a line already speaking goes on); a
+request with a fallback gets it at its deadline when the model's action is not there, or when
+the skip-level choice finds that no level can finish it in time (its compute is then given to
+the others); a line has no fallback: late tokens are still streamed and counted, and a failure
+that ends a line early leaves what was streamed standing (`runtime.request`); and `BackPressure`
+tells the game (`poll_overload()`, `stats()["backpressure"]`) when it asks for more decisions
+per second than the headroom sustains.
 """
 
 from __future__ import annotations
@@ -35,10 +46,9 @@ import logging
 import math
 import numbers
 import os
-import random
 import threading
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -57,11 +67,13 @@ from lego_embed.model.kv_cache import PrefixCache
 from lego_embed.model.layer_plan import LayerPlan
 from lego_embed.model.loading import LoadedModel
 from lego_embed.model.profile import CostProfile
-from lego_embed.npc.combat_task import random_situation
-from lego_embed.npc.decider import PreparedDecision, prepare_decision
-from lego_embed.npc.prompt import build_prompt, persona_prefix
-from lego_embed.npc.state import validate_state
+from lego_embed.npc.answer import FreeChoiceSampler, make_sampler, read_answer
+from lego_embed.npc.chat_template import ChatTemplate
+from lego_embed.npc.decider import PreparedRequest
+from lego_embed.npc.output_spec import Choice, Line
+from lego_embed.npc.prompt_parts import encode_prompt
 from lego_embed.runtime.answers import (
+    DECIDED,
     FALLBACK,
     SUPERSEDED,
     AnswerLedger,
@@ -69,21 +81,21 @@ from lego_embed.runtime.answers import (
     PendingRequest,
     failure_reason,
 )
+from lego_embed.runtime.answers import FAILED as FAILED_ANSWER
 from lego_embed.runtime.backpressure import BackPressure, OverloadEvent
 from lego_embed.runtime.clock import Clock, MonotonicClock
 from lego_embed.runtime.events import PASS_BEGIN, EngineEvent, measured_on_gpu
 from lego_embed.runtime.fallback import (
     DEADLINE_PASSED,
     PREDICTED_MISS,
-    Fallback,
     FallbackContext,
     FallbackSchedule,
-    check_fallback,
     resolve_fallback,
 )
 from lego_embed.runtime.gpu_stats import nvml_stats
 from lego_embed.runtime.headroom import HeadroomTracker, WindowHeadroom
 from lego_embed.runtime.predictor import HeadroomPredictor, WindowPredictor
+from lego_embed.runtime.request import ActionEvent, Request, TokenEvent
 from lego_embed.runtime.scheduler import (
     POLICIES,
     SPLIT_PARTS,
@@ -121,18 +133,19 @@ class RuntimeConfig:
     (one SLO period). margin_us / margin_fraction: dispatch margin. usable_fraction: share of
     predicted headroom the level choice relies on. edf / batching / prefix_reuse: the
     beyond-LEGO features (earliest deadline first, batched same-level subtasks: decode steps
-    and equal-length prefills, persona prefix KV reuse). static_level / static_slice_ms: the
+    and equal-length prefills, static prompt part KV reuse). static_level / static_slice_ms: the
     static_skip policy. cpu_core: pin the worker thread to this core (CPU runs).
     record_timeline: keep (start_ns, end_ns, kind, batch) of every subtask in `Runtime.timeline`
     and (t_ns, queued requests) at every change of the queue in `Runtime.backlog_timeline`.
     warmup: measure the cost profile at start() (one request per level, and batches of
     2..max_batch requests when batching).
     constrained: decode with the action trie (default); False generates up to 16 free tokens
-    (LEGO's shape) and accepts the answer only if its text is an allowed action. cost_profile:
+    (LEGO's shape) and accepts a Choice's answer only if its text is an allowed action (lines
+    are always decoded by their output spec). cost_profile:
     a `lego-embed profile` JSON that seeds the cost model (the warm-up and every measured
-    subtask then correct it). prefix_min_tokens: reuse a persona prefix only if it is at least
-    this long (a short prefix saves almost nothing, and attending over cached positions needs a
-    mask, which made the bundled model's attention block 60% slower on CPU).
+    subtask then correct it). prefix_min_tokens: keep a static prompt part only if it is at
+    least this long (a short prefix saves almost nothing, and attending over cached positions
+    needs a mask, which made the bundled model's attention block 60% slower on CPU).
     cost_deviations / gap_deviations: how conservative predictions
     are (subtask cost: mean + k deviations; gap length: mean - k deviations).
     max_worker_restarts / restart_window_s: the worker recovers from an internal error by
@@ -143,6 +156,9 @@ class RuntimeConfig:
     a superseded request's finished chunks are what its successor can reuse. split_ffn: when the
     next FFN block does not fit the rest of a gap, run a slice of its intermediate dimension
     that does (1/2 or 1/4; exact, see Executor.split_next).
+    warmup_prompt_tokens: length of the warm-up prompt (tokens). chat_template: apply the model
+    folder's chat template to prompts when it has one. max_static_prefixes: static prompt
+    parts whose KV is kept (least recently used dropped first).
     """
 
     policy: str = "lego"
@@ -169,6 +185,9 @@ class RuntimeConfig:
     overdue_limit_ms: float = 5000.0
     prefill_chunk_tokens: int | None = None
     split_ffn: bool = True
+    warmup_prompt_tokens: int = 32
+    chat_template: bool = True
+    max_static_prefixes: int = 64
 
     def validate(self) -> RuntimeConfig:
         if self.policy not in POLICIES:
@@ -194,6 +213,11 @@ class RuntimeConfig:
             raise RuntimeConfigError(
                 f"max_worker_restarts must be an int >= 0, got {self.max_worker_restarts!r}"
             )
+        for name in ("warmup_prompt_tokens", "max_static_prefixes"):
+            if (isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int)
+                    or getattr(self, name) < 1):
+                raise RuntimeConfigError(f"{name} must be a whole number >= 1, got "
+                                         f"{getattr(self, name)!r}")
         if self.prefill_chunk_tokens is not None and (
             not isinstance(self.prefill_chunk_tokens, int) or self.prefill_chunk_tokens < 1
         ):
@@ -222,7 +246,7 @@ def _finite_or_none(value: float | None) -> float | None:
 
 
 class Runtime:
-    """Schedules NPC decisions into rendering headroom (see the module docstring).
+    """Schedules NPC requests into rendering headroom (see the module docstring).
 
     `bundle` is a SkipBundle (lego_embed.skip) or None (level 0 only). `accuracy_by_level`
     overrides the expected accuracy per level (e.g. from docs/benchmarks/skip_accuracy.json).
@@ -245,6 +269,10 @@ class Runtime:
         self.config = (config or RuntimeConfig()).validate()
         self.clock = clock or MonotonicClock()
         self._make_predictor = predictor or HeadroomPredictor
+        self.chat_template = (
+            ChatTemplate.from_folder(loaded.path, loaded.tokenizer.special_tokens)
+            if self.config.chat_template else None
+        )
         self.executor = Executor(loaded, self.config.prefill_chunk_tokens)
         self.levels = self._levels(loaded, bundle, accuracy_by_level or {})
         cfg = self.config
@@ -278,7 +306,6 @@ class Runtime:
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._warmed_up = False
-        self._persona_ids: dict[str, list[int]] = {}
         self._last_event_ns: int | None = None
         self._health = WorkerHealth(NOT_STARTED)
         self._failure: RuntimeFailedError | None = None
@@ -296,6 +323,7 @@ class Runtime:
             "worker_faults": 0, "overdue_requests": 0, "superseded": 0,
             "superseded_tokens_reused": 0, "fallbacks": 0, "fallbacks_predicted": 0,
             "fallback_errors": 0, "ffn_splits": 0, "overload_events": 0,
+            "static_prefills": 0, "line_tokens": 0, "late_tokens": 0, "token_level_changes": 0,
         }
         self._reset_worker_state()
 
@@ -316,7 +344,8 @@ class Runtime:
     def _reset_worker_state(self) -> None:
         """Everything the worker learns while it runs, as at start(): the scheduler (empty queue,
         the cost model as measured by the warm-up), the headroom tracker and predictor, the
-        prefix cache. The executor is kept: a request's executor state lives in its request."""
+        static prompt parts kept. The executor is kept: a request's executor state lives in
+        its request."""
         self.scheduler = Scheduler(
             self.executor, self.levels, self._scheduler_config, self._start_costs.copy()
         )
@@ -328,7 +357,8 @@ class Runtime:
             self.config.frame_budget_ms, self.config.window_ms, on_window=self._window,
             gap_deviations=self.config.gap_deviations,
         )
-        self._prefixes: dict[tuple[int, ...], PrefixCache] = {}
+        self._prefixes: OrderedDict[tuple[int, ...], PrefixCache] = OrderedDict()
+        self._static_in_flight: set[tuple[int, ...]] = set()
         self._window_busy_ns = 0
         self._window_backlogged = False
 
@@ -387,46 +417,33 @@ class Runtime:
         if event.kind != PASS_BEGIN:
             self._wake.set()
 
-    def request(
-        self,
-        npc_id: str,
-        state: Mapping[str, Any],
-        actions: Sequence[str],
-        deadline_ms: float,
-        callback: Callable[[Decision], None] | None = None,
-        *,
-        supersede: bool = True,
-        fallback: Fallback | None = None,
-        corrections: bool = False,
-    ) -> int:
-        """Queues a decision and returns its request id; it gets exactly one answer (see
-        `Decision.status`: decided, fallback, superseded or failed with its reason) through
-        poll() and the callback. Validates the state and actions now (InvalidGameStateError /
-        InvalidActionSetError / RuntimeConfigError); raises RuntimeFailedError or
-        RuntimeStoppedError at once when the worker cannot answer. Never waits for inference.
-
-        supersede: this request replaces the NPC's older open requests (they are answered
-        `superseded` at once); False keeps them. fallback: an allowed action, or a callable
-        `(FallbackContext) -> action`, answered at the deadline when the model's action is not
-        there (or cannot be: no skip level fits before the deadline). corrections: after a
-        fallback, deliver the model's late action too (status `correction`); by default the
-        late work is dropped."""
+    def submit(self, request: Request) -> int:
+        """Queues a request and returns its id; it gets exactly one answer (see
+        `Decision.status`: decided, fallback, superseded, failed with its reason, and after a
+        fallback a correction if asked for) through poll() and its callback; a line streams its
+        tokens to `on_token` before that. Encodes the prompt (with the model's chat template
+        when it has one) and builds the output spec's sampler now, so a bad request raises its
+        typed error here (InvalidActionSetError, PromptTooLongError, ...); raises
+        RuntimeFailedError or RuntimeStoppedError at once when the worker cannot answer. Never
+        waits for inference. Superseding, fallbacks and corrections are the request's fields
+        (`runtime.request`)."""
         self._check_worker()
         self._refuse_if_not_answering()
-        if not _finite_number(deadline_ms) or not deadline_ms > 0:
+        if not isinstance(request, Request):
             raise RuntimeConfigError(
-                f"deadline_ms must be a finite number of ms > 0, got {deadline_ms!r}"
+                f"submit takes a lego_embed.runtime.request.Request, got {type(request).__name__}"
             )
-        for name, flag in (("supersede", supersede), ("corrections", corrections)):
-            if not isinstance(flag, bool):
-                raise RuntimeConfigError(f"{name} must be True or False, got {flag!r}")
-        check_fallback(fallback, actions)
+        tokenizer = self.loaded.tokenizer
+        encoded = encode_prompt(tokenizer, request.prompt, self.chat_template)
+        sampler = make_sampler(tokenizer, request.output)  # also checks the action set
+        if not self.config.constrained and isinstance(request.output, Choice):
+            # LEGO's shape: free tokens, accepted only if they spell an allowed action
+            sampler = FreeChoiceSampler(tokenizer, request.output, FREE_TEXT_TOKENS)
+        self.executor.check_prompt(encoded.ids, sampler)
         arrival_ns = self.clock.now_ns()
-        prepared = prepare_decision(self.loaded.tokenizer, state, actions)
         with self._accept_lock:
             pending = PendingRequest(
-                next(self._ids), str(npc_id), prepared, arrival_ns, float(deadline_ms), callback,
-                supersede, fallback, corrections,
+                next(self._ids), request, PreparedRequest(encoded, sampler), arrival_ns
             )
             self._ledger.open(pending)
             self._incoming.append(pending)
@@ -461,12 +478,16 @@ class Runtime:
         return self._health
 
     def stats(self) -> dict[str, Any]:
-        """Health, counters, latencies, headroom estimates, the cost profile and GPU stats
-        (NVML). Every number is finite (None where nothing was measured)."""
+        """Health, counters, latencies, line figures, headroom estimates, the cost profile and
+        GPU stats (NVML). Every number is finite (None where nothing was measured). `decisions`
+        counts every answer but superseded ones; latencies and line figures are of the answers
+        the model gave (status decided)."""
         health = self.health()
         decisions = [d for d in self._ledger.answered if d.status != SUPERSEDED]
-        latencies = [d.latency_ms for d in decisions if d.action is not None
-                     and d.status != FALLBACK]
+        by_model = [d for d in decisions if d.status == DECIDED]
+        latencies = [d.latency_ms for d in by_model]
+        lines = [d for d in by_model if d.line is not None]
+        first_tokens = [d.first_token_ms for d in lines if d.first_token_ms is not None]
         predicted = self.predictor.predict()
         windows = self.tracker.windows
         last_window = windows[-1] if windows else None
@@ -511,6 +532,17 @@ class Runtime:
             "duplicate_answers": self._ledger.duplicate_answers,
             "contended_subtasks": self._counters["contended_subtasks"],
             "relevels": self._counters["relevels"],
+            "lines": len(lines),
+            "line_tokens": self._counters["line_tokens"],
+            "late_tokens": self._counters["late_tokens"],
+            "lines_missing_first_token_deadline": sum(
+                d.first_token_ms is None or d.first_token_ms > d.deadline_ms for d in lines
+            ),
+            "p50_first_token_ms": float(np.percentile(first_tokens, 50)) if first_tokens else None,
+            "p99_first_token_ms": float(np.percentile(first_tokens, 99)) if first_tokens else None,
+            "static_prefills": self._counters["static_prefills"],
+            "static_prefixes_kept": len(self._prefixes),
+            "token_level_changes": self._counters["token_level_changes"],
             "llm_busy_ms": self._counters["llm_busy_ns"] / 1e6,
             "frames_seen": self.tracker.frames,
             "windows": len(windows),
@@ -557,7 +589,7 @@ class Runtime:
         if self._health.state == FAILED:
             raise RuntimeFailedError(str(self._failure))
         if self._health.state == STOPPED:
-            raise RuntimeStoppedError("the runtime is stopped; call start() before request()")
+            raise RuntimeStoppedError("the runtime is stopped; call start() before submit()")
 
     def _check_worker(self) -> None:
         """A worker thread that ended without stop() (an error the supervisor could not catch)
@@ -618,7 +650,7 @@ class Runtime:
 
     def _fail_overdue(self, now_ns: int) -> None:
         """Fails the requests still unanswered max(overdue_limit_ms, their deadline) after their
-        deadline, saying what kept them waiting."""
+        deadline (a line's: its next token's), saying what kept them waiting."""
         if now_ns < self._next_overdue_check_ns:
             return
         self._next_overdue_check_ns = now_ns + OVERDUE_CHECK_NS
@@ -630,14 +662,17 @@ class Runtime:
                 continue
             pending: PendingRequest = request.payload
             if not self._ledger.is_open(pending.request_id):  # answered by a fallback already
-                self.scheduler.finish(request)
+                self._drop(request)
                 self._ledger.drop_correction(pending.request_id)
                 continue
+            what = (f"its line token {pending.progress.line_tokens + 1}'s {deadline_ns / 1e6:g} ms "
+                    "deadline" if pending.progress.line_tokens else
+                    f"its {pending.deadline_ms:g} ms deadline")
             error = RequestOverdueError(
-                f"no answer {late_ns / 1e9:.1f} s after its {pending.deadline_ms:g} ms deadline "
-                f"({self._stall_reason(now_ns)}); failed instead of waiting on"
+                f"no answer {late_ns / 1e9:.1f} s after {what} ({self._stall_reason(now_ns)}); "
+                "failed instead of waiting on"
             )
-            self.scheduler.finish(request)
+            self._drop(request)
             self._counters["overdue_requests"] += 1
             self._ledger.fail(pending, error, now_ns)
 
@@ -658,9 +693,10 @@ class Runtime:
 
     # ------------------------------------------------------------------ worker
     def _warmup(self) -> None:
-        tokenizer = self.loaded.tokenizer
-        state = validate_state(random_situation(random.Random(0)))
-        prompt_ids = tokenizer.encode(build_prompt(state))
+        vocab = self.executor.vocab_size
+        length = min(self.config.warmup_prompt_tokens,
+                     self.loaded.max_context_tokens - WARMUP_DECODE_TOKENS)
+        prompt_ids = [(7 * i + 3) % vocab for i in range(length)]
         runs = [self.levels[0], *self.levels]
         for option in runs:
             request = self.executor.start(
@@ -798,24 +834,30 @@ class Runtime:
             if not self._ledger.is_open(pending.request_id):
                 continue  # answered meanwhile (stop, a failed worker)
             self.backpressure.note_request(pending.arrival_ns)
-            prepared = pending.prepared
             salvaged = self._supersede(pending, now_ns) if pending.supersede else None
-            prefix = None
-            prefix_ids = self._prefix_ids(prepared)
-            if self.config.prefix_reuse and prefix_ids:
-                prefix = self._prefixes.get(prefix_ids)
-                self._counters["prefix_hits"] += prefix is not None
+            static = self._static_ids(pending)
+            prefix = self._prefixes.get(static) if static else None
+            if prefix is not None:
+                self._prefixes.move_to_end(static)
+                self._counters["prefix_hits"] += 1
             if salvaged is not None and (prefix is None or len(salvaged.token_ids) > len(
                     prefix.token_ids)):
                 prefix = salvaged
                 self._counters["superseded_tokens_reused"] += len(salvaged.token_ids)
-            sampler = prepared.sampler if self.config.constrained else GreedySampler(
-                self.loaded.tokenizer.eos_token_id, FREE_TEXT_TOKENS
+            split = 0
+            if (static and static not in self._static_in_flight
+                    and (prefix is None or len(prefix.token_ids) < len(static))):
+                # this request prefills the static part with the full model; its KV is kept
+                self._static_in_flight.add(static)
+                pending.progress.static_owner = True
+                split = len(static)
+            sampler = pending.prepared.sampler
+            state = self.executor.start(
+                pending.prepared.prompt_ids, sampler, prefix=prefix, split_after=split
             )
-            state = self.executor.start(prepared.prompt_ids, sampler, prefix=prefix)
             request = ScheduledRequest(
                 pending.request_id, pending.npc_id, state, pending.arrival_ns,
-                pending.deadline_ns, sampler.max_new_tokens, payload=pending,
+                pending.deadline_ns, sampler.first_answer_tokens, payload=pending,
             )
             self.backpressure.note_costs(
                 [self.scheduler.remaining_cost_ns(request, level)
@@ -826,22 +868,44 @@ class Runtime:
                 self._fallbacks.add(pending.deadline_ns, pending.request_id)
                 self._shed_if_hopeless(request, now_ns)
 
+    def _static_ids(self, pending: PendingRequest) -> tuple[int, ...]:
+        """The prompt's static part when it is worth keeping (prefix_reuse, long enough)."""
+        static = pending.prepared.encoded.static_ids
+        if not self.config.prefix_reuse or len(static) < self.config.prefix_min_tokens:
+            return ()
+        return static
+
+    def _drop(self, request: ScheduledRequest) -> None:
+        """Takes a request off the queue (answered, superseded, shed, failed); a static prompt
+        part it was prefilling for the others is left to the next request that has it."""
+        self.scheduler.finish(request)
+        pending: PendingRequest = request.payload
+        if pending.progress.static_owner:
+            pending.progress.static_owner = False
+            self._static_in_flight.discard(pending.prepared.encoded.static_ids)
+
     def _supersede(self, pending: PendingRequest, now_ns: int) -> PrefixCache | None:
-        """Answers the NPC's older open requests `superseded` and drops their work (also a
-        late run kept for a correction); returns the KV of the longest prompt prefix the newest
-        of them shares with `pending` and holds in every layer (at least prefix_min_tokens
-        long), for the new request to start from."""
+        """Answers the NPC's older open requests that have delivered nothing yet `superseded`
+        (an action already streamed or a line already speaking is carried out: nothing the game
+        has shown is taken back) and drops their work (also a late run kept for a correction);
+        returns the KV of the longest prompt prefix the newest of them shares with `pending` and
+        holds in every layer (at least prefix_min_tokens long), for the new request to start
+        from."""
         npc_id, new_id = pending.npc_id, pending.request_id
+        replaced = set()
         for old in self._ledger.pending():
-            if old.npc_id == npc_id and old.request_id < new_id:
+            if (old.npc_id == npc_id and old.request_id < new_id
+                    and old.progress.action_ns is None and old.progress.first_token_ns is None):
+                replaced.add(old.request_id)
                 self._predicted_misses.discard(old.request_id)
                 if self._ledger.answer_without_model(old, SUPERSEDED, None, now_ns):
                     self._counters["superseded"] += 1
-        older = [r for r in self.scheduler.pending if r.npc_id == npc_id and r.request_id < new_id]
+        older = [r for r in self.scheduler.pending if r.npc_id == npc_id and r.request_id < new_id
+                 and (r.request_id in replaced or not self._ledger.is_open(r.request_id))]
         salvaged: PrefixCache | None = None
         new_ids = pending.prepared.prompt_ids
         for request in sorted(older, key=lambda r: r.request_id):
-            self.scheduler.finish(request)
+            self._drop(request)
             self._ledger.drop_correction(request.request_id)
             shared = 0
             for ours, theirs in zip(request.state.prompt_ids, new_ids[:-1], strict=False):
@@ -854,15 +918,16 @@ class Runtime:
         return salvaged
 
     def _shed_if_hopeless(self, request: ScheduledRequest, now_ns: int) -> bool:
-        """`lego` with a fallback: when no skip level can finish the request by its deadline
-        (the same prediction that picks levels), its compute goes to the others and the
-        fallback answers it at the deadline (or, with corrections, it runs on)."""
+        """`lego` with a fallback: when no skip level can finish the request's action by its
+        deadline (the same prediction that picks levels), its compute goes to the others and
+        the fallback answers it at the deadline (or, with corrections, it runs on)."""
         pending: PendingRequest = request.payload
         if (self.config.policy != "lego" or pending.fallback is None or pending.corrections
+                or pending.progress.action_ns is not None  # a line after its action: no stand-in
                 or not self.tracker.windows  # no measured headroom yet: nothing to predict from
                 or self.scheduler.can_finish(request, now_ns, self.headroom_rate())):
             return False
-        self.scheduler.finish(request)
+        self._drop(request)
         self._predicted_misses.add(pending.request_id)
         return True
 
@@ -872,16 +937,16 @@ class Runtime:
                 self._shed_if_hopeless(request, now_ns)
 
     def _answer_due_fallbacks(self, now_ns: int) -> None:
-        """Answers every request whose deadline came with its fallback (if still open)."""
+        """Answers every request whose deadline came with its fallback (if still open and its
+        action not made: a ChoiceThenLine whose action came in time streams its line on)."""
         for request_id in self._fallbacks.due(now_ns):
             pending = self._ledger.pending_request(request_id)
-            if pending is None:
-                self._predicted_misses.discard(request_id)
-                continue
             predicted = request_id in self._predicted_misses
             self._predicted_misses.discard(request_id)
+            if pending is None or pending.progress.action_ns is not None:
+                continue
             context = FallbackContext(
-                request_id, pending.npc_id, tuple(pending.prepared.sampler.trie.actions),
+                request_id, pending.npc_id, tuple(pending.request.output.actions),
                 PREDICTED_MISS if predicted else DEADLINE_PASSED,
             )
             scheduled = next((r for r in self.scheduler.pending if r.request_id == request_id),
@@ -891,14 +956,14 @@ class Runtime:
             except Exception as error:  # the game's fallback callback failed: answer with it
                 self._counters["fallback_errors"] += 1
                 if scheduled is not None:
-                    self.scheduler.finish(scheduled)
+                    self._drop(scheduled)
                 self._ledger.fail(pending, error, now_ns)
                 continue
             self._ledger.answer_without_model(pending, FALLBACK, action, now_ns)
             self._counters["fallbacks"] += 1
             self._counters["fallbacks_predicted"] += predicted
             if scheduled is not None and not pending.corrections:
-                self.scheduler.finish(scheduled)
+                self._drop(scheduled)
 
     def _execute(self, dispatch: Dispatch) -> None:
         batch = dispatch.requests
@@ -949,86 +1014,149 @@ class Runtime:
         keep_going = True
         for request in batch:
             state = request.state
-            if state.at_pass_start or state.finished:
-                self._remember_prefix(request)
+            if not state.at_pass_start and not state.finished:
+                continue
+            keep_going = False
+            self._keep_static_part(request)
+            self._stream(request, end_ns)
             if state.finished:
                 self._complete(request, None)
-                keep_going = False
-            elif state.at_pass_start:
-                keep_going = False
-                escalated = self.scheduler.recheck(request, end_ns, self.headroom_rate())
-                self._counters["escalations"] += escalated
+                continue
+            self.scheduler.pass_boundary(request)
+            escalated = self.scheduler.recheck(request, end_ns, self.headroom_rate())
+            self._counters["escalations"] += escalated
         if not keep_going:  # after the whole batch: shedding must not take one of its members
             self._shed_predicted_misses(self.clock.now_ns())
         return keep_going
 
-    def _action(self, prepared: PreparedDecision, generated: list[int]) -> str | None:
-        if self.config.constrained:
-            return prepared.sampler.action(generated)
-        text = self.loaded.tokenizer.decode(generated, skip_special_tokens=True).strip()
-        return text if text in prepared.sampler.trie.actions else None
-
-    def _prefix_ids(self, prepared: PreparedDecision) -> tuple[int, ...]:
-        """The prompt's static persona part: the tokens it shares with the encoded persona
-        prefix (a tokenizer may encode the prefix's trailing blank as a token of its own)."""
-        if prepared.prefix_tokens >= self.config.prefix_min_tokens:
-            return tuple(prepared.prompt_ids[: prepared.prefix_tokens])
-        key = prepared.state.persona
-        static = self._persona_ids.get(key)
-        if static is None:
-            static = self.loaded.tokenizer.encode(persona_prefix(key))
-            self._persona_ids[key] = static
-        common = 0
-        for ours, theirs in zip(prepared.prompt_ids, static, strict=False):
-            if ours != theirs:
-                break
-            common += 1
-        common = min(common, len(prepared.prompt_ids) - 1)
-        if common < self.config.prefix_min_tokens:
-            return ()
-        return tuple(prepared.prompt_ids[:common])
-
-    def _remember_prefix(self, request: ScheduledRequest) -> None:
-        """After a full-model prefill, keeps the persona prefix's KV for the NPC's next requests."""
-        prepared = request.payload.prepared
-        state = request.state
-        if not self.config.prefix_reuse or request.level != 0 or not state.generated:
-            return
-        prefix_ids = self._prefix_ids(prepared)
-        if not prefix_ids or prefix_ids in self._prefixes:
-            return
-        layers = tuple(kv.truncated(len(prefix_ids)) for kv in state.kv)
-        if all(len(layer) == len(prefix_ids) for layer in layers):
-            self._prefixes[prefix_ids] = PrefixCache(prefix_ids, layers)
-
-    def _complete(self, request: ScheduledRequest, error: str | None) -> None:
-        now_ns = self.clock.now_ns()
+    def _keep_static_part(self, request: ScheduledRequest) -> None:
+        """After the pass that prefilled a prompt's static part: keeps its KV, and restarts the
+        waiting requests with the same static part from it (none of their subtasks ran)."""
         pending: PendingRequest = request.payload
         state = request.state
-        action = None if error else self._action(pending.prepared, state.generated)
-        if action is None and error is None:
+        if (not pending.progress.static_owner or state.in_static_part
+                or state.position != state.split_at):
+            return
+        static = pending.prepared.encoded.static_ids
+        prefix = self.executor.prefix_from(state, len(static))
+        self._prefixes[static] = prefix
+        self._counters["static_prefills"] += 1
+        while len(self._prefixes) > self.config.max_static_prefixes:
+            self._prefixes.popitem(last=False)
+        self._static_in_flight.discard(static)
+        pending.progress.static_owner = False
+        for other in self.scheduler.pending:
+            waiting: PendingRequest = other.payload
+            if (other is request or other.state.timings or other.state.position >= len(static)
+                    or waiting.prepared.encoded.static_ids != static):
+                continue
+            other.state = self.executor.start(
+                waiting.prepared.prompt_ids, waiting.prepared.sampler, prefix=prefix
+            )
+            self.scheduler.pass_boundary(other)
+            self._counters["prefix_hits"] += 1
+
+    def _stream(self, request: ScheduledRequest, now_ns: int) -> None:
+        """Delivers what the last pass decided while the request is open (streamed events are
+        not answers): a ChoiceThenLine's action, a line token with the text it releases; then
+        moves the request's deadline to its next token's."""
+        pending: PendingRequest = request.payload
+        progress = pending.progress
+        spec_request = pending.request
+        sampler = pending.prepared.sampler
+        generated = request.state.generated
+        level = self.levels[request.level].level
+        latency_ms = (now_ns - pending.arrival_ns) / 1e6
+        if progress.action_ns is None and sampler.text is not None:
+            action = sampler.action(generated)
+            if action is not None:
+                progress.action_ns = now_ns
+                self._ledger.notify(pending, spec_request.on_action, ActionEvent(
+                    pending.request_id, pending.npc_id, action, now_ns, latency_ms,
+                    latency_ms <= spec_request.deadline_ms, level,
+                ))
+        if sampler.text is None:
+            return
+        count = len(sampler.line_ids(generated))
+        if request.state.finished:
+            sampler.text.finish()
+        text = sampler.text.released[progress.shown_chars:]
+        new_token = count > progress.line_tokens
+        if not new_token and not text:
+            return
+        progress.shown_chars = len(sampler.text.released)
+        deadline_ms = spec_request.token_deadline_ms(max(count, 1))
+        met = latency_ms <= deadline_ms
+        if new_token:
+            progress.line_tokens = count
+            self._counters["line_tokens"] += 1
+            if progress.first_token_ns is None:
+                progress.first_token_ns = now_ns
+            if not met:
+                progress.late_tokens += 1
+                self._counters["late_tokens"] += 1
+        self._ledger.notify(pending, spec_request.on_token, TokenEvent(
+            pending.request_id, pending.npc_id, max(count, 1), text, now_ns, latency_ms,
+            deadline_ms, met, level,
+        ))
+        if count and not request.state.finished:
+            next_deadline_ns = pending.arrival_ns + round(
+                spec_request.token_deadline_ms(count + 1) * 1e6)
+            changed = self.scheduler.retarget(
+                request, next_deadline_ns, len(generated) + 1, now_ns, self.headroom_rate()
+            )
+            self._counters["token_level_changes"] += changed
+
+    def _complete(self, request: ScheduledRequest, error: str | None) -> None:
+        """The model's work on a request ended (finished, or failed with `error`): its answer,
+        or, after a fallback that asked for corrections, the correction."""
+        now_ns = self.clock.now_ns()
+        pending: PendingRequest = request.payload
+        progress = pending.progress
+        state = request.state
+        spec = pending.request.output
+        streamed = pending.streamed_line()  # before read_answer releases what was held back
+        answer = read_answer(pending.prepared.sampler, state.generated)
+        if error is None and spec.kind != Line.kind and answer.action is None:
             error = "the answer is not one of the allowed actions"
         option = self.levels[request.level]
         compute_ns = sum(t.duration_ns for t in state.timings)
+        action_ns = progress.action_ns if spec.kind == "choice_then_line" else (
+            now_ns if answer.action is not None else None)
+        action_ms = pending.since_arrival_ms(action_ns)
+        first_token_ms = pending.since_arrival_ms(progress.first_token_ns)
+        due = ([action_ms] if spec.kind != Line.kind else []) + (
+            [first_token_ms] if spec.kind != Choice.kind else [])
+        in_time = all(t is not None and t <= pending.deadline_ms for t in due)
+        line = answer.line if error is None else streamed
         decision = Decision(
             request_id=request.request_id,
             npc_id=request.npc_id,
-            action=action,
+            action=None if error else answer.action,
             latency_ms=(now_ns - request.arrival_ns) / 1e6,
             skip_level=option.level,
             skipped_layers=option.skipped_layers,
             tokens=len(state.generated),
             deadline_ms=pending.deadline_ms,
-            deadline_met=error is None and now_ns <= request.deadline_ns,
+            deadline_met=error is None and in_time,
             error=error,
             escalations=request.escalations,
             compute_ms=compute_ns / 1e6,
             expected_accuracy=option.accuracy,
+            status=DECIDED if error is None else FAILED_ANSWER,
+            output=spec.kind,
+            line=line,
+            action_ms=action_ms,
+            first_token_ms=first_token_ms,
+            line_tokens=answer.line_tokens if error is None else progress.line_tokens,
+            late_tokens=progress.late_tokens,
+            warnings=pending.request.warnings,
         )
-        self.scheduler.finish(request)
+        self._drop(request)
         rate = self.headroom_rate()
         wall_ns = now_ns - request.arrival_ns
-        if request.alone and error is None and 0.0 < rate < 1.0 and wall_ns > 0:
+        if (request.alone and error is None and 0.0 < rate < 1.0 and wall_ns > 0
+                and spec.kind == Choice.kind):  # a line waits for its reading pace, not compute
             # a request that never waited behind another shows which share of the predicted
             # headroom dispatch really gets: its compute over (its wall time x headroom rate)
             self.scheduler.observe_usable_fraction(compute_ns / (wall_ns * rate))

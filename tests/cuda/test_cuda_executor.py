@@ -23,8 +23,9 @@ from lego_embed.model.config import ModelArgs
 from lego_embed.model.decoder import Transformer
 from lego_embed.model.executor import Executor, GreedySampler
 from lego_embed.model.loading import LoadedModel, load_model
-from lego_embed.npc.combat_task import ACTIONS
 from lego_embed.runtime.gpu_stats import nvml_stats
+from lego_embed.tasks.combat.policy import ACTIONS
+from lego_embed.tasks.combat.request import combat_request
 
 DEVICE = os.environ.get("LEGO_CUDA_TESTS_DEVICE", "cuda")
 pytestmark = [
@@ -232,7 +233,7 @@ def test_the_runtime_decides_on_cuda() -> None:
         state = {"persona": "brute", "hp": 70, "enemy_hp": 60, "distance": 2.0,
                  "enemy_last_action": "heavy_windup",
                  "cooldowns": {"dodge": 0, "heal": 0, "heavy": 0}, "allies": 1}
-        runtime.request("npc0", state, list(ACTIONS), 60000.0)
+        runtime.submit(combat_request("npc0", state, ACTIONS, 60000.0))
         decisions = []
         deadline = time.monotonic() + 120
         while not decisions and time.monotonic() < deadline:

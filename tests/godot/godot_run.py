@@ -60,3 +60,16 @@ def run_scenario(
     wall_s = time.monotonic() - start
     report = json.loads(out.read_text()) if out.is_file() else None
     return GodotRun(report, process.returncode, process.stdout + process.stderr, wall_s)
+
+
+def script_error_lines(output: str) -> list[str]:
+    """Lines of a Godot log that report a problem of the game's scripts or of lego_embed: script
+    and parse errors, and ERROR lines naming lego_embed or a res:// script (the engine's own
+    complaints about the machine, such as no sound card or the C locale, are left out)."""
+    lines = output.splitlines()
+    return [
+        line for k, line in enumerate(lines)
+        if "SCRIPT ERROR" in line or "Parse Error" in line
+        or ("ERROR" in line and ("lego" in line.lower() or (
+            k + 1 < len(lines) and "res://" in lines[k + 1])))
+    ]

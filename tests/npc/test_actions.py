@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from lego_embed.errors import InvalidActionSetError
 from lego_embed.npc.actions import ActionTrie, ConstrainedActionSampler
-from lego_embed.npc.combat_task import ACTIONS
+from lego_embed.tasks.combat.policy import ACTIONS
 
 WORDS = ["heal", "ally", "attack", "heavy", "light", "block", "shoot", "call", "for", "help",
          "retreat", "zzqx", "dodge"]

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from lego_embed.npc.combat_task import ACTIONS, random_situation
-from lego_embed.npc.prompt import ANSWER_PREFIX, build_prompt
-from lego_embed.npc.state import validate_state
-from lego_embed.npc.tokenizer import train_npc_tokenizer
+from lego_embed.tasks.combat.policy import ACTIONS, random_situation
+from lego_embed.tasks.combat.prompt import ANSWER_PREFIX, build_prompt
+from lego_embed.tasks.combat.state import validate_state
+from lego_embed.tasks.combat.tokenizer import train_npc_tokenizer
 
 
 def save_random_npc_model(

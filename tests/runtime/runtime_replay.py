@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from lego_embed.model.loading import LoadedModel
 from lego_embed.model.profile import CostEntry, CostProfile
-from lego_embed.npc.combat_task import ACTIONS, random_situation
 from lego_embed.runtime.answers import Decision
 from lego_embed.runtime.clock import ManualClock
 from lego_embed.runtime.events import FRAME_BEGIN, FRAME_END, PASS_BEGIN, PASS_END, EngineEvent
@@ -28,6 +27,8 @@ from lego_embed.runtime.runtime import Runtime, RuntimeConfig
 from lego_embed.skip.adaptor import AdaptorShape, SpanAdaptor
 from lego_embed.skip.bundle import ModelIdentity, SkipBundle, SkipLevel
 from lego_embed.skip.spans import Span
+from lego_embed.tasks.combat.policy import ACTIONS, random_situation
+from lego_embed.tasks.combat.request import combat_request
 
 MS = 1_000_000
 SECOND = 1_000_000_000
@@ -35,7 +36,9 @@ SECOND = 1_000_000_000
 
 @dataclass(frozen=True)
 class Delivery:
-    """At `arrival_ns` on the runtime's clock: an engine event, and/or requests (deadlines ms)."""
+    """At `arrival_ns` on the runtime's clock: an engine event, and/or requests (deadlines ms) of
+    `npc_id`; `options` are further `combat_request` arguments (output, fallback, supersede,
+    on_token, ...)."""
 
     arrival_ns: int
     event: EngineEvent | None = None
@@ -167,10 +170,10 @@ def replay(
             for deadline_ms in delivery.deadlines_ms:
                 state = random_situation(rng)
                 npc_id = delivery.npc_id or f"npc{len(result.issued) % 7}"
-                result.issued.append(runtime.request(
-                    npc_id, state, list(ACTIONS), deadline_ms, result.callback_answers.append,
+                result.issued.append(runtime.submit(combat_request(
+                    npc_id, state, ACTIONS, deadline_ms, callback=result.callback_answers.append,
                     **delivery.options,
-                ))
+                )))
             index += 1
         run()
     for pause_ns in settle_ns:

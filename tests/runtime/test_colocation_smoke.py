@@ -120,3 +120,25 @@ def test_a_short_hitch_run_answers_every_request_and_reports_it(
     # this machine replays, so only the metrics' consistency is checked here
     assert hitch["frame_index"] == 36 and hitch["hitch_frame_ms"] >= 400.0
     assert (hitch["slo_attainment_after_hitch"] is None) == (hitch["requests_after_hitch"] == 0)
+
+
+def test_short_dialogue_run_streams_lines_and_reports_their_figures(
+    npc_loaded: LoadedModel, tmp_path: Path
+) -> None:
+    trace = RenderTrace("steady", tmp_path / "steady.csv", "rendertime(ms)", (8.0,) * 90)
+    core = max(os.sched_getaffinity(0))
+    # no fallback: every line is the model's, however late this machine makes it
+    setting = ColocationSetting(trace, 100, "lego", 1, 1.5, mix="dialogue", request_options={})
+    run = run_colocation(npc_loaded, setting, core=core, answer_grace_s=120.0)
+    row = summarize(run, 0.0)
+    assert run.requests == 2 and row["answered"] == 2  # one per 600 ms from 300 ms
+    assert row["mix"] == "dialogue" and row["lines"] == 2
+    tokens = run.tokens
+    assert row["line_tokens"] == sum(d.line_tokens for d in run.decisions) > 0
+    assert sum(row["token_skip_levels"].values()) == row["line_tokens"]
+    assert {e.request_id for e in tokens} == {d.request_id for d in run.decisions}
+    for decision in run.decisions:  # the streamed pieces of each line joined are the line
+        assert "".join(e.text for e in tokens if e.request_id == decision.request_id) == (
+            decision.line)
+    assert 0.0 <= row["pace_attained"] <= 1.0
+    assert row["p50_first_token_ms"] <= row["p99_first_token_ms"]

@@ -5,12 +5,14 @@ pass (100 ms to 5 s), stalls between frames, silences (window minimised, debugge
 gap or inside a pass, passes without pass_end, frames without passes, and bursts of up to 100
 requests with deadlines from 1 ms to 2 minutes; then distorted: duplicated events, late
 deliveries and timestamps out of order. The runtime runs on a ManualClock, so the timestamps
-alone decide what happens. Requests carry a fallback action in half of the examples (NPCs
+alone decide what happens. Requests ask for an action, an action and a line, or a line (streamed
+token by token), and carry a fallback action in half of the examples (lines take none; NPCs
 always supersede their older requests). Invariants: no internal error (the worker stays
 healthy), every request is answered exactly once (a decision in the allowed set, a fallback at
-its deadline, superseded, or a failure with a reason), no subtask starts inside a reported pass
-for the gap-respecting policies, and stats() holds no NaN or infinity. Examples that once
-failed are kept below as @example cases.
+its deadline, superseded, or a failure with a reason), streamed tokens come before their
+request's answer and joined are its line (also the part of a line a failure cut short), no
+subtask starts inside a reported pass for the gap-respecting policies, and stats() holds no NaN
+or infinity. Examples that once failed are kept below as @example cases.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from hypothesis import strategies as st
 from runtime_replay import MS, SECOND, Delivery, identity_bundle, manual_runtime, replay
 
 from lego_embed.model.loading import LoadedModel
-from lego_embed.npc.combat_task import ACTIONS
 from lego_embed.runtime.events import FRAME_BEGIN, FRAME_END, PASS_BEGIN, PASS_END, EngineEvent
 from lego_embed.runtime.headroom import MAX_EMPTY_WINDOWS, HeadroomTracker
 from lego_embed.runtime.predictor import HeadroomPredictor
+from lego_embed.runtime.request import TokenEvent
 from lego_embed.skip.bundle import SkipBundle
+from lego_embed.tasks.combat.policy import ACTIONS
 
 GAP_RESPECTING = ("lego", "inter_frame", "static_skip")
 SEGMENTS = ("frames", "hitch_in_pass", "stall_between_frames", "silence_in_gap",
@@ -146,7 +149,21 @@ def bundle(npc_loaded: LoadedModel) -> SkipBundle:
     return identity_bundle(npc_loaded, [(1, 2), (1, 4), (1, 6)])
 
 
-def check_invariants(runtime, result, policy: str) -> None:
+OUTPUTS = ("choice", "choice_then_line", "line")
+LINE_TOKENS = 6
+
+
+def request_options(output: str, fallback: bool, tokens: list[TokenEvent]) -> dict:
+    """combat_request arguments of every request in a drawn stream."""
+    options: dict = {"output": output, "max_tokens": LINE_TOKENS, "on_token": tokens.append}
+    if output == "line":
+        options["say_for"] = "block"
+    elif fallback:
+        options["fallback"] = "block"
+    return options
+
+
+def check_invariants(runtime, result, policy: str, tokens: list[TokenEvent] = ()) -> None:
     health = runtime.health()
     assert health.state == "running" and health.restarts == 0, health
     stats = runtime.stats()
@@ -155,13 +172,26 @@ def check_invariants(runtime, result, policy: str) -> None:
     assert sorted(by_callback) == sorted(result.issued)
     assert set(by_callback.values()) <= {1}
     assert sorted(d.request_id for d in result.polled) == sorted(result.issued)
+    streamed: dict[int, list[TokenEvent]] = {}
+    for token in tokens:
+        streamed.setdefault(token.request_id, []).append(token)
     for decision in result.callback_answers:
-        if decision.status in ("decided", "fallback"):
-            assert decision.action in ACTIONS and not decision.error, decision
+        mine = streamed.get(decision.request_id, [])
+        assert all(t.latency_ms <= decision.latency_ms for t in mine), decision  # not after it
+        if mine or decision.line is not None:
+            assert "".join(t.text for t in mine) == decision.line, decision
+        if decision.status == "decided":
+            if decision.output == "line":
+                assert decision.action is None and decision.line is not None, decision
+            else:
+                assert decision.action in ACTIONS and not decision.error, decision
+        elif decision.status == "fallback":
+            assert decision.action in ACTIONS and decision.line is None, decision
         elif decision.status == "failed":
             assert decision.action is None and decision.error, decision
-        else:
+        else:  # only a request that delivered nothing yet is superseded
             assert decision.status == "superseded" and decision.action is None, decision
+            assert not mine and decision.line is None, decision
         if decision.status == "fallback":  # at the deadline, whatever the engine was doing
             assert decision.deadline_ms - 1e-6 <= decision.latency_ms <= decision.deadline_ms + 5.0
     assert stats["open_requests"] == 0
@@ -184,24 +214,27 @@ SILENT_IN_PASS = StreamPlan(  # found with the silence rule applied inside passe
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(plan=stream_plans(),
        policy=st.sampled_from(("lego", "inter_frame", "static_skip", "free")),
-       step_us=st.sampled_from((0, 20, 200)), fallback=st.booleans())
-@example(plan=HITCH_AT_START, policy="lego", step_us=20, fallback=False)
-@example(plan=HITCH_AT_START, policy="lego", step_us=20, fallback=True)
-@example(plan=SILENT_IN_PASS, policy="static_skip", step_us=0, fallback=False)
-@example(plan=SILENT_IN_PASS, policy="lego", step_us=200, fallback=True)
+       step_us=st.sampled_from((0, 20, 200)), fallback=st.booleans(),
+       output=st.sampled_from(OUTPUTS))
+@example(plan=HITCH_AT_START, policy="lego", step_us=20, fallback=False, output="choice")
+@example(plan=HITCH_AT_START, policy="lego", step_us=20, fallback=True, output="choice")
+@example(plan=SILENT_IN_PASS, policy="static_skip", step_us=0, fallback=False, output="choice")
+@example(plan=SILENT_IN_PASS, policy="lego", step_us=200, fallback=True, output="choice")
+@example(plan=HITCH_AT_START, policy="lego", step_us=20, fallback=True,
+         output="choice_then_line")
+@example(plan=SILENT_IN_PASS, policy="lego", step_us=200, fallback=False, output="line")
 def test_any_engine_stream_keeps_the_runtime_answering(
     npc_loaded: LoadedModel, bundle: SkipBundle, plan: StreamPlan, policy: str, step_us: int,
-    fallback: bool,
+    fallback: bool, output: str,
 ) -> None:
     """step_us: simulated time each clock read of the runtime takes (its work's duration)."""
     runtime, clock = manual_runtime(npc_loaded, bundle, step_ns=step_us * 1000, policy=policy,
                                     window_ms=200.0)
-    stream = build_stream(plan)
-    if fallback:
-        stream = [replace(d, options={"fallback": "block"}) if d.deadlines_ms else d
-                  for d in stream]
+    tokens: list[TokenEvent] = []
+    options = request_options(output, fallback, tokens)
+    stream = [replace(d, options=options) if d.deadlines_ms else d for d in build_stream(plan)]
     result = replay(runtime, clock, stream)
-    check_invariants(runtime, result, policy)
+    check_invariants(runtime, result, policy, tokens)
 
 
 @settings(max_examples=150, deadline=None)

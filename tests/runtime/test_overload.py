@@ -13,12 +13,13 @@ from runtime_replay import MS, SECOND, Delivery, frames, manual_runtime, replay
 
 from lego_embed.errors import InvalidActionSetError, RuntimeConfigError
 from lego_embed.model.loading import LoadedModel
-from lego_embed.npc.combat_task import ACTIONS, random_situation
-from lego_embed.npc.decider import NpcDecider
 from lego_embed.runtime.answers import Decision
 from lego_embed.runtime.backpressure import BackPressure, OverloadEvent
 from lego_embed.runtime.events import FRAME_BEGIN, FRAME_END, PASS_BEGIN, PASS_END, EngineEvent
 from lego_embed.runtime.fallback import DEADLINE_PASSED, PREDICTED_MISS, FallbackContext
+from lego_embed.tasks.combat.decide import CombatDecider
+from lego_embed.tasks.combat.policy import ACTIONS, random_situation
+from lego_embed.tasks.combat.request import combat_request
 
 
 def hitch(t_ns: int, length_ns: int) -> list[Delivery]:
@@ -77,13 +78,13 @@ def test_superseding_reuses_the_prompt_prefix_the_old_request_already_computed(
     for reuse in (True, False):
         runtime, _ = manual_runtime(npc_loaded, prefill_chunk_tokens=16, prefix_min_tokens=16,
                                     prefix_reuse=reuse)
-        runtime.request("brute", state, list(ACTIONS), 5000.0)
+        runtime.submit(combat_request("brute", state, ACTIONS, 5000.0))
         assert runtime.run_until_idle(max_cycles=chunk_subtasks) == chunk_subtasks  # no engine
-        second = runtime.request("brute", newer, list(ACTIONS), 5000.0)
+        second = runtime.submit(combat_request("brute", newer, ACTIONS, 5000.0))
         after_superseding[reuse] = runtime.run_until_idle()
         old, new = runtime.poll()
         assert old.status == "superseded" and new.request_id == second
-        assert new.action == NpcDecider(npc_loaded).decide(newer, list(ACTIONS)).action
+        assert new.action == CombatDecider(npc_loaded).decide(newer, list(ACTIONS)).action
         assert runtime.stats()["superseded_tokens_reused"] == (16 if reuse else 0)
     assert after_superseding[False] - after_superseding[True] == chunk_subtasks
 
@@ -180,11 +181,11 @@ def test_bad_fallbacks_are_refused_or_answered_as_failures(npc_loaded: LoadedMod
     runtime, clock = manual_runtime(npc_loaded)
     state = random_situation(random.Random(1))
     with pytest.raises(InvalidActionSetError, match="fallback 'fly'"):
-        runtime.request("npc", state, list(ACTIONS), 100.0, fallback="fly")
+        runtime.submit(combat_request("npc", state, ACTIONS, 100.0, fallback="fly"))
     with pytest.raises(InvalidActionSetError, match="allowed actions"):
-        runtime.request("npc", state, list(ACTIONS), 100.0, fallback=3)
+        runtime.submit(combat_request("npc", state, ACTIONS, 100.0, fallback=3))
     with pytest.raises(RuntimeConfigError, match="supersede"):
-        runtime.request("npc", state, list(ACTIONS), 100.0, supersede="yes")
+        runtime.submit(combat_request("npc", state, ACTIONS, 100.0, supersede="yes"))
 
     def broken(context: FallbackContext) -> str:
         raise KeyError("the game's bug")

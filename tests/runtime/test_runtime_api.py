@@ -12,9 +12,10 @@ from runtime_replay import MS, SECOND, Delivery, flat_cost_profile, manual_runti
 from lego_embed.engines.trace_replay import simulate_frames
 from lego_embed.errors import InvalidActionSetError, InvalidGameStateError, RuntimeConfigError
 from lego_embed.model.loading import LoadedModel
-from lego_embed.npc.combat_task import ACTIONS, random_situation
-from lego_embed.npc.decider import NpcDecider
 from lego_embed.runtime.runtime import Decision, Runtime, RuntimeConfig
+from lego_embed.tasks.combat.decide import CombatDecider
+from lego_embed.tasks.combat.policy import ACTIONS, random_situation
+from lego_embed.tasks.combat.request import combat_request
 
 
 def wait_for(runtime: Runtime, count: int, timeout_s: float = 60.0) -> list[Decision]:
@@ -34,11 +35,12 @@ def test_requests_are_answered_with_allowed_actions(npc_loaded: LoadedModel) -> 
         rng = random.Random(3)
         actions = list(ACTIONS[:5])
         states = [{**random_situation(rng), "persona": "brute"} for _ in range(4)]
-        ids = [runtime.request("npc0", states[0], actions, 2000.0, called.append)]
+        ids = [runtime.submit(combat_request("npc0", states[0], actions, 2000.0,
+                                             callback=called.append))]
         decisions = wait_for(runtime, 1)
         ids += [  # npc0 and npc1 ask twice: both answers wanted, none superseded
-            runtime.request(f"npc{i % 2}", state, actions, 2000.0, called.append,
-                            supersede=False)
+            runtime.submit(combat_request(f"npc{i % 2}", state, actions, 2000.0,
+                                          callback=called.append, supersede=False))
             for i, state in enumerate(states[1:])
         ]
         decisions += wait_for(runtime, 3)
@@ -53,7 +55,7 @@ def test_requests_are_answered_with_allowed_actions(npc_loaded: LoadedModel) -> 
     assert stats["prefix_hits"] >= 1  # the second request of each NPC reuses its persona prefix
     assert stats["gpu"]["nvml"].startswith("NVML unavailable")
     # scheduled, prefix-reusing decisions equal the plain run-to-completion reference
-    reference = NpcDecider(npc_loaded)
+    reference = CombatDecider(npc_loaded)
     by_id = {d.request_id: d for d in decisions}
     for request_id, state in zip(ids, states, strict=True):
         assert by_id[request_id].action == reference.decide(state, actions).action
@@ -63,15 +65,17 @@ def test_bad_input_is_rejected_synchronously(npc_loaded: LoadedModel) -> None:
     runtime = Runtime(npc_loaded, config=RuntimeConfig(warmup=False))
     state = random_situation(random.Random(0))
     with pytest.raises(InvalidGameStateError, match="hp"):
-        runtime.request("npc", {**state, "hp": float("nan")}, list(ACTIONS), 300.0)
+        runtime.submit(combat_request("npc", {**state, "hp": float("nan")}, ACTIONS, 300.0))
     with pytest.raises(InvalidActionSetError):
-        runtime.request("npc", state, [], 300.0)
+        runtime.submit(combat_request("npc", state, [], 300.0))
     with pytest.raises(RuntimeConfigError):
-        runtime.request("npc", state, list(ACTIONS), 0.0)
+        runtime.submit(combat_request("npc", state, ACTIONS, 0.0))
+    with pytest.raises(RuntimeConfigError, match="Request"):
+        runtime.submit(state)
     with pytest.raises(RuntimeConfigError, match="policy"):
         Runtime(npc_loaded, config=RuntimeConfig(policy="greedy"))
     with pytest.raises(RuntimeConfigError, match="deadline_ms"):
-        runtime.request("npc", state, list(ACTIONS), float("inf"))
+        runtime.submit(combat_request("npc", state, ACTIONS, float("inf")))
     for bad in ({"window_ms": 1e-9}, {"margin_us": float("nan")},
                 {"frame_budget_ms": float("inf")}, {"max_worker_restarts": -1},
                 {"gap_deviations": -1.0}):

@@ -364,3 +364,34 @@ def test_waiting_prompts_that_will_be_batched_share_their_prefill_cost(
             assert scheduler.shared_cost_ns(first) == scheduler.remaining_cost_ns(first)
         else:
             assert scheduler.shared_cost_ns(first) == alone
+
+
+def test_each_line_token_gets_its_own_deadline_order_and_level(npc_loaded: LoadedModel) -> None:
+    """retarget: a streamed line's next token is a request of its own: EDF re-orders by the
+    token's deadline, and the level is raised when that token would be late (never lowered
+    within the line: skipped layers lack KV for the tokens made without them)."""
+    scheduler = make(npc_loaded, usable_fraction=1.0)
+    n = npc_loaded.num_layers
+    stream = new_request(scheduler, 1, 1000.0, tokens=1)
+    other = new_request(scheduler, 2, 500.0, tokens=1)
+    scheduler.admit(stream, 0, headroom_rate=1.0)
+    scheduler.admit(other, 0, headroom_rate=1.0)
+    assert [r.request_id for r in scheduler.pending] == [2, 1]
+    # the stream's first token is made: its next one is due sooner than the other request
+    while not stream.state.generated:
+        scheduler.executor.step(stream.state)
+    one_token_ms = n + 0.2
+    assert scheduler.retarget(stream, round(0.5 * one_token_ms * MS), 2, 0, 1.0)
+    assert [r.request_id for r in scheduler.pending] == [1, 2]
+    assert stream.level == len(scheduler.levels) - 1 and stream.level_changes == 1
+    # plenty of time for the token after: the level stays, the order follows the deadline
+    assert not scheduler.retarget(stream, round(100 * one_token_ms * MS), 3, 0, 1.0)
+    assert stream.level == len(scheduler.levels) - 1
+    assert [r.request_id for r in scheduler.pending] == [2, 1]
+    # a stream that is on time stays at the full model
+    calm = new_request(scheduler, 3, 1000.0, tokens=1)
+    scheduler.admit(calm, 0, headroom_rate=1.0)
+    while not calm.state.generated:
+        scheduler.executor.step(calm.state)
+    assert not scheduler.retarget(calm, round(100 * one_token_ms * MS), 2, 0, 1.0)
+    assert calm.level == 0 and calm.state.plan is scheduler.levels[0].plan

@@ -18,11 +18,12 @@ from runtime_replay import MS, SECOND, Delivery, frames, manual_runtime, replay
 import lego_embed.runtime.runtime as runtime_module
 from lego_embed.errors import RuntimeConfigError, RuntimeFailedError, RuntimeStoppedError
 from lego_embed.model.loading import LoadedModel
-from lego_embed.npc.combat_task import ACTIONS, random_situation
 from lego_embed.runtime.answers import Decision
 from lego_embed.runtime.events import FRAME_BEGIN, FRAME_END, PASS_BEGIN, PASS_END, EngineEvent
 from lego_embed.runtime.predictor import HeadroomPredictor
 from lego_embed.runtime.runtime import Runtime, RuntimeConfig
+from lego_embed.tasks.combat.policy import ACTIONS, random_situation
+from lego_embed.tasks.combat.request import combat_request
 
 
 def hitch(t_ns: int, length_ns: int, name: str = "p0") -> list[Delivery]:
@@ -186,7 +187,7 @@ def test_repeated_faults_stop_the_worker_and_requests_are_refused_at_once(
     (answer,) = result.callback_answers
     assert answer.action is None and answer.error.startswith("WorkerFaultError")
     with pytest.raises(RuntimeFailedError, match="faulted more than 2 times"):
-        runtime.request("npc", random_situation(random.Random(1)), list(ACTIONS), 300.0)
+        runtime.submit(combat_request("npc", random_situation(random.Random(1)), ACTIONS, 300.0))
     with pytest.raises(RuntimeConfigError, match="failed"):
         runtime.run_until_idle()
     assert runtime.stats()["worker_faults"] == 3
@@ -202,7 +203,8 @@ def test_a_raising_callback_is_counted_and_the_worker_goes_on(npc_loaded: Loaded
         raise KeyError("the game's bug")
 
     rng = random.Random(2)
-    ids = [runtime.request("npc", random_situation(rng), list(ACTIONS), 1000.0, bad_callback)
+    ids = [runtime.submit(combat_request("npc", random_situation(rng), ACTIONS, 1000.0,
+                                         callback=bad_callback))
            for _ in range(3)]
     runtime.run_until_idle()  # no engine events: nothing to protect, runs freely
     assert sorted(d.request_id for d in answers) == ids
@@ -218,13 +220,13 @@ def test_stop_answers_every_open_request_and_later_requests_are_refused(
     for delivery in frames(SECOND, 1)[:2]:  # inside a pass: nothing may run
         runtime.on_event(delivery.event)
     state = random_situation(random.Random(3))
-    request_id = runtime.request("npc", state, list(ACTIONS), 300.0)
+    request_id = runtime.submit(combat_request("npc", state, ACTIONS, 300.0))
     runtime.run_until_idle()
     runtime.stop()
     (answer,) = runtime.poll()
     assert answer.request_id == request_id and answer.error.startswith("RuntimeStoppedError")
     with pytest.raises(RuntimeStoppedError, match="start"):
-        runtime.request("npc", state, list(ACTIONS), 300.0)
+        runtime.submit(combat_request("npc", state, ACTIONS, 300.0))
     assert runtime.health().state == "stopped"
 
 
@@ -248,7 +250,7 @@ def test_the_worker_thread_restarts_after_a_fault(
             runtime.on_event(EngineEvent(FRAME_BEGIN, "", time.monotonic_ns()))
             runtime.on_event(EngineEvent(FRAME_END, "", time.monotonic_ns()))
             time.sleep(0.01)
-        request_id = runtime.request("npc", random_situation(rng), list(ACTIONS), 1000.0)
+        request_id = runtime.submit(combat_request("npc", random_situation(rng), ACTIONS, 1000.0))
         while not answers and time.monotonic() < give_up:
             answers += runtime.poll()
             time.sleep(0.01)

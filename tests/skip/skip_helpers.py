@@ -10,11 +10,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lego_embed.cli.skip_commands import task_sequences
-from lego_embed.npc.combat_task import ACTIONS, expert_action, random_situation
-from lego_embed.npc.prompt import ANSWER_PREFIX, build_prompt
-from lego_embed.npc.state import validate_state
-from lego_embed.npc.tokenizer import train_npc_tokenizer
 from lego_embed.skip.calibration import CalibrationExample, make_batches
+from lego_embed.tasks.combat.policy import ACTIONS, expert_action, random_situation
+from lego_embed.tasks.combat.prompt import ANSWER_PREFIX, build_prompt
+from lego_embed.tasks.combat.state import validate_state
+from lego_embed.tasks.combat.tokenizer import train_npc_tokenizer
 
 NUM_LAYERS = 6
 

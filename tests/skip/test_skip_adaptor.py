@@ -7,7 +7,6 @@ import torch
 from skip_helpers import task_batches
 
 from lego_embed.npc.actions import ActionTrie, ConstrainedActionSampler
-from lego_embed.npc.combat_task import ACTIONS
 from lego_embed.skip.adaptor import AdaptorShape, SpanAdaptor
 from lego_embed.skip.distill import (
     DistillConfig,
@@ -20,6 +19,7 @@ from lego_embed.skip.evaluate import score_plan
 from lego_embed.skip.reference import plan_logits, skip_plan
 from lego_embed.skip.similarity import record_states
 from lego_embed.skip.spans import Span
+from lego_embed.tasks.combat.policy import ACTIONS
 
 
 def test_adaptor_shapes_and_bytes():

@@ -8,11 +8,11 @@ import torch
 
 from lego_embed.model.executor import Executor, GreedySampler
 from lego_embed.model.loading import BUNDLED_MODEL_DIR, load_model
-from lego_embed.npc.combat_task import ACTIONS
-from lego_embed.npc.decider import prepare_decision
-from lego_embed.npc.evaluation import heldout_situations
 from lego_embed.skip.bundle import MANIFEST_NAME, SkipBundle
 from lego_embed.skip.reference import plan_logits
+from lego_embed.tasks.combat.decide import prepare_decision
+from lego_embed.tasks.combat.evaluation import heldout_situations
+from lego_embed.tasks.combat.policy import ACTIONS
 
 BUNDLE_DIR = BUNDLED_MODEL_DIR / "skip_bundle"
 

@@ -13,12 +13,12 @@ from skip_helpers import NUM_LAYERS, random_bundle, task_batches
 from lego_embed.cli.skip_commands import task_sequences
 from lego_embed.model.layer_plan import AdaptorStep
 from lego_embed.npc.actions import ActionTrie, ConstrainedActionSampler
-from lego_embed.npc.combat_task import ACTIONS, random_situation
-from lego_embed.npc.decider import NpcDecider
 from lego_embed.skip.calibration import make_batches
 from lego_embed.skip.evaluate import LevelEvaluation, SkipEvaluation, method_plans, score_plan
 from lego_embed.skip.similarity import compute_similarity
 from lego_embed.skip.spans import lowest_influence_layers
+from lego_embed.tasks.combat.decide import CombatDecider
+from lego_embed.tasks.combat.policy import ACTIONS, random_situation
 
 SPANS = [(4, 5), (2, 5)]
 
@@ -31,7 +31,7 @@ def test_agreement_equals_the_npc_deciders_decisions_at_every_level(tiny_loaded)
     examples, experts = task_sequences(tokenizer, situations)
     batches = make_batches(examples, 10, tokenizer.pad_token_id)
     sampler = ConstrainedActionSampler(ActionTrie(tokenizer, ACTIONS, tokenizer.eos_token_id))
-    decider = NpcDecider(tiny_loaded)
+    decider = CombatDecider(tiny_loaded)
     agreements = set()
     for level in range(bundle.max_level + 1):
         plan = bundle.plan(level)

@@ -13,6 +13,10 @@ extends Node
 #   overload       three NPCs with fallback actions ask at 6000 actions per minute (10 ms
 #                  deadlines), far more than the model sustains, until LegoRuntime emitted
 #                  `overloaded` and WANT_DECISIONS answers arrived.
+#   village        not the combat demo: a lamp keeper with its own static prompt, template and
+#                  actions streams lines (request_line), picks actions (request_action) and does
+#                  both at once (request_action_and_line); a missing field, a broken template,
+#                  unused fields and an untrained combat persona are reported; LINES lines.
 
 const LegoNPC = preload("res://addons/lego_embed/lego_npc.gd")
 const WANT_DECISIONS = 12
@@ -21,6 +25,8 @@ const STALL_AFTER = 3
 const STALL_MS = 2000
 const WANT_AFTER_STALL = 6
 const PERSONAS = ["brute", "duelist", "coward"]
+const LINES = 3
+const KEEPER_ACTIONS = ["light the lamp", "wave", "close the door"]
 const ENEMY_ACTIONS = ["idle", "light_attack", "heavy_windup", "heavy_attack", "block", "dodge", "heal", "shoot", "approach", "retreat"]
 
 var scenario := OS.get_environment("LEGO_TEST_SCENARIO")
@@ -46,6 +52,13 @@ var stall_pending := false
 var stall_begin_usec := -1
 var stall_end_usec := -1
 var overload_signals := []   # every `overloaded` signal: active, info, frame
+var keeper: Node
+var broken: Node
+var guard: Node
+var lines := []              # village: {"tokens": [...], "line": ..., "info": ...}
+var tokens := {}             # request id -> streamed pieces
+var keeper_actions := []
+var village_sent := false
 
 
 func _ready() -> void:
@@ -77,8 +90,73 @@ func _ready() -> void:
 	faulty.connect("decision_failed", self, "_on_failure", [faulty])
 	faulty.connect("decision_made", self, "_on_decision", [faulty])
 	add_child(faulty)
+	if scenario == "village":
+		_make_village()
 	if runtime.failure != "":
 		_on_runtime_failed(runtime.failure)
+
+
+func _make_village() -> void:
+	keeper = LegoNPC.new()
+	keeper.name = "Keeper"
+	keeper.static_prompt = "You keep the lamps of the harbour. "
+	keeper.prompt_template = "A {visitor} asks about the {thing}. You"
+	keeper.allowed_actions = KEEPER_ACTIONS
+	keeper.max_line_tokens = 10
+	keeper.actions_per_minute = 60.0
+	keeper.supersede = false  # its requests are sent at once and every one is wanted
+	keeper.connect("line_token", self, "_on_line_token")
+	keeper.connect("line_finished", self, "_on_line_finished")
+	keeper.connect("decision_made", self, "_on_keeper_action")
+	keeper.connect("decision_failed", self, "_on_failure", [keeper])
+	add_child(keeper)
+	broken = LegoNPC.new()
+	broken.name = "Broken"
+	broken.connect("decision_failed", self, "_on_failure", [broken])
+	add_child(broken)
+	broken.prompt_template = "A {visitor asks"  # checked when set: decision_failed
+	guard = LegoNPC.new()
+	guard.name = "Guard"
+	guard.persona = "guard"  # the bundled combat model knows no guard: one warning
+	guard.supersede = false
+	guard.connect("decision_made", self, "_on_guard_action")
+	guard.connect("decision_failed", self, "_on_failure", [guard])
+	add_child(guard)
+
+
+func _village_requests() -> void:
+	village_sent = true
+	for i in range(LINES):
+		keeper.request_line({"visitor": ["sailor", "child", "merchant"][i], "thing": "light"})
+	keeper.request_action({"visitor": "sailor", "thing": "storm", "mood": "calm"}, [])
+	keeper.request_action({"visitor": "sailor", "thing": "storm", "mood": "calm"}, [])
+	keeper.request_action_and_line({"visitor": "fisher", "thing": "fog"}, ["wave", "close the door"])
+	keeper.request_line({"visitor": "ghost"})  # no 'thing': decision_failed naming it
+	var state := random_state()
+	state["stamina"] = 3  # a field the combat task does not read
+	guard.request_action(state)
+	guard.request_action(state)
+
+
+func _on_line_token(text: String, info: Dictionary) -> void:
+	var id := int(info["request_id"])
+	if not tokens.has(id):
+		tokens[id] = []
+	tokens[id].append({"text": text, "index": info["index"], "deadline_ms": info["deadline_ms"],
+		"latency_ms": info["latency_ms"], "deadline_met": info["deadline_met"]})
+
+
+func _on_line_finished(line: String, info: Dictionary) -> void:
+	lines.append({"line": line, "info": info, "tokens": tokens.get(int(info["request_id"]), [])})
+
+
+func _on_keeper_action(action: String, info: Dictionary) -> void:
+	keeper_actions.append({"action": action, "info": info})
+
+
+func _on_guard_action(action: String, info: Dictionary) -> void:
+	decisions.append({"npc": "Guard", "persona": "guard", "action": action,
+		"allowed": guard.allowed_actions, "info": info, "frame": runtime.frames_drawn})
 
 
 func random_state() -> Dictionary:
@@ -99,6 +177,9 @@ func _ask(npc: Node) -> void:
 
 
 func _on_runtime_ready(_info) -> void:
+	if scenario == "village":
+		_village_requests()
+		return
 	for npc in npcs:
 		_ask(npc)
 
@@ -179,6 +260,8 @@ func _process(delta: float) -> void:
 		finished = overload_signals.size() >= 1 and decisions.size() >= WANT_DECISIONS
 	elif scenario == "quit_early":
 		finished = runtime.frames_drawn >= QUIT_EARLY_FRAMES
+	elif scenario == "village":
+		finished = village_sent and lines.size() >= LINES + 1 and keeper_actions.size() >= 3 and decisions.size() >= 2 and failures.size() >= 2
 	else:
 		finished = decisions.size() >= WANT_DECISIONS and decisions_after_faults >= 3 and failures.size() >= faults_sent and faults_sent > 0
 	if finished or elapsed_s > timeout_s:
@@ -223,6 +306,11 @@ func _finish(timed_out: bool) -> void:
 		"stall_end_usec": stall_end_usec,
 		"overload_signals": overload_signals,
 		"final_overloaded": runtime.is_overloaded,
+		"lines": lines,
+		"keeper_actions": keeper_actions,
+		"keeper_template_fields": keeper.template_fields if keeper != null else [],
+		"logged": runtime.logged,
+		"frame_budget_ms": runtime.frame_budget_ms,
 	}
 	var file := File.new()
 	file.open(out_path, File.WRITE)

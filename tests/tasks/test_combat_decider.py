@@ -8,7 +8,9 @@ import pytest
 
 from lego_embed.errors import InvalidActionSetError, InvalidGameStateError
 from lego_embed.model.loading import load_model
-from lego_embed.npc.combat_task import (
+from lego_embed.tasks.combat.decide import CombatDecider, prepare_decision
+from lego_embed.tasks.combat.evaluation import expert_agreement, heldout_situations
+from lego_embed.tasks.combat.policy import (
     ACTIONS,
     LABEL_NOISE,
     SAMPLE_SITUATIONS,
@@ -16,14 +18,12 @@ from lego_embed.npc.combat_task import (
     noisy_expert_action,
     random_situation,
 )
-from lego_embed.npc.decider import NpcDecider, prepare_decision
-from lego_embed.npc.evaluation import expert_agreement, heldout_situations
-from lego_embed.npc.state import validate_state
+from lego_embed.tasks.combat.state import validate_state
 
 
 @pytest.fixture(scope="module")
 def decider(tiny_npc_model_dir):
-    return NpcDecider(load_model(tiny_npc_model_dir))
+    return CombatDecider(load_model(tiny_npc_model_dir))
 
 
 def test_decisions_are_allowed_actions(decider):
@@ -57,10 +57,11 @@ def test_malformed_state_and_actions_are_typed_errors(decider):
         decider.decide(SAMPLE_SITUATIONS[0][1], [])
 
 
-def test_prefix_is_the_persona_part_of_the_prompt(decider):
+def test_static_part_is_the_persona_part_of_the_prompt(decider):
     prepared = prepare_decision(decider.loaded.tokenizer, SAMPLE_SITUATIONS[0][1], ACTIONS)
-    prefix = decider.loaded.tokenizer.decode(prepared.prompt_ids[: prepared.prefix_tokens])
-    assert prepared.prefix_tokens > 1 and prefix.endswith("persona brute |")
+    static = prepared.encoded.static_tokens
+    prefix = decider.loaded.tokenizer.decode(prepared.prompt_ids[:static])
+    assert static > 1 and prefix.endswith("persona brute |")
 
 
 def test_agreement_counts_expert_matches():

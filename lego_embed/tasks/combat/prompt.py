@@ -4,16 +4,19 @@ The format is compact and word-separated so that a small tokenizer gives each va
 `persona brute | hp 34 | enemy_hp 80 | distance 3.5 | enemy_action heavy_windup | cd_dodge 0 |
 cd_heal 0 | cd_heavy 3 | allies 2 | action`, answered by ` <action>` and end-of-sequence.
 The persona comes first: it is the static part of an NPC's prompt (reusable prefix KV).
+A bark follows the action after the output spec's separator (` block say <line>`); a line alone
+(the game chose the action) is asked for with the prompt up to that separator (`line_prompt`).
 """
 
 from __future__ import annotations
 
 import math
 
-from lego_embed.npc.state import GameState
+from lego_embed.npc.output_spec import ANSWER_PREFIX, SAY_SEPARATOR
+from lego_embed.npc.prompt_parts import Prompt
+from lego_embed.tasks.combat.state import GameState
 
 MAX_PROMPT_DISTANCE_M = 20.0
-ANSWER_PREFIX = " "
 SEPARATOR = " | "
 
 
@@ -51,3 +54,16 @@ def build_prompt(state: GameState) -> str:
     ]
     parts += [f"allies {state.allies}", "action"]
     return f"{persona_prefix(state.persona)} {SEPARATOR.join(parts)}"
+
+
+def combat_prompt(state: GameState) -> Prompt:
+    """`build_prompt` in two parts: the persona prefix (static) and the rest (dynamic)."""
+    static = persona_prefix(state.persona)
+    text = build_prompt(state)
+    return Prompt(static, text[len(static):])
+
+
+def line_prompt(state: GameState, action: str) -> Prompt:
+    """The prompt for a bark alone: the situation, the action the game chose, the separator."""
+    prompt = combat_prompt(state)
+    return Prompt(prompt.static, f"{prompt.dynamic}{ANSWER_PREFIX}{action}{SAY_SEPARATOR}")

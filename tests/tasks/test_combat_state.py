@@ -7,9 +7,9 @@ import math
 import pytest
 
 from lego_embed.errors import InvalidGameStateError
-from lego_embed.npc.combat_task import SAMPLE_SITUATIONS
-from lego_embed.npc.prompt import build_prompt
-from lego_embed.npc.state import FIELDS, validate_state
+from lego_embed.tasks.combat.policy import SAMPLE_SITUATIONS
+from lego_embed.tasks.combat.prompt import build_prompt
+from lego_embed.tasks.combat.state import FIELDS, validate_state
 
 GOOD = SAMPLE_SITUATIONS[0][1]
 

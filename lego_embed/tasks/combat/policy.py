@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import random
 
-from lego_embed.npc.prompt import quantize_distance
-from lego_embed.npc.state import GameState
+from lego_embed.tasks.combat.prompt import quantize_distance
+from lego_embed.tasks.combat.state import GameState
 
 PERSONAS = ("brute", "duelist", "coward", "tactician")
 ENEMY_ACTIONS = (

@@ -1,0 +1,75 @@
+"""A new Godot project set up from text exactly as docs/GODOT.md says (its `new-project` files,
+the addon symlinked in), run under Xvfb: the guard in the .tscn decides, the merchant made from
+script speaks, and the log has no problem lines."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from godot_run import (
+    BRIDGE_LIBRARY,
+    REPO_ROOT,
+    VENV_PYTHON,
+    require_godot,
+    script_error_lines,
+)
+
+pytestmark = [pytest.mark.godot, pytest.mark.slow]
+
+DOCS = REPO_ROOT / "docs" / "GODOT.md"
+FILE_BLOCK = re.compile(r"<!-- new-project: (\S+) -->\s*```\w*\n(.*?)```", re.DOTALL)
+GUARD_ACTIONS = ("open the gate", "ask for papers", "call the captain")
+WANT_GUARD = 3
+TIMEOUT_S = 240.0
+
+
+def docs_files() -> dict[str, str]:
+    files = dict(FILE_BLOCK.findall(DOCS.read_text()))
+    assert set(files) == {"project.godot", "main.tscn", "main.gd"}, sorted(files)
+    return files
+
+
+def test_a_project_set_up_as_the_docs_say_gets_decisions_and_lines(tmp_path: Path) -> None:
+    require_godot()
+    assert BRIDGE_LIBRARY.is_file()
+    project = tmp_path / "gatehouse"
+    (project / "addons").mkdir(parents=True)
+    for name, text in docs_files().items():
+        (project / name).write_text(text)
+    (project / "addons" / "lego_embed").symlink_to(REPO_ROOT / "addons" / "lego_embed")
+    env = {**os.environ, "LEGO_EMBED_PYTHON": str(VENV_PYTHON)}  # the docs' override
+    process = subprocess.Popen(
+        ["xvfb-run", "-a", "godot3", "--path", str(project)], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    output: list[str] = []
+    give_up = time.monotonic() + TIMEOUT_S
+    try:
+        for line in process.stdout:
+            output.append(line)
+            guards = [x for x in output if x.startswith("guard: ")]
+            said = [x for x in output if x.startswith("merchant: ")]
+            if len(guards) >= WANT_GUARD and said or time.monotonic() > give_up:
+                break
+    finally:  # the game never quits by itself: end xvfb-run, Xvfb and Godot (one session)
+        os.killpg(process.pid, signal.SIGTERM)  # xvfb-run cleans up Xvfb on TERM
+        time.sleep(2.0)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # Godot does not quit on TERM
+        process.wait(30)
+    text = "".join(output)
+    guards = [x[len("guard: "):].split(" (")[0] for x in output if x.startswith("guard: ")]
+    assert len(guards) >= WANT_GUARD, text[-4000:]
+    assert all(action in GUARD_ACTIONS for action in guards), guards
+    said = [x[len("merchant: "):-1] for x in output if x.startswith("merchant: ")]
+    pieces = [x[len("merchant token: "):-1] for x in output if x.startswith("merchant token: ")]
+    assert said and pieces and "".join(pieces) == said[0]
+    assert "failed: " not in text and "lego_embed:" not in text, text[-4000:]
+    assert "%|" not in text and script_error_lines(text) == [], text[-4000:]
