@@ -25,8 +25,10 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -336,7 +338,10 @@ class CudaPassBurner:
     graphics would be): fp16 square matmuls on a highest-priority stream, their count sized by
     a calibration at start so that an uncontended pass takes its trace time. Like the CPU burn,
     the work is fixed, so it takes longer when the LLM competes for the GPU.
-    Written for the device tool's GPU; no GPU was lent to this task, so it is untested here.
+    In the render process it has a CUDA context of its own, time-sliced with the LLM's by the
+    driver (as a game's graphics API would be); in the LLM's own process (placement "thread")
+    it shares the LLM's context, and its highest priority orders its kernels before the LLM's
+    lowest-priority ones at every kernel boundary. Runs only where a GPU is (the GPU check).
     """
 
     def __init__(self, device_index: int = 0, size: int = 1024, calibration_matmuls: int = 200):
@@ -375,54 +380,75 @@ def _render_main(
     start_delay_ms: float,
     core: int | None,
     device: str,
-    events_out: multiprocessing.connection.Connection,
+    send: Callable[[tuple], None],
 ) -> None:
-    """The render process: replays frames for real and sends events, then the frame records."""
+    """The render loop: replays frames for real and sends events (`send((kind, name, t_ns))`),
+    then the frame records; run by the render process, or by a thread of the LLM's process."""
     if core is not None:
         os.sched_setaffinity(0, {core})
     set_timer_slack_ns(1)
     gpu = CudaPassBurner() if device == "cuda" else None
     budget_ns = round(frame_budget_ms * 1e6)
     origin_ns = time.monotonic_ns() + round(start_delay_ms * 1e6)
-    events_out.send(("origin", origin_ns))
+    send(("origin", origin_ns))
     records = []
     t_ns = origin_ns
     for index, frame_render_ms in enumerate(render_ms):
         slot_ns = next_vsync_ns(max(t_ns, time.monotonic_ns()), origin_ns, budget_ns)
         _sleep_until_ns(slot_ns)
         begin_ns = time.monotonic_ns()
-        events_out.send((FRAME_BEGIN, "", begin_ns))
+        send((FRAME_BEGIN, "", begin_ns))
         passes, gaps = pass_model.split(frame_render_ms)
         spans = []
         for k, (name, busy_ms) in enumerate(zip(pass_model.passes, passes, strict=True)):
             pass_begin_ns = time.monotonic_ns()
             cpu_begin_ns = time.thread_time_ns()
-            events_out.send((PASS_BEGIN, name, pass_begin_ns))
+            send((PASS_BEGIN, name, pass_begin_ns))
             if gpu is None:  # the pass's CPU time includes publishing its begin event
                 _burn_cpu_until_ns(cpu_begin_ns + round(busy_ms * 1e6))
             else:
                 gpu.burn_ms(busy_ms)
             pass_end_ns = time.monotonic_ns()
-            events_out.send((PASS_END, name, pass_end_ns))
+            send((PASS_END, name, pass_end_ns))
             spans.append((name, pass_begin_ns, pass_end_ns))
             if k < len(gaps):
                 _sleep_until_ns(pass_end_ns + round(gaps[k] * 1e6))
         t_ns = time.monotonic_ns()
-        events_out.send((FRAME_END, "", t_ns))
+        send((FRAME_END, "", t_ns))
         records.append((index, frame_render_ms, begin_ns, t_ns, slot_ns + budget_ns, tuple(spans)))
-    events_out.send(("records", records))
+    send(("records", records))
+
+
+def _render_process_main(
+    render_ms: Sequence[float],
+    pass_model: PassModel,
+    frame_budget_ms: float,
+    start_delay_ms: float,
+    core: int | None,
+    device: str,
+    events_out: multiprocessing.connection.Connection,
+) -> None:
+    """The render process's entry: the render loop, sending through the pipe."""
+    _render_main(render_ms, pass_model, frame_budget_ms, start_delay_ms, core, device,
+                 events_out.send)
     events_out.close()
 
 
+RENDER_PLACEMENTS = ("process", "thread")
+
+
 class RenderProcess:
-    """A separate process that replays a trace's frames as CPU work pinned to one core.
+    """Replays a trace's frames as render work: in a separate process (placement "process",
+    the default), pinned to one core, or in a thread of this process (placement "thread").
 
     Each pass busy-burns exactly its share of the frame's render time in CPU time (so it takes
     longer in wall time when another thread competes for the core), gaps and the wait for vsync
-    sleep. With device="cuda" the passes are GPU work instead (`CudaPassBurner`). Events
-    arrive through `poll_event()` as EngineEvents with the render process's
-    `time.monotonic_ns()` timestamps; `origin_ns` is the first vsync tick (known once the first
-    event arrived); after the last frame `records` holds every FrameRecord.
+    sleep. With device="cuda" the passes are GPU work instead (`CudaPassBurner`): in its own
+    process it has its own CUDA context, as a game's renderer would; as a thread it shares the
+    LLM's context on a highest-priority stream (what stream priority can buy). Events arrive
+    through `poll_event()` as EngineEvents with `time.monotonic_ns()` timestamps; `origin_ns` is
+    the first vsync tick (known once the first event arrived); after the last frame `records`
+    holds every FrameRecord.
     """
 
     def __init__(
@@ -434,40 +460,64 @@ class RenderProcess:
         core: int | None = None,
         start_delay_ms: float = 50.0,
         device: str = "cpu",
+        placement: str = "process",
     ) -> None:
+        if placement not in RENDER_PLACEMENTS:
+            raise ValueError(f"placement {placement!r} is not one of {RENDER_PLACEMENTS}")
         self.render_ms = list(trace.render_ms[: frames or trace.frames])
         self.pass_model = pass_model or PassModel()
         self.frame_budget_ms = frame_budget_ms
         self.core = core
         self.device = device
+        self.placement = placement
         self.origin_ns = 0
         self.start_delay_ms = start_delay_ms
         self.records: list[FrameRecord] = []
         self.done = False
-        context = multiprocessing.get_context("spawn")
-        self._receiver, self._sender = context.Pipe(duplex=False)
-        self._context = context
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._messages: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._worker: multiprocessing.process.BaseProcess | threading.Thread | None = None
+        self._receiver: multiprocessing.connection.Connection | None = None
+
+    def _args(self) -> tuple:
+        return (self.render_ms, self.pass_model, self.frame_budget_ms, self.start_delay_ms,
+                self.core, self.device)
 
     def start(self) -> None:
-        self._process = self._context.Process(
-            target=_render_main,
-            args=(self.render_ms, self.pass_model, self.frame_budget_ms, self.start_delay_ms,
-                  self.core, self.device, self._sender),
-            daemon=True,
-        )
-        self._process.start()
-        self._sender.close()
+        if self.placement == "thread":
+            self._worker = threading.Thread(
+                target=_render_main, args=(*self._args(), self._messages.put),
+                name="lego-embed-render", daemon=True,
+            )
+            self._worker.start()
+            return
+        context = multiprocessing.get_context("spawn")
+        self._receiver, sender = context.Pipe(duplex=False)
+        self._worker = context.Process(target=_render_process_main, args=(*self._args(), sender),
+                                       daemon=True)
+        self._worker.start()
+        sender.close()
+
+    def _receive(self, timeout_s: float) -> tuple | None:
+        if self._receiver is None:
+            try:
+                return self._messages.get(timeout=max(timeout_s, 0.0))
+            except queue.Empty:
+                return None
+        if not self._receiver.poll(max(timeout_s, 0.0)):
+            return None
+        try:
+            return self._receiver.recv()
+        except EOFError:
+            self.done = True
+            return None
 
     def poll_event(self, timeout_s: float) -> EngineEvent | None:
         """The next event, or None if none came within timeout_s (or the message was the vsync
         origin, or the replay ended: then `done` is True and `records` is filled)."""
-        if self.done or not self._receiver.poll(max(timeout_s, 0.0)):
+        if self.done:
             return None
-        try:
-            message = self._receiver.recv()
-        except EOFError:
-            self.done = True
+        message = self._receive(timeout_s)
+        if message is None:
             return None
         if message[0] == "origin":
             self.origin_ns = message[1]
@@ -479,8 +529,11 @@ class RenderProcess:
         return EngineEvent(*message)
 
     def join(self, timeout_s: float = 10.0) -> None:
-        if self._process is not None:
-            self._process.join(timeout_s)
-            if self._process.is_alive():
-                self._process.terminate()
-                self._process.join(timeout_s)
+        if isinstance(self._worker, threading.Thread):
+            self._worker.join(timeout_s)
+            return
+        if self._worker is not None:
+            self._worker.join(timeout_s)
+            if self._worker.is_alive():
+                self._worker.terminate()
+                self._worker.join(timeout_s)
