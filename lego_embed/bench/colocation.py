@@ -9,6 +9,10 @@ render events to `Runtime.on_event` and issues the requests on time. `off` runs 
 a setting may inject render hitches (`bench.hitch`). The `dialogue` mix asks every period for an
 action and the persona's bark in one request (ChoiceThenLine: the action and the first line
 token due within the period, then one token per 1/pace), streamed token by token.
+
+The same run serves the GPU check (`bench.gpu_colocation`): there the render stand-in's passes
+are GPU work (`render_device="cuda"`), the setting's `placement` puts it in its own process or in
+a thread of this one, and `request_factory` makes the NPCs' requests instead of combat ones.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,7 @@ from lego_embed.bench.hitch import Hitch, hitch_metrics
 from lego_embed.bench.oracle import oracle_factory
 from lego_embed.engines.trace_replay import (
     FRAME_BUDGET_60FPS_MS,
+    RENDER_PLACEMENTS,
     FrameRecord,
     PassModel,
     RenderProcess,
@@ -36,7 +42,7 @@ from lego_embed.engines.trace_replay import (
 from lego_embed.errors import BenchmarkConfigError
 from lego_embed.model.loading import LoadedModel
 from lego_embed.runtime.answers import CORRECTION, DECIDED, FAILED, FALLBACK, SUPERSEDED
-from lego_embed.runtime.request import TokenEvent
+from lego_embed.runtime.request import Request, TokenEvent
 from lego_embed.runtime.runtime import Decision, Runtime, RuntimeConfig
 from lego_embed.tasks.combat.policy import ACTIONS, PERSONAS, random_situation
 from lego_embed.tasks.combat.request import combat_request
@@ -61,7 +67,8 @@ class ColocationSetting:
     the runtime's options of every request (`runtime.request.Request`: default a fallback
     action; NPCs supersede their older requests). Policy `oracle` is `lego` told the segment's
     true future headroom. mix: `decisions` (an action per period) or `dialogue` (an action and a
-    bark per period, streamed at `pace_tokens_per_s`).
+    bark per period, streamed at `pace_tokens_per_s`). placement: where the render stand-in
+    runs, `process` (its own process) or `thread` (a thread of the LLM's process).
     """
 
     trace: RenderTrace
@@ -77,6 +84,7 @@ class ColocationSetting:
     )
     mix: str = "decisions"
     pace_tokens_per_s: float = DIALOGUE_PACE_TOKENS_PER_S
+    placement: str = "process"
 
     @property
     def slo_ms(self) -> float:
@@ -125,9 +133,17 @@ def run_colocation(
     pass_model: PassModel | None = None,
     seed: int = 0,
     answer_grace_s: float = 5.0,
+    render_device: str = "cpu",
+    request_factory: Callable[[int, random.Random, ColocationSetting], Request] | None = None,
 ) -> ColocationRun:
-    """Runs one setting for real (render process + runtime worker on `core`); after the replay
-    it waits up to `answer_grace_s` for requests still in flight."""
+    """Runs one setting for real (render stand-in + runtime worker on `core`); after the replay
+    it waits up to `answer_grace_s` for requests still in flight. render_device: "cpu" (passes
+    burn CPU time) or "cuda" (passes are GPU work). request_factory(npc, rng, setting): the
+    request an NPC makes (default: a combat request of the setting's mix)."""
+    if setting.placement not in RENDER_PLACEMENTS:
+        raise BenchmarkConfigError(
+            f"placement {setting.placement!r} is not one of {', '.join(RENDER_PLACEMENTS)}"
+        )
     frames = round(setting.seconds * 1000.0 / FRAME_BUDGET_60FPS_MS)
     trace = setting.trace
     start = setting.start_frame
@@ -156,7 +172,8 @@ def run_colocation(
         predictor = oracle_factory(render_ms, setting.slo_ms, pass_model) if oracle else None
         runtime = Runtime(loaded, bundle, config, accuracy_by_level, predictor=predictor)
         runtime.start()
-    render = RenderProcess(segment, pass_model=pass_model, core=core, start_delay_ms=100.0)
+    render = RenderProcess(segment, pass_model=pass_model, core=core, start_delay_ms=100.0,
+                           device=render_device, placement=setting.placement)
     previous_interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     render.start()
@@ -184,12 +201,16 @@ def run_colocation(
             now_ns = time.monotonic_ns()
             while next_arrival < len(arrivals) and arrivals[next_arrival][0] <= now_ns:
                 npc = arrivals[next_arrival][1]
-                state = {**random_situation(rng), "persona": PERSONAS[npc % len(PERSONAS)]}
-                request_id = runtime.submit(combat_request(
-                    f"npc{npc}", state, ACTIONS, setting.slo_ms, output=output,
-                    pace_tokens_per_s=setting.pace_tokens_per_s, on_token=tokens.append,
-                    **setting.request_options,
-                ))
+                if request_factory is not None:
+                    request = request_factory(npc, rng, setting)
+                else:
+                    state = {**random_situation(rng), "persona": PERSONAS[npc % len(PERSONAS)]}
+                    request = combat_request(
+                        f"npc{npc}", state, ACTIONS, setting.slo_ms, output=output,
+                        pace_tokens_per_s=setting.pace_tokens_per_s, on_token=tokens.append,
+                        **setting.request_options,
+                    )
+                request_id = runtime.submit(request)
                 issued.append((request_id, now_ns))
                 requests += 1
                 next_arrival += 1

@@ -17,10 +17,17 @@ and none started once the time budget is spent:
    against its roofline floor.
 5. `actions`: one LEGO action (512-token prompt, 16 free tokens) at 0/4/8/12/16 skipped
    layers (random adaptors: timing only).
+6. `colocation`: the render stand-in replays a shared trace at 60 FPS as GPU work, in its own
+   process (own CUDA context) and as a thread of ours (highest-priority stream), beside the
+   runtime answering NPC actions with the model of step 3 (`bench.gpu_colocation`; policies
+   off / free / inter_frame / static_skip / lego on the config's subset of APM x NPCs).
+   It needs the shared traces: ../shared/traces, else the checkout's shared/traces, or
+   `--traces DIR`; no run of it starts that would end after `colocation_stop_s`.
 
 Output: OUT/gpu_check.json (device before and after, software, config, step status and seconds,
-each step's result under its name, and for a dry run the predicted length of the GPU run) and
-the CUDA tests' own output files.
+each step's result under its name, and for a dry run the predicted length of the GPU run),
+OUT/colocation_gpu.json (the co-location rows, as docs/benchmarks/colocation_cpu.json has them)
+and the CUDA tests' own output files.
 """
 
 from __future__ import annotations
@@ -42,11 +49,28 @@ from typing import Any
 import torch
 
 from lego_embed.bench.device_record import device_record, measured_peaks, software_record
+from lego_embed.bench.gpu_colocation import (
+    RENDER_PROCESS_START_S,
+    ColocationPlan,
+    find_traces,
+    run_gpu_colocation,
+    synthetic_bundle,
+    with_tokenizer,
+)
 from lego_embed.bench.gpu_profile import profile_subtasks, time_actions
 from lego_embed.bench.roofline import DevicePeaks, Work, subtask_work
-from lego_embed.bench.synthetic import llama3_8b_args, skip_plans, synthetic_model, tiny_args
+from lego_embed.bench.synthetic import (
+    SKIP_FRACTIONS,
+    llama3_8b_args,
+    skip_plans,
+    synthetic_model,
+    tiny_args,
+)
+from lego_embed.engines.trace_replay import PassModel
 from lego_embed.model.config import ModelArgs
 from lego_embed.model.subtask import DECODE, PREFILL, Subtask, SubtaskKind
+from lego_embed.runtime.runtime import WARMUP_DECODE_TOKENS
+from lego_embed.runtime.scheduler import SPLIT_PARTS, SchedulerConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO_ROOT / "docs" / "benchmarks" / "gpu"
@@ -55,6 +79,9 @@ DEFAULT_OUT = REPO_ROOT / "docs" / "benchmarks" / "gpu"
 ASSUMED_OVERHEAD_S = 60e-6
 ASSUMED_EFFICIENCY = 0.4
 FIXED_COSTS_S = {"interpreter_and_imports": 15.0, "cuda_tests": 90.0, "peaks": 5.0}
+# A co-location run beyond its replay: the render stand-in's start delay, and waiting for the
+# answers in flight and stopping the runtime (s).
+COLOCATION_RUN_OVERHEAD_S = 0.6
 
 
 @dataclass(frozen=True)
@@ -62,7 +89,9 @@ class CheckConfig:
     """Sizes and repetitions of one run of the check. model: "llama3_8b" or "tiny";
     prompt_lengths / decode_contexts in tokens; action_* the LEGO action's prompt and free
     output tokens; matmul_size (elements per side) and copy_bytes size the peak measurements;
-    budget_s: no step starts after this many seconds."""
+    budget_s: no step starts after this many seconds; colocation: the co-location step's
+    subset; colocation_stop_s: none of its runs starts that would end after this many seconds
+    of the check."""
 
     model: str
     dtype: str
@@ -77,6 +106,8 @@ class CheckConfig:
     matmul_size: int
     copy_bytes: int
     budget_s: float
+    colocation: ColocationPlan
+    colocation_stop_s: float
 
     def model_args(self) -> ModelArgs:
         return llama3_8b_args() if self.model == "llama3_8b" else tiny_args()
@@ -90,11 +121,18 @@ GPU_CONFIG = CheckConfig(
     decode_contexts=(512, 516, 520, 524, 528), action_prompt_tokens=512, action_new_tokens=16,
     profile_warmup=3, profile_repeats=20, action_warmup=2, action_repeats=10,
     matmul_size=8192, copy_bytes=2**32, budget_s=420.0,
+    colocation=ColocationPlan(traces=("blackmyth_render_1",), settings=((200, 1), (300, 4)),
+                              seconds=3.0, repeats=2, prompt_tokens=512, new_tokens=16),
+    colocation_stop_s=450.0,
 )
 DRY_RUN_CONFIG = CheckConfig(
     model="tiny", dtype="bfloat16", prompt_lengths=(16, 32), decode_contexts=(32, 34, 36),
     action_prompt_tokens=32, action_new_tokens=4, profile_warmup=1, profile_repeats=2,
     action_warmup=1, action_repeats=2, matmul_size=256, copy_bytes=2**22, budget_s=300.0,
+    colocation=ColocationPlan(traces=("blackmyth_render_1",), settings=((300, 4),),
+                              seconds=1.0, repeats=1, prompt_tokens=32, new_tokens=4,
+                              answer_grace_s=2.0),
+    colocation_stop_s=400.0,
 )
 
 
@@ -107,6 +145,8 @@ class CheckRun:
     device: torch.device
     config: CheckConfig
     python: str
+    stop_at: float
+    traces_dir: Path | None = None
     results: dict[str, Any] = field(default_factory=dict)
     peaks: list[DevicePeaks] = field(default_factory=list)
     loaded: Any = None
@@ -159,12 +199,48 @@ def step_actions(run: CheckRun) -> list[dict[str, Any]]:
                         config.action_repeats)
 
 
+def step_colocation(run: CheckRun) -> dict[str, Any]:
+    plan = run.config.colocation
+    traces = find_traces(plan.traces, run.traces_dir)
+    loaded = with_tokenizer(run.loaded)
+    bundle = synthetic_bundle(loaded, skip_plans(loaded))
+    started = time.monotonic()
+    result = run_gpu_colocation(loaded, bundle, traces, plan, run.device.type, run.stop_at)
+    report = {
+        "command": "tools/gpu_check.sh" + (" --dry-run" if run.device.type == "cpu" else ""),
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(time.monotonic() - started, 1),
+        "machine": device_record(run.device),
+        "render_device": run.device.type,
+        "model": f"{run.config.model} shape, {run.config.dtype}, random weights (synthetic)",
+        "skip_levels": [{"level": level.level, "skipped_layers": level.skipped_layers,
+                         "span": [level.span.first_layer, level.span.last_layer]}
+                        for level in bundle.levels],
+        "accuracy_by_level": {},
+        "seconds_per_run": plan.seconds, "repeats": plan.repeats,
+        "traces": {t.name: str(t.path) for t in traces},
+        "pass_model": asdict(PassModel()),
+        **result,
+    }
+    (run.out / "colocation_gpu.json").write_text(json.dumps(report, indent=1) + "\n")
+    keys = ("placement", "trace", "apm", "npcs", "policy", "slo_attainment",
+            "action_slo_attainment", "p99_action_ms", "mean_skipped_layers", "fps",
+            "added_frame_miss_rate")
+    return {
+        "file": "colocation_gpu.json", "runs": len(result["runs"]),
+        "skipped_runs": len(result["skipped_runs"]), "duration_s": report["duration_s"],
+        "rows": [{k: (row[k]["mean"] if isinstance(row[k], dict) else row[k]) for k in keys}
+                 for row in result["rows"]],
+    }
+
+
 STEPS: tuple[tuple[str, Callable[[CheckRun], Any]], ...] = (
     ("cuda_tests", step_cuda_tests),
     ("peaks", step_peaks),
     ("model", step_model),
     ("subtasks", step_subtasks),
     ("actions", step_actions),
+    ("colocation", step_colocation),
 )
 
 
@@ -210,19 +286,41 @@ def predict_gpu_seconds(config: CheckConfig, peaks: DevicePeaks) -> dict[str, fl
         **FIXED_COSTS_S,
         "model": weight_bytes / peaks.bytes_per_s / ASSUMED_EFFICIENCY + 2.0,
         "subtasks": runs * (prefill + decode),
-        "actions": (config.action_warmup + config.action_repeats) * 5 * action,
+        "actions": (config.action_warmup + config.action_repeats) * len(SKIP_FRACTIONS) * action,
+        "colocation": _predicted_colocation_s(config.colocation, args, peaks),
     }
     predicted["total"] = sum(predicted.values())
     return {k: round(v, 1) for k, v in predicted.items()}
 
 
-def run_check(out: Path, dry_run: bool, python: str) -> dict[str, Any]:
+def _predicted_colocation_s(plan: ColocationPlan, args: ModelArgs, peaks: DevicePeaks) -> float:
+    """The co-location step: every run's replay and COLOCATION_RUN_OVERHEAD_S, the runtime's
+    warm-up in each LLM run (one prompt of the plan's length and its decode steps per level,
+    twice at the full model, once per FFN split, and batched at two levels for every batch size
+    up to max_batch), and a render process started per run of placement `process`."""
+    prompt = plan.prompt_tokens
+    decode = _predicted_pass_s(args, _pass_subtasks(args, 1, prompt + 1, DECODE), peaks)
+    prefill = _predicted_pass_s(args, _pass_subtasks(args, prompt, prompt, PREFILL), peaks)
+    one = prefill + (WARMUP_DECODE_TOKENS - 1) * decode
+    batches = sum(size * prefill + (WARMUP_DECODE_TOKENS - 1) * decode
+                  for size in range(2, SchedulerConfig().max_batch + 1))
+    warmup = (len(SKIP_FRACTIONS) + 1 + len(SPLIT_PARTS)) * one + 2 * batches
+    blocks = plan.repeats * len(plan.placements) * len(plan.traces)
+    llm_runs = blocks * len(plan.settings) * len(plan.policies)
+    process_runs = plan.runs() * plan.placements.count("process") / len(plan.placements)
+    return (plan.runs() * (plan.seconds + COLOCATION_RUN_OVERHEAD_S) + llm_runs * warmup
+            + process_runs * RENDER_PROCESS_START_S)
+
+
+def run_check(out: Path, dry_run: bool, python: str,
+              traces_dir: Path | None = None) -> dict[str, Any]:
     """Runs every step (see the module docstring) and writes OUT/gpu_check.json."""
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cpu" if dry_run or not torch.cuda.is_available() else "cuda:0")
     config = DRY_RUN_CONFIG if device.type == "cpu" else GPU_CONFIG
-    run = CheckRun(out, device, config, python)
+    run = CheckRun(out, device, config, python, time.monotonic() + config.colocation_stop_s,
+                   traces_dir)
     report: dict[str, Any] = {
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dry_run": device.type == "cpu", "config": asdict(config),
@@ -260,8 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--dry-run", action="store_true",
                         help="the same steps on the CPU with a tiny model (seconds)")
+    parser.add_argument("--traces", type=Path, default=None,
+                        help="folder of the shared render traces (default: ../shared/traces, "
+                             "else the checkout's shared/traces)")
     args = parser.parse_args(argv)
-    report = run_check(args.out, args.dry_run, sys.executable)
+    report = run_check(args.out, args.dry_run, sys.executable, args.traces)
     failed = [n for n, s in report["steps"].items() if s["status"] != "ok"]
     print(f"gpu_check: wrote {args.out / 'gpu_check.json'} in {report['total_seconds']} s"
           + (f"; not ok: {', '.join(failed)}" if failed else ""))

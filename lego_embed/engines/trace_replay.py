@@ -342,9 +342,12 @@ class CudaPassBurner:
     driver (as a game's graphics API would be); in the LLM's own process (placement "thread")
     it shares the LLM's context, and its highest priority orders its kernels before the LLM's
     lowest-priority ones at every kernel boundary. Runs only where a GPU is (the GPU check).
+    `size` (elements per side) makes one matmul take tens of µs on an H100/H200 (2048: about
+    17 GFLOP), longer than launching it from Python, so a pass keeps the GPU busy rather than
+    waiting for launches; `ms_per_matmul` is the calibrated GPU time of one.
     """
 
-    def __init__(self, device_index: int = 0, size: int = 1024, calibration_matmuls: int = 200):
+    def __init__(self, device_index: int = 0, size: int = 2048, calibration_matmuls: int = 200):
         import torch
 
         self.torch = torch
