@@ -77,7 +77,8 @@ def check_colocation(report: dict, result: dict) -> None:
     each fixed policy must use."""
     plan = report["config"]["colocation"]
     runs = result["runs"]
-    assert report["colocation"]["runs"] == len(runs) and not result["skipped_runs"]
+    assert report["colocation"]["runs"] == len(runs)
+    assert not result["skipped_runs"] and not result["failed_runs"]
     blocks = plan["repeats"] * len(plan["placements"]) * len(plan["traces"])
     assert len(runs) == blocks * (1 + len(plan["settings"]) * len(plan["policies"]))
     cpu = json.loads((REPO_ROOT / "docs" / "benchmarks" / "colocation_cpu.json").read_text())

@@ -223,6 +223,10 @@ def step_colocation(run: CheckRun) -> dict[str, Any]:
         **result,
     }
     (run.out / "colocation_gpu.json").write_text(json.dumps(report, indent=1) + "\n")
+    if result["failed_runs"]:
+        first = result["failed_runs"][0]
+        raise RuntimeError(f"{len(result['failed_runs'])} co-location run(s) failed, the first "
+                           f"with {first['error']}; the others are in colocation_gpu.json")
     keys = ("placement", "trace", "apm", "npcs", "policy", "slo_attainment",
             "action_slo_attainment", "p99_action_ms", "mean_skipped_layers", "fps",
             "added_frame_miss_rate")

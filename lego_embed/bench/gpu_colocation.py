@@ -28,7 +28,9 @@ Blocks: one (repeat, placement, trace) each, its `off` run and every setting of 
 all its policies back to back, settings and the policies within each in a shuffled order.
 Rows are those of `docs/benchmarks/colocation_cpu.json` with the placement, frame rate and the
 whole-action SLO added. A run that would end past `stop_at` is not started (listed as skipped),
-so the check stays inside the device's time limit.
+so the check stays inside the device's time limit; a run that raises, or whose render stand-in
+delivered no frame (its process died: its traceback is on stderr), is listed as failed with its
+error and the next one still runs.
 """
 
 from __future__ import annotations
@@ -216,12 +218,13 @@ def run_gpu_colocation(
 ) -> dict[str, Any]:
     """Runs the plan (module docstring) with `loaded` (it needs a tokenizer) on its device;
     no run starts that would end past `stop_at` (time.monotonic()). Returns the rows, the runs
-    and what was skipped, as `colocation_gpu.json` holds them."""
+    and what was skipped or failed, as `colocation_gpu.json` holds them."""
     runtime_options = {"chat_template": False, "warmup_prompt_tokens": plan.prompt_tokens}
     factory = partial(action_request, vocab_size=loaded.args.vocab_size,
                       prompt_tokens=plan.prompt_tokens, new_tokens=plan.new_tokens)
     runs: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     past: dict[str, list[float]] = {}
     total, done = plan.runs(), 0
     for repeat in range(plan.repeats):
@@ -233,19 +236,27 @@ def run_gpu_colocation(
                 finished: list[tuple[int, ColocationRun, float]] = []
                 for position, setting in enumerate(
                         _block(plan, trace, placement, order, runtime_options)):
+                    which = {"repeat": repeat, "placement": placement, "trace": trace.name,
+                             "apm": setting.apm, "npcs": setting.npcs, "policy": setting.policy}
                     if time.monotonic() + _expected_run_s(plan, placement, past) > stop_at:
-                        skipped.append({"repeat": repeat, "placement": placement,
-                                        "trace": trace.name, "apm": setting.apm,
-                                        "npcs": setting.npcs, "policy": setting.policy})
+                        skipped.append(which)
                         continue
                     started = time.monotonic()
                     llm = setting.policy != "off"
-                    run = run_colocation(
-                        loaded if llm else None, setting, bundle if llm else None,
-                        seed=plan.seed * 1000 + repeat * 100 + position,
-                        answer_grace_s=plan.answer_grace_s, render_device=render_device,
-                        request_factory=factory if llm else None)
-                    past.setdefault(placement, []).append(time.monotonic() - started)
+                    try:
+                        run = run_colocation(
+                            loaded if llm else None, setting, bundle if llm else None,
+                            seed=plan.seed * 1000 + repeat * 100 + position,
+                            answer_grace_s=plan.answer_grace_s, render_device=render_device,
+                            request_factory=factory if llm else None)
+                        if not run.frames:
+                            raise RuntimeError("the render stand-in delivered no frame")
+                    except Exception as error:  # keep the other runs: the GPU is lent once
+                        failed.append({**which, "error": f"{type(error).__name__}: {error}"})
+                        progress(f"colocation: {which} failed: {failed[-1]['error']}")
+                        continue
+                    finally:
+                        past.setdefault(placement, []).append(time.monotonic() - started)
                     finished.append((position, run, round(os.getloadavg()[0], 2)))
                     done += 1
                     progress(f"colocation [{done}/{total}] repeat {repeat} {placement} "
@@ -260,9 +271,9 @@ def run_gpu_colocation(
                     row.update(section="off" if off else "main", repeat=repeat,
                                position=position, loadavg_1min=load)
                     runs.append(row)
+    run_seconds = {k: [round(v, 2) for v in vs] for k, vs in past.items()}
     return {"rows": aggregate_by_placement(runs), "runs": runs, "skipped_runs": skipped,
-            "plan": asdict(plan), "run_seconds": {k: [round(v, 2) for v in vs]
-                                                  for k, vs in past.items()}}
+            "failed_runs": failed, "plan": asdict(plan), "run_seconds": run_seconds}
 
 
 def aggregate_by_placement(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
