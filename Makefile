@@ -54,8 +54,8 @@ setup: $(STAMP) godot-bridge godot4-bridge
 
 # Sample decisions and barks in the terminal, then the Godot combat demo: in a window when there
 # is a display, else under Xvfb. Godot 4 by default (demo_game_godot4/, 60 s, writes
-# docs/demo/godot4/report.json and screenshot.png); `make demo GODOT=3` runs the Godot 3 demo,
-# whose enemies also speak (demo_game/, 60 s with the LLM off and 60 s with it on: writes
+# docs/demo/godot4/report.json and screenshot.png); `make demo GODOT=3` runs the Godot 3 demo
+# (demo_game/, the same game: enemies that act and speak; 60 s with the LLM off and 60 s on: writes
 # docs/demo/report.json with both runs' FPS, and docs/demo/screenshot.png), as does a machine
 # where the Godot 4 chroot could not be built.
 GODOT ?= 4

@@ -1,8 +1,10 @@
 extends Node3D
 ## The combat demo (Godot 4): a 3D arena, a player (keyboard, or a bot when LEGO_DEMO_BOT=1)
 ## and three enemies with different personas whose every move comes from the NPC LLM through
-## LegoNPC at 200 actions per minute. A HUD shows FPS, a frame-time graph, LLM latency p50/p99,
-## the skip level and decisions per minute; each enemy shows its current action above its head.
+## LegoNPC at 200 actions per minute; they also speak persona barks, streamed token by token
+## into speech bubbles. A HUD shows FPS, a frame-time graph, LLM latency p50/p99, the skip
+## level, decisions per minute, line figures and the NPC worker's health (running, restarted
+## after an internal error, or failed); each enemy shows its current action above its head.
 ## The same game as demo_game/ (Godot 3), ported to Godot 4.
 ##
 ## Environment: LEGO_DEMO_SECONDS (stop after that long and write the report; 0 = run until the
@@ -19,6 +21,7 @@ const ENEMY_SPECS = [
 	{"persona": "coward", "color": Color(0.7, 0.3, 0.9), "at": Vector3(0, 0, -9)},
 ]
 const RECENT_DECISIONS = 200
+const BUBBLE_WIDTH = 200.0
 
 var player: Node3D
 var enemies: Array[Node3D] = []
@@ -43,12 +46,21 @@ var skip_levels := {}
 var current_skip_level := 0
 var screenshot_taken := false
 var finished := false
+var lines_spoken := 0
+var first_token_ms := PackedFloat64Array()
+var line_tokens_per_s := PackedFloat64Array()
+var lines_late_first_token := 0
+var late_line_tokens := 0
+var line_samples := []
 
 var hud: CanvasLayer
 var hud_label: Label
 var hud_status: Label
 var graph: Control
+var hud_health: Label
+var health_changes := []
 var action_labels := {}
+var bubbles := {}
 
 
 func _ready() -> void:
@@ -78,6 +90,7 @@ func _ready() -> void:
 		enemy.active = not llm_enabled  # with the LLM, enemies start once the model is ready
 		enemy.acted.connect(_on_enemy_acted)
 		enemy.failed.connect(_on_enemy_failed)
+		enemy.spoke.connect(_on_enemy_spoke)
 		add_child(enemy)
 		enemies.append(enemy)
 		var label := Label.new()
@@ -86,8 +99,10 @@ func _ready() -> void:
 		label.add_theme_color_override("font_shadow_color", Color.BLACK)
 		hud.add_child(label)
 		action_labels[enemy] = label
+		bubbles[enemy] = _speech_bubble(spec["color"])
 	runtime.runtime_ready.connect(_on_runtime_ready)
 	runtime.runtime_failed.connect(_on_runtime_failed)
+	runtime.health_changed.connect(_on_health_changed)
 	RenderingServer.frame_post_draw.connect(_on_frame_post_draw)
 	started = not llm_enabled
 	if llm_enabled and runtime.failure != "":
@@ -150,7 +165,7 @@ func _build_hud() -> void:
 	var panel := ColorRect.new()
 	panel.color = Color(0, 0, 0, 0.55)
 	panel.position = Vector2(8, 8)
-	panel.size = Vector2(330, 120)
+	panel.size = Vector2(360, 160)
 	hud.add_child(panel)
 	hud_label = Label.new()
 	hud_label.position = Vector2(16, 12)
@@ -160,6 +175,11 @@ func _build_hud() -> void:
 	hud_status.position = Vector2(16, screen.y - 30)
 	hud_status.add_theme_color_override("font_color", Color(1, 0.85, 0.4))
 	hud.add_child(hud_status)
+	hud_health = Label.new()
+	hud_health.position = Vector2(16, 170)
+	hud_health.add_theme_font_size_override("font_size", 13)
+	hud.add_child(hud_health)
+	_show_health(runtime.health if llm_enabled else {"state": "off", "restarts": 0, "last_error": null})
 	graph = FrameGraph.new()
 	graph.position = Vector2(screen.x - 290, 8)
 	graph.size = Vector2(280, 90)
@@ -169,6 +189,29 @@ func _build_hud() -> void:
 	graph_title.position = Vector2(screen.x - 286, 100)
 	graph_title.add_theme_font_size_override("font_size", 12)
 	hud.add_child(graph_title)
+
+
+func _speech_bubble(color: Color) -> Label:
+	var bubble := Label.new()
+	bubble.horizontal_alignment = HORIZONTAL_ALIGNMENT_CENTER
+	bubble.autowrap_mode = TextServer.AUTOWRAP_WORD_SMART
+	bubble.custom_minimum_size = Vector2(BUBBLE_WIDTH, 0)
+	bubble.size = Vector2(BUBBLE_WIDTH, 0)
+	bubble.add_theme_font_size_override("font_size", 13)
+	bubble.add_theme_color_override("font_color", Color(0.08, 0.08, 0.1))
+	var style := StyleBoxFlat.new()
+	style.bg_color = Color(1, 1, 0.96, 0.92)
+	style.border_color = color
+	style.set_border_width_all(2)
+	style.set_corner_radius_all(8)
+	style.content_margin_left = 8
+	style.content_margin_right = 8
+	style.content_margin_top = 4
+	style.content_margin_bottom = 4
+	bubble.add_theme_stylebox_override("normal", style)
+	bubble.visible = false
+	hud.add_child(bubble)
+	return bubble
 
 
 func _on_runtime_ready(info: Dictionary) -> void:
@@ -185,6 +228,29 @@ func _on_runtime_failed(reason: String) -> void:
 		started = true  # the timed run (and its report) go on, showing the failure
 
 
+func _on_health_changed(health: Dictionary) -> void:
+	health_changes.append({"at_s": elapsed_s, "health": health.duplicate()})
+	if llm_enabled:
+		_show_health(health)
+
+
+## The NPC worker's health line: green while it runs, orange once it had to restart (requests in
+## flight then failed), red when it stopped for good.
+func _show_health(health: Dictionary) -> void:
+	var state := str(health.get("state", ""))
+	var restarts := int(health.get("restarts", 0))
+	var color := Color(0.5, 0.9, 0.5)
+	var text := "NPC worker: " + state.replace("_", " ")
+	if state == "failed":
+		color = Color(1.0, 0.3, 0.25)
+		text = "NPC worker: FAILED (%s)" % str(health.get("last_error", ""))
+	elif restarts > 0:
+		color = Color(1.0, 0.6, 0.2)
+		text = "NPC worker: %s, restarted %d x (last: %s)" % [state, restarts, str(health.get("last_error", ""))]
+	hud_health.text = text
+	hud_health.add_theme_color_override("font_color", color)
+
+
 func _on_enemy_acted(enemy: Node3D, action: String, info: Dictionary) -> void:
 	if not llm_enabled:
 		return
@@ -198,6 +264,24 @@ func _on_enemy_acted(enemy: Node3D, action: String, info: Dictionary) -> void:
 	current_skip_level = int(info.get("skip_level", 0))
 	var key := str(current_skip_level)
 	skip_levels[key] = skip_levels.get(key, 0) + 1
+
+
+func _on_enemy_spoke(enemy: Node3D, line: String, info: Dictionary) -> void:
+	if not started or finished:
+		return
+	lines_spoken += 1
+	var first: Variant = info.get("first_token_ms")
+	if first != null:
+		first_token_ms.append(float(first))
+		if float(first) > float(info.get("deadline_ms", 0.0)):
+			lines_late_first_token += 1
+	else:
+		lines_late_first_token += 1
+	if float(info.get("tokens_per_s", 0.0)) > 0.0:
+		line_tokens_per_s.append(float(info["tokens_per_s"]))
+	late_line_tokens += int(info.get("late_tokens", 0))
+	if line_samples.size() < 12:
+		line_samples.append({"persona": enemy.persona, "action": info.get("action"), "line": line})
 
 
 func _on_enemy_failed(_enemy: Node3D, reason: String) -> void:
@@ -251,10 +335,11 @@ func _update_hud() -> void:
 		if t >= elapsed_s - 60.0:
 			per_minute += 1
 	var window_s: float = clampf(elapsed_s, 1.0, 60.0)
-	hud_label.text = "FPS %d    LLM %s\nLLM latency p50 %.0f ms   p99 %.0f ms\nskip level %d\ndecisions/min %.0f   (3 NPCs x 200 APM)\ndeadline met %d / %d   failed %d\nplayer HP %d   %s" % [
+	hud_label.text = "FPS %d    LLM %s\nLLM latency p50 %.0f ms   p99 %.0f ms\nskip level %d\ndecisions/min %.0f   (3 NPCs x 200 APM)\ndeadline met %d / %d   failed %d\nlines %d   first token p50 %.0f ms\nplayer HP %d   %s" % [
 		Engine.get_frames_per_second(), "on" if llm_enabled else "OFF (rules)",
 		percentile(recent, 0.5), percentile(recent, 0.99), current_skip_level,
 		per_minute * 60.0 / window_s, deadline_met, decisions, failures,
+		lines_spoken, percentile(Array(first_token_ms), 0.5),
 		int(player.hp), "bot" if player.use_bot else "keyboard: WASD J K L H"]
 	var placed: Array[Rect2] = []
 	for enemy in enemies:
@@ -266,8 +351,29 @@ func _update_hud() -> void:
 		for other in placed:  # stack labels that would overlap
 			if rect.intersects(other):
 				rect.position.y = other.position.y - rect.size.y - 2.0
+		rect.position.y = maxf(rect.position.y, 4.0)
 		placed.append(rect)
 		label.position = rect.position
+		var bubble: Label = bubbles[enemy]
+		bubble.visible = enemy.bubble_text != ""
+		if bubble.visible:
+			bubble.text = enemy.bubble_text
+			var lines: int = maxi(1, bubble.get_line_count())
+			var size := Vector2(BUBBLE_WIDTH, lines * (bubble.get_line_height() + 3) + 10)
+			bubble.size = size
+			var spot := Rect2(Vector2(rect.position.x + rect.size.x / 2.0 - size.x / 2.0, rect.position.y - size.y - 4.0), size)
+			for other in placed:
+				if spot.intersects(other):
+					spot.position.y = other.position.y - spot.size.y - 4.0
+			if spot.position.y < 4.0:  # no room above the enemy: below its label instead
+				spot.position.y = rect.end.y + 4.0
+				for other in placed:
+					if spot.intersects(other):
+						spot.position.y = other.end.y + 4.0
+			var screen := get_viewport().get_visible_rect().size
+			spot.position.x = clampf(spot.position.x, 4.0, screen.x - size.x - 4.0)
+			placed.append(spot)
+			bubble.position = spot.position
 
 
 func _take_screenshot() -> void:
@@ -311,8 +417,22 @@ func report() -> Dictionary:
 		"skip_levels": skip_levels,
 		"npcs": enemies.size(),
 		"apm_per_npc": 200,
+		"nominal_decisions_per_minute": 200 * enemies.size(),
+		"decisions_per_minute": decisions * 60.0 / maxf(elapsed_s, 0.001),
+		"requests_sent": _sum_enemies("requests"),
+		"skipped_requests": _sum_enemies("skipped_requests"),
+		"lines_spoken": lines_spoken,
+		"p50_first_token_ms": percentile(Array(first_token_ms), 0.5),
+		"p99_first_token_ms": percentile(Array(first_token_ms), 0.99),
+		"p50_tokens_per_s": percentile(Array(line_tokens_per_s), 0.5),
+		"line_pace_tokens_per_s": enemies[0].npc.pace_tokens_per_s if not enemies.is_empty() else 0.0,
+		"lines_missing_first_token_deadline": lines_late_first_token,
+		"late_line_tokens": late_line_tokens,
+		"line_samples": line_samples,
 		"bridge_main_thread_us_per_frame": runtime.bridge_cost(),
 		"runtime_stats": final_stats,
+		"worker_health": runtime.health,
+		"health_changes": health_changes,
 		"gpu_timestamps": final_stats.get("gpu_timestamps", {}),
 		"model": runtime.ready_info,
 		"renderer": "%s %s %s" % [RenderingServer.get_current_rendering_driver_name(),
@@ -331,6 +451,13 @@ static func _loadavg() -> String:
 	var text := file.get_line()
 	file.close()
 	return text
+
+
+func _sum_enemies(field: String) -> int:
+	var total := 0
+	for enemy in enemies:
+		total += int(enemy.get(field))
+	return total
 
 
 static func _count_over(values: Array, limit: float) -> int:

@@ -1,24 +1,43 @@
 extends Node3D
-## An enemy whose every move is chosen by the NPC LLM through its LegoNPC child: whenever its
-## previous action is done (60 / actions_per_minute seconds) it sends its combat state and
-## carries out the action that comes back. With the LLM off (LEGO_EMBED_ENABLED=0) a small rule
-## set picks the action at the same rate, so both runs do the same game work.
+## An enemy whose every move is chosen by the NPC LLM through its LegoNPC child: every
+## 60 / actions_per_minute seconds it sends its combat state and carries out the action that
+## comes back. When it is not already speaking (and has been quiet for QUIET_S) it asks for the
+## action and the persona's bark in one request (request_action_and_line); the bark streams into
+## its speech bubble token by token. With the LLM off (LEGO_EMBED_ENABLED=0) a small rule set
+## picks the action at the same rate, so both runs do the same game work.
+##
+## Requests follow a fixed timeline (next_request_s += period), not "period after the last
+## answer", so frame quantisation and answer latency do not lower the rate: the delivered rate
+## is the nominal one. At most MAX_IN_FLIGHT requests wait at once; a request the timeline would
+## make beyond that is counted in `skipped_requests` (an overloaded model shows up there).
 
 signal acted(enemy: Node3D, action: String, info: Dictionary)
 signal failed(enemy: Node3D, reason: String)
+signal spoke(enemy: Node3D, line: String, info: Dictionary)
 
 const LegoNPC = preload("res://addons/lego_embed/lego_npc.gd")
 const ARENA_HALF = 11.0
 const SPEED = 3.5
 const MELEE_M = 2.5
 const SHOOT_M = 15.0
+const MAX_IN_FLIGHT = 2
+const QUIET_S = 1.5          # silence between two lines of one enemy
+const BUBBLE_HOLD_S = 2.0    # how long a finished line stays in the bubble
 
 var persona := "brute"
 var color := Color.RED
 var hp := 100.0
 var action := "idle"
 var action_left_s := 0.0
-var since_request_s := 0.0
+var clock_s := 0.0           ## time since the enemy became active
+var next_request_s := 0.0    ## when the timeline asks for the next action
+var in_flight := 0           ## requests whose action has not arrived yet
+var requests := 0            ## requests sent
+var skipped_requests := 0    ## timeline slots dropped because MAX_IN_FLIGHT requests waited
+var bubble_text := ""        ## what the speech bubble shows (the line so far)
+var bubble_left_s := 0.0     ## time the finished line stays up
+var quiet_s := 0.0           ## time since the last line finished
+var line_token_ms: Array[float] = []  ## latency (ms from the request) of each token of the current line
 var cooldowns := {"dodge": 0.0, "heal": 0.0, "heavy": 0.0}
 var npc: Node
 var llm_enabled := true
@@ -52,8 +71,11 @@ func _ready() -> void:
 	npc.name = "LegoNPC"
 	npc.persona = persona
 	npc.actions_per_minute = 200.0
+	npc.supersede = false  # every request of the timeline is answered (MAX_IN_FLIGHT bounds them)
 	npc.decision_made.connect(_on_decision_made)
 	npc.decision_failed.connect(_on_decision_failed)
+	npc.line_token.connect(_on_line_token)
+	npc.line_finished.connect(_on_line_finished)
 	add_child(npc)
 
 
@@ -93,16 +115,38 @@ func _process(delta: float) -> void:
 		return
 	for key: String in cooldowns:
 		cooldowns[key] = maxf(0.0, cooldowns[key] - delta)
-	since_request_s += delta
+	clock_s += delta
 	action_left_s -= delta
+	if bubble_left_s > 0.0:
+		bubble_left_s -= delta
+		if bubble_left_s <= 0.0:
+			bubble_text = ""
+	if not npc.speaking:
+		quiet_s += delta
 	var period_s: float = 60.0 / npc.actions_per_minute
-	if since_request_s >= period_s and not npc.is_deciding():
-		since_request_s = 0.0
-		if llm_enabled:
-			npc.request_decision(state())
-		else:
-			_start_action(rule_action(state()), {"latency_ms": 0.0, "skip_level": 0, "deadline_met": true})
+	if clock_s >= next_request_s:
+		next_request_s += period_s
+		_request()
 	_move(delta)
+
+
+func _request() -> void:
+	if not llm_enabled:
+		_start_action(rule_action(state()), {"latency_ms": 0.0, "skip_level": 0, "deadline_met": true})
+		return
+	if in_flight >= MAX_IN_FLIGHT:
+		skipped_requests += 1
+		return
+	var request_id: int
+	if not npc.speaking and quiet_s >= QUIET_S:
+		quiet_s = 0.0
+		bubble_text = ""
+		request_id = npc.request_action_and_line(state())
+	else:
+		request_id = npc.request_action(state())
+	if request_id >= 0:
+		in_flight += 1
+		requests += 1
 
 
 ## The LLM-off stand-in: a few rules of the same flavour as the model's training policy.
@@ -117,11 +161,31 @@ func rule_action(s: Dictionary) -> String:
 
 
 func _on_decision_made(decided: String, info: Dictionary) -> void:
+	in_flight = maxi(0, in_flight - 1)
 	_start_action(decided, info)
 
 
 func _on_decision_failed(reason: String) -> void:
+	in_flight = maxi(0, in_flight - 1)
 	failed.emit(self, reason)
+
+
+func _on_line_token(text: String, info: Dictionary) -> void:
+	bubble_text += text
+	bubble_left_s = 0.0
+	if line_token_ms.is_empty() or int(info["index"]) > line_token_ms.size():
+		line_token_ms.append(float(info["latency_ms"]))
+
+
+func _on_line_finished(line: String, info: Dictionary) -> void:
+	bubble_text = line
+	bubble_left_s = BUBBLE_HOLD_S
+	quiet_s = 0.0
+	var spoken := info.duplicate()
+	var n := line_token_ms.size()
+	spoken["tokens_per_s"] = (n - 1) * 1000.0 / (line_token_ms[n - 1] - line_token_ms[0]) if n >= 2 and line_token_ms[n - 1] > line_token_ms[0] else 0.0
+	line_token_ms.clear()
+	spoke.emit(self, line, spoken)
 
 
 func _start_action(decided: String, info: Dictionary) -> void:

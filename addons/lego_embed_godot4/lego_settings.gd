@@ -89,4 +89,12 @@ static func runtime_options() -> Dictionary:
 		if typeof(parsed) == TYPE_DICTIONARY:
 			return parsed
 		push_error("lego_embed: LEGO_EMBED_RUNTIME_OPTIONS is not a JSON object; using the project setting")
-	return read("lego_embed/runtime/options")
+	return (read("lego_embed/runtime/options") as Dictionary).duplicate(true)
+
+
+## The frame budget (ms) the engine paces frames to: 1000 / Engine.max_fps when the game caps its
+## frame rate (Project Settings > Application > Run > Max FPS), else one 60 Hz vsync period.
+static func engine_frame_budget_ms() -> float:
+	if Engine.max_fps > 0:
+		return 1000.0 / Engine.max_fps
+	return 1000.0 / 60.0

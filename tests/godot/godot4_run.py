@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from godot_run import GodotRun
+from godot_run import GodotRun, run_scenario
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT = Path(__file__).resolve().parent / "project4"
@@ -83,3 +83,20 @@ def run_scenario4(
     if report is not None:
         ENGINE_VERSIONS.add(f"{report['engine_version']} ({report['rendering_driver']})")
     return GodotRun(report, process.returncode, process.stdout + process.stderr, wall_s)
+
+
+ENGINES = ("godot3", "godot4")  # what tests parametrised over both engines run on
+
+
+def run_on_engine(
+    engine: str,
+    scenario: str,
+    out_dir: Path,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 150.0,
+) -> GodotRun:
+    """The scenario on Godot 3 (tests/godot/project) or Godot 4 (tests/godot/project4): both
+    harnesses run the same scenarios and write the same report fields."""
+    if engine == "godot4":
+        return run_scenario4(scenario, out_dir, env, timeout_s)
+    return run_scenario(scenario, out_dir, env, timeout_s)

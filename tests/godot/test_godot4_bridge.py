@@ -87,6 +87,15 @@ def test_python_exceptions_become_decision_failed_and_error_lines(decisions_run:
         assert f"/Faulty: {reason}" in decisions_run.output  # LegoRuntime's push_error line
 
 
+def test_the_runtime_reports_a_healthy_worker(decisions_run: GodotRun) -> None:
+    report = decisions_run.report
+    assert report["health_changes"][-1] == {"state": "running", "restarts": 0,
+                                            "last_error": None}
+    assert report["final_health"] == report["health_changes"][-1]
+    assert report["final_stats"]["runtime"]["health"]["state"] == "running"
+    assert report["final_stats"]["runtime"]["worker_faults"] == 0
+
+
 def test_quitting_ends_the_process_cleanly(decisions_run: GodotRun) -> None:
     assert decisions_run.returncode == 0, decisions_run.output[-4000:]
     assert "Exception" not in decisions_run.output.replace("decision_failed", "")
@@ -170,6 +179,9 @@ def test_a_missing_model_gives_one_clear_error(tmp_path: Path) -> None:
     assert "ModelNotFoundError" in failure and "no_such_model" in failure
     assert run.output.count("the NPC model did not load") == 1
     assert run.report["failures"][0]["reason"] == failure
+    health = run.report["final_health"]  # a worker that never ran is a failed one
+    assert health["state"] == "failed" and "no_such_model" in health["last_error"]
+    assert run.report["health_changes"][-1] == health
 
 
 def test_the_opengl_driver_reports_frames_without_gpu_timestamps(tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 One Godot run drives three LegoNPC nodes until they made >= 12 decisions, sends malformed
 states and bad action lists in between, and quits; the tests below read its report. Two short
-runs check the failures a developer meets first: a missing model and a missing Python.
+runs check the failures a developer meets first: a missing model and a missing Python. The
+stall and overload tests run on both engines (Godot 4: the same scenarios of
+tests/godot/project4 in the chroot, tests/godot/godot4_run.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 from pathlib import Path
 
 import pytest
+from godot4_run import ENGINES, run_on_engine
 from godot_run import GodotRun, run_scenario
 
 pytestmark = [pytest.mark.godot, pytest.mark.slow]
@@ -142,11 +145,11 @@ def test_the_runtime_reports_a_healthy_worker(decisions_run: GodotRun) -> None:
     assert report["final_stats"]["runtime"]["worker_faults"] == 0
 
 
-@pytest.fixture(scope="module")
-def stall_run(tmp_path_factory: pytest.TempPathFactory) -> GodotRun:
+@pytest.fixture(scope="module", params=ENGINES)
+def stall_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> GodotRun:
     if not (BUNDLED / "config.json").is_file():
         pytest.skip(f"the bundled model is not built yet ({BUNDLED}); `make train-model`")
-    run = run_scenario("stall", tmp_path_factory.mktemp("godot_stall"))
+    run = run_on_engine(request.param, "stall", tmp_path_factory.mktemp(f"{request.param}_stall"))
     assert run.report is not None, f"the harness wrote no report; Godot said:\n{run.output[-4000:]}"
     return run
 
@@ -193,10 +196,13 @@ def test_a_stall_is_no_bridge_error_and_the_game_exits_cleanly(stall_run: GodotR
     assert runtime_stats["errors"] == 0 and runtime_stats["overdue_requests"] == 0
 
 
-def test_overloaded_fires_when_npcs_ask_more_than_the_model_sustains(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_overloaded_fires_when_npcs_ask_more_than_the_model_sustains(
+    engine: str, tmp_path: Path
+) -> None:
     if not (BUNDLED / "config.json").is_file():
         pytest.skip(f"the bundled model is not built yet ({BUNDLED}); `make train-model`")
-    run = run_scenario("overload", tmp_path)
+    run = run_on_engine(engine, "overload", tmp_path)
     assert run.report is not None, f"the harness wrote no report; Godot said:\n{run.output[-4000:]}"
     report = run.report
     assert not report["timed_out"], report["overload_signals"]

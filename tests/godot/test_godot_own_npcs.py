@@ -1,13 +1,15 @@
 """Engine test of your own NPCs in a scene that is not the combat demo: a lamp keeper with its
 own static prompt, template and actions streams lines token by token, picks actions, does both in
-one request; mistakes come back as decision_failed and one log line per distinct problem."""
+one request; mistakes come back as decision_failed and one log line per distinct problem. Run on
+Godot 3 and Godot 4 (the same scenario in each engine's harness)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from godot_run import GodotRun, run_scenario, script_error_lines
+from godot4_run import ENGINES, run_on_engine
+from godot_run import GodotRun, script_error_lines
 
 pytestmark = [pytest.mark.godot, pytest.mark.slow]
 
@@ -15,11 +17,15 @@ BUNDLED = Path(__file__).resolve().parents[2] / "lego_embed" / "assets" / "npc_m
 KEEPER_ACTIONS = ["light the lamp", "wave", "close the door"]
 
 
-@pytest.fixture(scope="module")
-def village(tmp_path_factory: pytest.TempPathFactory) -> GodotRun:
+FRAME_CAP_HZ = {"godot3": 60, "godot4": 30}  # the test projects' force_fps / max_fps
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def village(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> GodotRun:
     if not (BUNDLED / "config.json").is_file():
         pytest.skip(f"the bundled model is not built yet ({BUNDLED}); `make train-model`")
-    run = run_scenario("village", tmp_path_factory.mktemp("godot"), timeout_s=240.0)
+    run = run_on_engine(request.param, "village", tmp_path_factory.mktemp(request.param),
+                        timeout_s=240.0)
     assert run.report is not None, f"the harness wrote no report; Godot said:\n{run.output[-4000:]}"
     assert not run.report["timed_out"], run.output[-4000:]
     return run
@@ -67,6 +73,7 @@ def test_mistakes_fail_or_warn_once_and_the_game_keeps_running(village: GodotRun
 
 
 def test_the_frame_budget_comes_from_the_engine_and_the_log_is_clean(village: GodotRun) -> None:
-    assert village.report["frame_budget_ms"] == pytest.approx(1000.0 / 60.0)  # force_fps=60
+    engine = "godot4" if "engine_version" in village.report else "godot3"
+    assert village.report["frame_budget_ms"] == pytest.approx(1000.0 / FRAME_CAP_HZ[engine])
     assert "%|" not in village.output  # no progress bar from the model load
     assert script_error_lines(village.output) == []

@@ -379,22 +379,25 @@ static void method_event(gd_variant **args, int64_t count, gd_variant *result) {
 	queues_add_engine_time(t_ns);
 }
 
-/* request(npc_id: String, state: Dictionary, actions: Array, deadline_ms: float) -> Dictionary:
+/* request(npc_id: String, state: Dictionary, actions: Array, deadline_ms: float
+ *         [, options: Dictionary]) -> Dictionary:
  * {"request_id": n} (the answer comes through poll()) or {"error": message} when the arguments
- * cannot be serialised. Never takes the GIL: validation and inference run on Python threads. */
+ * cannot be serialised. options: {"fallback": String, "supersede": bool} (checked in Python);
+ * registered with an empty Dictionary as its default, and left out of the JSON when not given.
+ * Never takes the GIL: validation and inference run on Python threads. */
 static void method_request(gd_variant **args, int64_t count, gd_variant *result) {
 	int64_t t0 = monotonic_ns();
 	if (!python_ready) {
 		error_dictionary(result, "LegoBridge.request before a successful start()");
 		return;
 	}
-	if (count != 4) {
-		error_dictionary(result, "LegoBridge.request takes (npc_id, state, actions, deadline_ms)");
+	if (count != 4 && count != 5) {
+		error_dictionary(result, "LegoBridge.request takes (npc_id, state, actions, deadline_ms[, options])");
 		return;
 	}
 	json_text buf = { 0 };
 	json_put(&buf, "[", 1);
-	for (int i = 0; i < 4; i++) {
+	for (int i = 0; i < count; i++) {
 		if (i) {
 			json_put(&buf, ",", 1);
 		}
@@ -487,21 +490,24 @@ static void method_stop(gd_variant **args, int64_t count, gd_variant *result) {
 
 /* --------------------------------------------------------------- ClassDB plumbing ---- */
 
+#define MAX_ARGUMENTS 5
+
 typedef struct {
 	const char *name;
 	bridge_method function;
 	uint32_t argument_count;
-	const char *argument_names[4];
+	const char *argument_names[MAX_ARGUMENTS];
+	uint32_t default_argument_count; /* trailing arguments that may be left out (default {}) */
 } method_spec;
 
 static const method_spec METHODS[] = {
-	{ "start", method_start, 1, { "config" } },
-	{ "event", method_event, 2, { "kind", "name" } },
-	{ "request", method_request, 4, { "npc_id", "state", "actions", "deadline_ms" } },
-	{ "gpu_timestamps", method_gpu_timestamps, 1, { "frame" } },
-	{ "poll", method_poll, 0, { NULL } },
-	{ "stats", method_stats, 0, { NULL } },
-	{ "stop", method_stop, 0, { NULL } },
+	{ "start", method_start, 1, { "config" }, 0 },
+	{ "event", method_event, 2, { "kind", "name" }, 0 },
+	{ "request", method_request, 5, { "npc_id", "state", "actions", "deadline_ms", "options" }, 1 },
+	{ "gpu_timestamps", method_gpu_timestamps, 1, { "frame" }, 0 },
+	{ "poll", method_poll, 0, { NULL }, 0 },
+	{ "stats", method_stats, 0, { NULL }, 0 },
+	{ "stop", method_stop, 0, { NULL }, 0 },
 };
 #define METHOD_COUNT (sizeof(METHODS) / sizeof(METHODS[0]))
 
@@ -558,12 +564,21 @@ static void register_methods(void) {
 	for (size_t m = 0; m < METHOD_COUNT; m++) {
 		const method_spec *spec = &METHODS[m];
 		gd_ptr method_name = string_name(spec->name);
-		gd_ptr argument_names[4];
-		GDExtensionPropertyInfo arguments[4];
-		GDExtensionClassMethodArgumentMetadata metadata[4] = { 0 };
+		gd_ptr argument_names[MAX_ARGUMENTS];
+		GDExtensionPropertyInfo arguments[MAX_ARGUMENTS];
+		GDExtensionClassMethodArgumentMetadata metadata[MAX_ARGUMENTS] = { 0 };
+		gd_variant defaults[MAX_ARGUMENTS];
+		GDExtensionVariantPtr default_pointers[MAX_ARGUMENTS];
 		for (uint32_t a = 0; a < spec->argument_count; a++) {
 			argument_names[a] = string_name(spec->argument_names[a]);
 			arguments[a] = variant_property(&argument_names[a], &empty_name, &empty_string);
+		}
+		for (uint32_t d = 0; d < spec->default_argument_count; d++) {
+			gd_ptr empty_dictionary;
+			new_dictionary(&empty_dictionary, NULL);
+			from_dictionary(&defaults[d], &empty_dictionary);
+			destroy_dictionary(&empty_dictionary);
+			default_pointers[d] = &defaults[d];
 		}
 		GDExtensionPropertyInfo return_info = variant_property(&empty_name, &empty_name, &empty_string);
 		GDExtensionClassMethodInfo info = {
@@ -578,10 +593,13 @@ static void register_methods(void) {
 			.argument_count = spec->argument_count,
 			.arguments_info = arguments,
 			.arguments_metadata = metadata,
-			.default_argument_count = 0,
-			.default_arguments = NULL,
+			.default_argument_count = spec->default_argument_count,
+			.default_arguments = spec->default_argument_count ? default_pointers : NULL,
 		};
 		gd.classdb_register_extension_class_method(library, &class_name, &info);
+		for (uint32_t d = 0; d < spec->default_argument_count; d++) {
+			gd.variant_destroy(&defaults[d]); /* the engine keeps copies */
+		}
 		for (uint32_t a = 0; a < spec->argument_count; a++) {
 			destroy_string_name(&argument_names[a]);
 		}

@@ -10,12 +10,28 @@ extends Node3D
 ##                  renderer captures a timestamp per pass).
 ##   missing_model  the model folder does not exist ($LEGO_EMBED_MODEL): one clear failure.
 ##   quit_early     quits after QUIT_EARLY_FRAMES frames, while the model is still loading.
+##   stall          three NPCs decide (Enemy0 with a fallback action); after STALL_AFTER
+##                  decisions one _process call busy-waits STALL_MS (the main thread stalls, as
+##                  a hitch would), then the game goes on until WANT_AFTER_STALL decisions asked
+##                  after the stall arrived.
+##   overload       three NPCs with fallback actions ask at 6000 actions per minute (10 ms
+##                  deadlines), far more than the model sustains, until LegoRuntime emitted
+##                  `overloaded` and WANT_DECISIONS answers arrived.
+##   village        not the combat demo: a lamp keeper with its own static prompt, template and
+##                  actions streams lines (request_line), picks actions (request_action) and does
+##                  both at once (request_action_and_line); a missing field, a broken template,
+##                  unused fields and an untrained combat persona are reported; LINES lines.
 
 const LegoNPC = preload("res://addons/lego_embed/lego_npc.gd")
 const WANT_DECISIONS = 12
 const GPU_FRAMES = 90
 const QUIT_EARLY_FRAMES = 30
+const STALL_AFTER = 3
+const STALL_MS = 2000
+const WANT_AFTER_STALL = 6
 const PERSONAS = ["brute", "duelist", "coward"]
+const LINES = 3
+const KEEPER_ACTIONS: Array[String] = ["light the lamp", "wave", "close the door"]
 const ENEMY_ACTIONS = ["idle", "light_attack", "heavy_windup", "heavy_attack", "block", "dodge", "heal", "shoot", "approach", "retreat"]
 
 var scenario := OS.get_environment("LEGO_TEST_SCENARIO")
@@ -35,6 +51,21 @@ var failed_runtime := ""
 var done := false
 var runtime: Node
 var measured_gpu_ms := []   # the engine's viewport_get_measured_render_time_gpu, per frame
+var requests_sent := 0
+var issued_usec := {}        # NPC name -> when its request in flight was sent
+var errors := []             # runtime_error reasons
+var health_changes := []     # every health_changed, in order
+var stall_pending := false
+var stall_begin_usec := -1
+var stall_end_usec := -1
+var overload_signals := []   # every `overloaded` signal: active, info, frame
+var keeper: Node
+var broken: Node
+var guard: Node
+var lines := []              # village: {"tokens": [...], "line": ..., "info": ...}
+var tokens := {}             # request id -> streamed pieces
+var keeper_actions := []
+var village_sent := false
 
 
 func _ready() -> void:
@@ -45,6 +76,9 @@ func _ready() -> void:
 	runtime = get_node("/root/LegoRuntime")
 	runtime.runtime_ready.connect(_on_runtime_ready)
 	runtime.runtime_failed.connect(_on_runtime_failed)
+	runtime.runtime_error.connect(_on_runtime_error)
+	runtime.health_changed.connect(_on_health_changed)
+	runtime.overloaded.connect(_on_overloaded)
 	RenderingServer.frame_post_draw.connect(_on_frame_post_draw)
 	for i in PERSONAS.size():
 		var npc := LegoNPC.new()
@@ -53,6 +87,11 @@ func _ready() -> void:
 		npc.actions_per_minute = 200.0
 		npc.decision_made.connect(_on_decision.bind(npc))
 		npc.decision_failed.connect(_on_failure.bind(npc))
+		if scenario == "overload":
+			npc.actions_per_minute = 6000.0
+			npc.fallback_action = "block"
+		elif scenario == "stall" and i == 0:
+			npc.fallback_action = "block"
 		add_child(npc)
 		npcs.append(npc)
 	faulty = LegoNPC.new()
@@ -60,6 +99,8 @@ func _ready() -> void:
 	faulty.decision_failed.connect(_on_failure.bind(faulty))
 	faulty.decision_made.connect(_on_decision.bind(faulty))
 	add_child(faulty)
+	if scenario == "village":
+		_make_village()
 	if runtime.failure != "":
 		_on_runtime_failed(runtime.failure)
 
@@ -77,6 +118,69 @@ func _build_scene() -> void:
 	add_child(sun)
 
 
+func _make_village() -> void:
+	keeper = LegoNPC.new()
+	keeper.name = "Keeper"
+	keeper.static_prompt = "You keep the lamps of the harbour. "
+	keeper.prompt_template = "A {visitor} asks about the {thing}. You"
+	keeper.allowed_actions = KEEPER_ACTIONS
+	keeper.max_line_tokens = 10
+	keeper.actions_per_minute = 60.0
+	keeper.supersede = false  # its requests are sent at once and every one is wanted
+	keeper.line_token.connect(_on_line_token)
+	keeper.line_finished.connect(_on_line_finished)
+	keeper.decision_made.connect(_on_keeper_action)
+	keeper.decision_failed.connect(_on_failure.bind(keeper))
+	add_child(keeper)
+	broken = LegoNPC.new()
+	broken.name = "Broken"
+	broken.decision_failed.connect(_on_failure.bind(broken))
+	add_child(broken)
+	broken.prompt_template = "A {visitor asks"  # checked when set: decision_failed
+	guard = LegoNPC.new()
+	guard.name = "Guard"
+	guard.persona = "guard"  # the bundled combat model knows no guard: one warning
+	guard.supersede = false
+	guard.decision_made.connect(_on_guard_action)
+	guard.decision_failed.connect(_on_failure.bind(guard))
+	add_child(guard)
+
+
+func _village_requests() -> void:
+	village_sent = true
+	for i in LINES:
+		keeper.request_line({"visitor": ["sailor", "child", "merchant"][i], "thing": "light"})
+	keeper.request_action({"visitor": "sailor", "thing": "storm", "mood": "calm"}, [])
+	keeper.request_action({"visitor": "sailor", "thing": "storm", "mood": "calm"}, [])
+	keeper.request_action_and_line({"visitor": "fisher", "thing": "fog"}, ["wave", "close the door"])
+	keeper.request_line({"visitor": "ghost"})  # no 'thing': decision_failed naming it
+	var state := random_state()
+	state["stamina"] = 3  # a field the combat task does not read
+	guard.request_action(state)
+	guard.request_action(state)
+
+
+func _on_line_token(text: String, info: Dictionary) -> void:
+	var id := int(info["request_id"])
+	if not tokens.has(id):
+		tokens[id] = []
+	tokens[id].append({"text": text, "index": info["index"], "deadline_ms": info["deadline_ms"],
+		"latency_ms": info["latency_ms"], "deadline_met": info["deadline_met"]})
+
+
+func _on_line_finished(line: String, info: Dictionary) -> void:
+	lines.append({"line": line, "info": info, "tokens": tokens.get(int(info["request_id"]), [])})
+
+
+func _on_keeper_action(action: String, info: Dictionary) -> void:
+	keeper_actions.append({"action": action, "info": info})
+
+
+func _on_guard_action(action: String, info: Dictionary) -> void:
+	decisions.append({"npc": "Guard", "persona": "guard", "action": action,
+		"allowed": guard.allowed_actions, "info": info, "frame": runtime.frames_drawn})
+
+
 func random_state() -> Dictionary:
 	return {
 		"hp": rng.randi_range(1, 100),
@@ -88,11 +192,33 @@ func random_state() -> Dictionary:
 	}
 
 
+func _ask(npc: Node) -> void:
+	requests_sent += 1
+	issued_usec[str(npc.name)] = Time.get_ticks_usec()
+	npc.request_decision(random_state())
+
+
 func _on_runtime_ready(_info: Dictionary) -> void:
 	frames_at_ready = runtime.frames_drawn
-	if scenario == "decisions":
-		for npc in npcs:
-			npc.request_decision(random_state())
+	if scenario == "village":
+		_village_requests()
+		return
+	if scenario == "gpu_passes":
+		return
+	for npc in npcs:
+		_ask(npc)
+
+
+func _on_runtime_error(reason: String) -> void:
+	errors.append(reason)
+
+
+func _on_health_changed(health: Dictionary) -> void:
+	health_changes.append(health.duplicate())
+
+
+func _on_overloaded(active: bool, info: Dictionary) -> void:
+	overload_signals.append({"active": active, "info": info.duplicate(), "frame": runtime.frames_drawn})
 
 
 func _on_runtime_failed(reason: String) -> void:
@@ -103,13 +229,16 @@ func _on_runtime_failed(reason: String) -> void:
 
 func _on_decision(action: String, info: Dictionary, npc: Node) -> void:
 	decisions.append({"npc": str(npc.name), "persona": npc.persona, "action": action,
-		"allowed": npc.allowed_actions, "info": info, "frame": runtime.frames_drawn})
+		"allowed": npc.allowed_actions, "info": info, "frame": runtime.frames_drawn,
+		"usec": Time.get_ticks_usec(), "issued_usec": issued_usec.get(str(npc.name), -1)})
 	if faults_sent > 0:
 		decisions_after_faults += 1
-	if decisions.size() == 3 and faults_sent == 0:
+	if scenario == "decisions" and decisions.size() == 3 and faults_sent == 0:
 		_send_faults()
-	if not done:
-		npc.request_decision(random_state())
+	if scenario == "stall" and decisions.size() == STALL_AFTER and stall_begin_usec < 0:
+		stall_pending = true
+	if not done and npc != faulty:
+		_ask(npc)
 
 
 func _send_faults() -> void:
@@ -126,10 +255,8 @@ func _send_faults() -> void:
 		faulty.request_decision(state)
 		faults_sent += 1
 	# allowed_actions is an Array[String] in Godot 4, so GDScript itself refuses [1, 2] there;
-	# a list of the wrong type can still reach the runtime's submit(), which LegoNPC calls.
-	var full_state := random_state()
-	full_state["persona"] = "brute"
-	runtime.submit(faulty, faulty.get_npc_id(), full_state, [1, 2], faulty.get_deadline_ms())
+	# a request's own action list is a plain Array and reaches the runtime, which refuses it.
+	faulty.request_action(random_state(), [1, 2])
 	faults_sent += 1
 	faulty.allowed_actions.clear()
 	faulty.request_decision(random_state())
@@ -149,17 +276,37 @@ func _process(delta: float) -> void:
 	elapsed_s += delta
 	if done:
 		return
+	if stall_pending:  # the main thread stalls inside the process pass
+		stall_pending = false
+		stall_begin_usec = Time.get_ticks_usec()
+		while Time.get_ticks_usec() - stall_begin_usec < STALL_MS * 1000:
+			pass
+		stall_end_usec = Time.get_ticks_usec()
 	var finished := false
-	if scenario == "missing_model":
+	if scenario == "stall":
+		finished = stall_end_usec > 0 and _decisions_asked_after(stall_end_usec) >= WANT_AFTER_STALL
+	elif scenario == "missing_model":
 		finished = failed_runtime != "" and failures.size() >= 1
+	elif scenario == "overload":
+		finished = overload_signals.size() >= 1 and decisions.size() >= WANT_DECISIONS
 	elif scenario == "quit_early":
 		finished = runtime.frames_drawn >= QUIT_EARLY_FRAMES
 	elif scenario == "gpu_passes":
 		finished = frames_at_ready >= 0 and runtime.frames_drawn >= frames_at_ready + GPU_FRAMES
+	elif scenario == "village":
+		finished = village_sent and lines.size() >= LINES + 1 and keeper_actions.size() >= 3 and decisions.size() >= 2 and failures.size() >= 2
 	else:
 		finished = decisions.size() >= WANT_DECISIONS and decisions_after_faults >= 3 and failures.size() >= faults_sent and faults_sent > 0
 	if finished or elapsed_s > timeout_s:
 		_finish(not finished)
+
+
+func _decisions_asked_after(usec: int) -> int:
+	var n := 0
+	for decision: Dictionary in decisions:
+		if decision["issued_usec"] > usec:
+			n += 1
+	return n
 
 
 func _finish(timed_out: bool) -> void:
@@ -192,6 +339,19 @@ func _finish(timed_out: bool) -> void:
 		"gpu_frames_sent": runtime.gpu_frames_sent,
 		"measured_gpu_ms": measured_gpu_ms,
 		"fps": Engine.get_frames_per_second(),
+		"requests_sent": requests_sent,
+		"errors": errors,
+		"health_changes": health_changes,
+		"final_health": runtime.health,
+		"stall_begin_usec": stall_begin_usec,
+		"stall_end_usec": stall_end_usec,
+		"overload_signals": overload_signals,
+		"final_overloaded": runtime.is_overloaded,
+		"lines": lines,
+		"keeper_actions": keeper_actions,
+		"keeper_template_fields": keeper.template_fields if keeper != null else [],
+		"logged": runtime.logged,
+		"frame_budget_ms": runtime.frame_budget_ms,
 	}
 	var file := FileAccess.open(out_path, FileAccess.WRITE)
 	file.store_string(JSON.stringify(report))
