@@ -370,10 +370,10 @@ class Executor:
             for row, state in enumerate(states):
                 state.hidden = hidden[row : row + 1]
             return
-        hidden = states[0].hidden if len(states) == 1 else torch.cat([s.hidden for s in states])
         if subtask.kind is SubtaskKind.HEAD:
-            self._head(hidden, states)
+            self._head(states)
             return
+        hidden = states[0].hidden if len(states) == 1 else torch.cat([s.hidden for s in states])
         if subtask.kind is SubtaskKind.FFN_SLICE:
             self._ffn_slice(subtask, hidden, states)
             return
@@ -473,15 +473,17 @@ class Executor:
         key_valid = torch.cat([past_valid, torch.ones_like(query_pos, dtype=torch.bool)], dim=1)
         return attention_mask(query_pos, key_pos, key_valid, window)
 
-    def _head(self, hidden: torch.Tensor, states: list[RequestState]) -> None:
-        """Final norm + output head on the last position, sampling, and embedding the new
-        token."""
-        logits = self.model.head(hidden[:, -1, :]).float()
+    def _head(self, states: list[RequestState]) -> None:
+        """Final norm + output head on each request's last position, sampling, and embedding
+        the new token. A batch's requests may end prefill chunks of different lengths (the head
+        counts one token each), so only their last positions are stacked."""
+        last = torch.cat([s.hidden[:, -1, :] for s in states])
+        logits = self.model.head(last).float()
         next_ids = []
         for row, state in enumerate(states):
             token = int(state.sampler.next_token(logits[row], state.generated))
             state.generated.append(token)
-            sequence_tokens = state.position + hidden.shape[1] + 1  # prompt + generated so far
+            sequence_tokens = state.position + state.hidden.shape[1] + 1  # prompt + generated
             state.finished = bool(state.sampler.finished(state.generated)) or (
                 sequence_tokens >= self.loaded.max_context_tokens
             )
