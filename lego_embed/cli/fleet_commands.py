@@ -36,6 +36,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                    help="the model's longest context (tokens)")
     p.add_argument("--runs", type=Path, default=None,
                    help="calibration_runs.csv to fit the few global corrections on")
+    p.add_argument("--workers", type=int, default=2, help="processes for the fit's twin runs")
     p.add_argument("--corrections-from", type=Path, default=None,
                    help="reuse the corrections of an existing calibration file")
     p.add_argument("--out", type=Path, default=ASSETS,
@@ -49,6 +50,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="write per-run rows as JSON")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                    help="per-run twin results, reused when the calibration is unchanged")
+    p.add_argument("--workers", type=int, default=1, help="processes simulating runs")
     p.set_defaults(run=_validate)
 
     p = sub.add_parser("dataset", help="sample instance configurations in the twin (resumable)")
@@ -128,7 +130,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         calibration = calibration.with_corrections(
             load_calibration(args.corrections_from).corrections)
     if args.runs is not None:
-        calibration = fit_corrections(load_runs(args.runs), calibration, log=print)
+        calibration = fit_corrections(load_runs(args.runs), calibration, log=print,
+                                      workers=args.workers)
     out = args.out
     if out.is_dir() or not out.suffix:
         out = out / calibration_file_name(calibration.model, calibration.gpu)
@@ -151,7 +154,7 @@ def _validate(args: argparse.Namespace) -> int:
         runs = load_runs(path)
         with tqdm(total=sum(1 for r in runs if r.ok or r.infeasible), desc=path.name) as bar:
             report = validate(runs, calibration, duration_s=args.duration, progress=bar.update,
-                              cache_path=args.cache)
+                              cache_path=args.cache, workers=args.workers)
         print(f"{path.name}: throughput MAPE {report.throughput_mape:.4f} over {report.n_ok} ok "
               f"runs, starvation agreement {report.starvation_agreement:.3f}, infeasible "
               f"detected {report.infeasible_detected}/{report.infeasible_total}, false memory "

@@ -108,8 +108,13 @@ class Corrections:
         (max_loras / the sweep's; the LoRA kernels launch blocks per token tile and slot);
     lora_batch_exponent: above the sweep's batch, the per-adapter LoRA cost grows as
         (batch tokens / sweep batch) ** exponent (below it, it stays as measured);
-    lora_rank_exponent: the per-adapter LoRA cost scales as (max_lora_rank / reference rank)
-        ** exponent.
+    lora_rank_exponent: the per-adapter LoRA cost scales as (rank tiles / the sweep's rank
+        tiles) ** exponent, a rank tile being 16 of `--max-lora-rank` (vLLM 0.8.5's Triton
+        LoRA kernels block the rank dimension by 16: ranks 8 and 16 launch the same blocks,
+        rank 32 twice as many along it);
+    lora_adapter_scale: the per-adapter LoRA cost of a served step relative to the sweep's at
+        the same rank tiles (the calibration runs all have `--max-lora-rank` 16 or 32, so this
+        level and the rank-8 sweep cannot be told apart; it is fitted).
     waiting_scan_us: scheduler time per waiting request scanned each step (us).
     generated_to_requested: generated / requested output tokens (EOS stops some early).
     client_max_outstanding: the benchmark client's cap on requests in flight (0 = no cap).
@@ -119,8 +124,9 @@ class Corrections:
     prefill_token_factor: float = 0.4
     lora_step_ms: float = 3.0
     lora_slot_share: float = 0.5
-    lora_batch_exponent: float = 0.3
-    lora_rank_exponent: float = 0.4
+    lora_batch_exponent: float = 0.4
+    lora_rank_exponent: float = 0.2
+    lora_adapter_scale: float = 1.2
     waiting_scan_us: float = 0.0
     generated_to_requested: float = 0.955
     client_max_outstanding: int = 27000

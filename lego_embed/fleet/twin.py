@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from lego_embed.fleet.spec import AdapterSpec
 
 STARVATION_THRESHOLD = 0.10
 KV_BLOCK_TOKENS = 16
+LORA_RANK_TILE = 16
+"""Ranks per block along the rank dimension of vLLM 0.8.5's Triton LoRA shrink/expand kernels."""
 PERCENTILES = (50, 90, 95, 99)
 
 
@@ -161,7 +164,9 @@ class _StepLatency:
     LoRA = lora_step + (D0 - lora_step) (T / ref_batch) (1 - s + s max_loras / ref_max_loras)
     + rank factor x (D(u) - D0) x max(1, T / ref_batch) ** g, where D(u) is the sweep's LoRA
     cost with u adapters at ref_batch tokens and ref_max_loras slots, D0 its intercept, s the
-    slot share and g the batch exponent (at the sweep's batch and slots this is D(u))."""
+    slot share and g the batch exponent. The rank factor is lora_adapter_scale x (rank tiles /
+    the sweep's) ** lora_rank_exponent with a tile of LORA_RANK_TILE ranks (the LoRA kernels'
+    rank blocking: ranks 8 and 16 cost the same)."""
 
     def __init__(self, calibration: Calibration, max_lora_rank: int, max_loras: int) -> None:
         step, corr = calibration.step, calibration.corrections
@@ -170,7 +175,9 @@ class _StepLatency:
         self.c_context = step.c_context_ms
         self.prefill_factor = corr.prefill_token_factor
         self.scale = corr.step_scale
-        rank_scale = (max_lora_rank / step.lora_ref_rank) ** corr.lora_rank_exponent
+        rank_tiles = math.ceil(max_lora_rank / LORA_RANK_TILE) / math.ceil(
+            step.lora_ref_rank / LORA_RANK_TILE)
+        rank_scale = corr.lora_adapter_scale * rank_tiles ** corr.lora_rank_exponent
         points, costs = np.array(step.lora_u_points, float), np.array(step.lora_u_ms, float)
         slope, intercept = np.polyfit(points, costs, 1)
         u = np.arange(4097, dtype=float)

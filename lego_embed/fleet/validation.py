@@ -172,17 +172,17 @@ def _mdape(errors: dict[str, list[float]]) -> dict[str, float]:
     return {c: float(np.median(errors[c])) for c in LATENCY_COLUMNS if errors.get(c)}
 
 
-def validate(runs: Sequence[RealRun], calibration: Calibration, duration_s: float | None = None,
-             progress: Callable[[int], None] | None = None,
-             cache_path: str | Path | None = None) -> ValidationReport:
-    """Simulates every run (blind Poisson arrivals) and compares with the measurements.
-    With `cache_path`, per-run twin results are appended to a JSONL file and reused by later
-    calls with the same calibration and horizon (so a long validation can resume)."""
-    ape, agree, rows = [], [], []
-    latency_ape: dict[str, list[float]] = {}
-    latency_ape_unstarved: dict[str, list[float]] = {}
-    n_unstarved = 0
-    infeasible_detected = infeasible_total = false_memory = 0
+def _outcome(job: tuple[RealRun, Calibration, float, int]) -> RunOutcome:
+    run, calibration, duration_s, seed = job
+    return RunOutcome.of(simulate(run.adapters, run.config, calibration, duration_s=duration_s,
+                                  seed=seed))
+
+
+def _outcomes(runs: Sequence[RealRun], calibration: Calibration, duration_s: float | None,
+              progress: Callable[[int], None] | None, cache_path: str | Path | None,
+              workers: int) -> dict[int, RunOutcome]:
+    """Twin outcome of every `ok` or infeasible run, by its index in `runs` (also its seed):
+    from the cache when there, else simulated in `workers` processes and appended to it."""
     fingerprint = _fingerprint(calibration, duration_s)
     cached: dict[str, dict] = {}
     if cache_path is not None and Path(cache_path).exists():
@@ -190,19 +190,54 @@ def validate(runs: Sequence[RealRun], calibration: Calibration, duration_s: floa
             entry = json.loads(line)
             if entry.get("fingerprint") == fingerprint:
                 cached[entry["run"]] = entry["result"]
-    for i, run in enumerate(runs):
-        if not (run.ok or run.infeasible):
-            continue
-        key = f"{run.run_id}#{i}"
-        if key in cached:
-            result = RunOutcome(**cached[key])
-        else:
-            result = RunOutcome.of(simulate(run.adapters, run.config, calibration,
-                                            duration_s=duration_s or run.duration_s, seed=i))
+    wanted = [i for i, run in enumerate(runs) if run.ok or run.infeasible]
+    out = {i: RunOutcome(**cached[f"{runs[i].run_id}#{i}"]) for i in wanted
+           if f"{runs[i].run_id}#{i}" in cached}
+    if progress is not None and out:
+        progress(len(out))
+    todo = [i for i in wanted if i not in out]
+    jobs = [(runs[i], calibration, duration_s or runs[i].duration_s, i) for i in todo]
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers)
+        results = zip(todo, pool.map(_outcome, jobs, chunksize=1), strict=True)
+    else:
+        pool = None
+        results = ((i, _outcome(job)) for i, job in zip(todo, jobs, strict=True))
+    try:
+        for i, result in results:
+            out[i] = result
             if cache_path is not None:
                 with Path(cache_path).open("a") as handle:
-                    handle.write(json.dumps({"fingerprint": fingerprint, "run": key,
+                    handle.write(json.dumps({"fingerprint": fingerprint,
+                                             "run": f"{runs[i].run_id}#{i}",
                                              "result": asdict(result)}) + "\n")
+            if progress is not None:
+                progress(1)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return out
+
+
+def validate(runs: Sequence[RealRun], calibration: Calibration, duration_s: float | None = None,
+             progress: Callable[[int], None] | None = None,
+             cache_path: str | Path | None = None, workers: int = 1) -> ValidationReport:
+    """Simulates every run (blind Poisson arrivals, seeded by the run's index in `runs`) and
+    compares with the measurements. With `cache_path`, per-run twin results are appended to a
+    JSONL file and reused by later calls with the same calibration and horizon (so a long
+    validation can resume); `workers` processes simulate in parallel."""
+    ape, agree, rows = [], [], []
+    latency_ape: dict[str, list[float]] = {}
+    latency_ape_unstarved: dict[str, list[float]] = {}
+    n_unstarved = 0
+    infeasible_detected = infeasible_total = false_memory = 0
+    outcomes = _outcomes(runs, calibration, duration_s, progress, cache_path, workers)
+    for i, run in enumerate(runs):
+        if i not in outcomes:
+            continue
+        result = outcomes[i]
         if run.infeasible:
             infeasible_total += 1
             infeasible_detected += int(result.memory_error)
@@ -228,8 +263,6 @@ def validate(runs: Sequence[RealRun], calibration: Calibration, duration_s: floa
                      "real_latency_ms": run.latency_ms, "twin_latency_ms": result.latency_ms,
                      "real_starved": run.starved, "twin_starved": result.starved,
                      "twin_memory_error": result.memory_error})
-        if progress is not None:
-            progress(1)
     return ValidationReport(
         throughput_mape=float(np.mean(ape)) if ape else float("nan"),
         starvation_agreement=float(np.mean(agree)) if agree else float("nan"),
@@ -242,27 +275,31 @@ def validate(runs: Sequence[RealRun], calibration: Calibration, duration_s: floa
 
 
 CORRECTION_GRID = {
-    "lora_slot_share": (0.3, 0.5, 0.6, 0.8),
-    "lora_batch_exponent": (0.2, 0.3, 0.45, 0.55),
+    "lora_rank_exponent": (0.1, 0.2, 0.3, 0.4),
+    "lora_adapter_scale": (1.2, 1.32, 1.45),
+    "lora_batch_exponent": (0.2, 0.3, 0.4),
+    "lora_slot_share": (0.3, 0.5, 0.7),
     "lora_step_ms": (2.0, 3.0, 4.0),
-    "lora_rank_exponent": (0.2, 0.4, 0.6),
     "prefill_token_factor": (0.3, 0.4, 0.5),
-    "step_scale": (0.95, 1.0, 1.05),
 }
 FITTED_FIELDS = tuple(CORRECTION_GRID)
+FIT_EVERY = 3
 
 
-def fit_corrections(runs: Sequence[RealRun], calibration: Calibration, duration_s: float = 900.0,
-                    rounds: int = 1, log: Callable[[str], None] | None = None) -> Calibration:
+def fit_corrections(runs: Sequence[RealRun], calibration: Calibration,
+                    duration_s: float | None = None, every: int = FIT_EVERY, rounds: int = 1,
+                    log: Callable[[str], None] | None = None, workers: int = 2) -> Calibration:
     """Coordinate search of the global corrections minimising throughput MAPE + mean-ITL MAPE on
     `runs`, which must come from calibration_runs.csv only. To keep it affordable on a laptop
-    CPU it uses every 2nd `ok` run, simulated for `duration_s` seconds."""
-    chosen = [r for r in runs if r.ok][::2]
+    CPU it uses every `every`-th `ok` run, simulated for its whole measured duration (None) or
+    `duration_s` seconds (a shorter horizon hides the queue an overloaded run builds over its
+    hour and biases the ITL of starving runs low), in `workers` processes."""
+    chosen = [r for r in runs if r.ok][::every]
     current = calibration.corrections
 
     def score(corrections: Corrections) -> float:
         report = validate(chosen, calibration.with_corrections(corrections),
-                          duration_s=duration_s)
+                          duration_s=duration_s, workers=workers)
         return report.throughput_mape + report.itl_mape
 
     best = score(current)
