@@ -20,8 +20,7 @@ state = {"persona": "brute", "hp": 70, "enemy_hp": 60, "distance": 2.0,
 runtime.submit(combat_request("npc0", state, ACTIONS, 60000.0, output="choice_then_line"))
 decisions = []
 while not decisions:  # no engine events: the runtime runs freely; the test's timeout bounds it
-    decisions = runtime.poll()
-    time.sleep(0.01)
+    decisions = runtime.poll(timeout_s=1.0)
 runtime.stop()
 print(json.dumps({
     "action": decisions[0].action,

@@ -226,9 +226,8 @@ def run_colocation(
             # unanswered requests are never dropped: wait for them (late answers count as misses)
             give_up = time.monotonic() + answer_grace_s
             decisions = [d for d in runtime.poll() if d.status != CORRECTION]
-            while len(decisions) < requests and time.monotonic() < give_up:
-                time.sleep(0.01)
-                decisions += [d for d in runtime.poll() if d.status != CORRECTION]
+            while len(decisions) < requests and (left_s := give_up - time.monotonic()) > 0:
+                decisions += [d for d in runtime.poll(left_s) if d.status != CORRECTION]
     finally:
         sys.setswitchinterval(previous_interval)
         if runtime is not None:

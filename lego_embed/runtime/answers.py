@@ -152,7 +152,7 @@ class AnswerLedger:
 
     def __init__(self) -> None:
         self._open: dict[int, PendingRequest] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # notified when an answer becomes pollable
         self.answered: list[Decision] = []
         self.unpolled: deque[Decision] = deque()
         self.duplicate_answers = 0
@@ -182,6 +182,7 @@ class AnswerLedger:
                 return False
             self.answered.append(decision)
             self.unpolled.append(decision)
+            self._lock.notify_all()
             if decision.status == FALLBACK and request.corrections:
                 self._awaiting_correction[request.request_id] = request
         self._call_back(request, decision)
@@ -201,6 +202,7 @@ class AnswerLedger:
             decision = replace(decision, status=CORRECTION)
             self.corrections += 1
             self.unpolled.append(decision)
+            self._lock.notify_all()
         self._call_back(request, decision)
         return True
 
@@ -285,9 +287,12 @@ class AnswerLedger:
         with self._lock:
             return self._open.get(request_id)
 
-    def take_unpolled(self) -> list[Decision]:
-        """Answers given since the last call, oldest first."""
-        taken = []
-        while self.unpolled:
-            taken.append(self.unpolled.popleft())
+    def take_unpolled(self, timeout_s: float = 0.0) -> list[Decision]:
+        """Answers given since the last call, oldest first; with none yet, waits up to
+        timeout_s (s) for the first."""
+        with self._lock:
+            if timeout_s > 0:
+                self._lock.wait_for(lambda: self.unpolled, timeout_s)
+            taken = list(self.unpolled)
+            self.unpolled.clear()
         return taken

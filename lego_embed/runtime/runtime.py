@@ -452,10 +452,12 @@ class Runtime:
             self._fail_open(self._failure or RuntimeStoppedError("the runtime was stopped"))
         return pending.request_id
 
-    def poll(self) -> list[Decision]:
-        """Answers given since the last poll, oldest first (every status, corrections too)."""
+    def poll(self, timeout_s: float = 0.0) -> list[Decision]:
+        """Answers given since the last poll, oldest first (every status, corrections too).
+        A game polls with the default 0 (never waits); a tool or test may pass timeout_s (s) to
+        wait for the first answer instead of sleeping between polls."""
         self._check_worker()
-        return self._ledger.take_unpolled()
+        return self._ledger.take_unpolled(timeout_s)
 
     def poll_overload(self) -> list[OverloadEvent]:
         """Changes of the load state since the last call, oldest first: `overloaded=True` when

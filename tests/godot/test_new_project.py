@@ -90,7 +90,8 @@ def test_a_project_set_up_as_the_docs_say_gets_decisions_and_lines(
                 break
     finally:  # the game never quits by itself: end xvfb-run, Xvfb and Godot (one session)
         os.killpg(process.pid, signal.SIGTERM)  # xvfb-run cleans up Xvfb on TERM
-        time.sleep(2.0)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(10)  # xvfb-run has ended (and taken Xvfb with it)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # Godot does not quit on TERM
         process.wait(30)

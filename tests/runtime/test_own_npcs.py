@@ -49,9 +49,8 @@ def chat_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def wait_for(runtime: Runtime, count: int, timeout_s: float = 300.0) -> list[Decision]:
     decisions: list[Decision] = []
     give_up = time.monotonic() + timeout_s
-    while len(decisions) < count and time.monotonic() < give_up:
-        decisions += runtime.poll()
-        time.sleep(0.01)
+    while len(decisions) < count and (left_s := give_up - time.monotonic()) > 0:
+        decisions += runtime.poll(timeout_s=left_s)
     return decisions
 
 

@@ -21,9 +21,8 @@ from lego_embed.tasks.combat.request import combat_request
 def wait_for(runtime: Runtime, count: int, timeout_s: float = 60.0) -> list[Decision]:
     decisions: list[Decision] = []
     stop = time.monotonic() + timeout_s
-    while len(decisions) < count and time.monotonic() < stop:
-        decisions += runtime.poll()
-        time.sleep(0.01)
+    while len(decisions) < count and (left_s := stop - time.monotonic()) > 0:
+        decisions += runtime.poll(timeout_s=left_s)
     return decisions
 
 
@@ -107,3 +106,17 @@ def test_lego_policy_runs_only_in_gaps_of_a_reporting_engine(
     inside_pass = [s for s in starts if any(b <= s < e for b, e in busy_spans)]
     # no subtask may be launched while a (simulated) pass runs
     assert not inside_pass
+
+
+def test_poll_with_a_timeout_waits_for_the_first_answer(npc_loaded: LoadedModel) -> None:
+    runtime = Runtime(npc_loaded, config=RuntimeConfig(warmup=False))
+    runtime.start()
+    try:
+        assert runtime.poll() == []  # the default never waits
+        situation = random_situation(random.Random(7))
+        request_id = runtime.submit(combat_request("npc", situation, ACTIONS, 60000.0))
+        answers = runtime.poll(timeout_s=120.0)  # one call: returns once the worker answered
+    finally:
+        runtime.stop()
+    assert [d.request_id for d in answers] == [request_id]
+    assert answers[0].action in ACTIONS

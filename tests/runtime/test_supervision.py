@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 
 import pytest
@@ -126,10 +127,12 @@ class FaultyOnce(HeadroomPredictor):
     """A predictor with a bug that shows once: its first observation raises."""
 
     faults = 0
+    faulted = threading.Event()  # set when it raised (for the real worker thread)
 
     def observe(self, total_ms: float) -> None:
         if FaultyOnce.faults == 0:
             FaultyOnce.faults += 1
+            FaultyOnce.faulted.set()
             raise ArithmeticError("injected fault")
         super().observe(total_ms)
 
@@ -237,23 +240,21 @@ def test_the_worker_thread_restarts_after_a_fault(
     never for a time."""
     monkeypatch.setattr(runtime_module, "HeadroomPredictor", FaultyOnce)
     FaultyOnce.faults = 0
+    FaultyOnce.faulted.clear()
     runtime = Runtime(npc_loaded, config=RuntimeConfig(warmup=False, window_ms=50.0))
     runtime.start()
     answers: list[Decision] = []
     try:
         rng = random.Random(4)
-        runtime.on_event(EngineEvent(FRAME_BEGIN, "", time.monotonic_ns()))
-        runtime.on_event(EngineEvent(FRAME_END, "", time.monotonic_ns()))
-        give_up = time.monotonic() + 60.0
-        while runtime.health().restarts == 0 and time.monotonic() < give_up:
-            # the first window to close faults
-            runtime.on_event(EngineEvent(FRAME_BEGIN, "", time.monotonic_ns()))
-            runtime.on_event(EngineEvent(FRAME_END, "", time.monotonic_ns()))
-            time.sleep(0.01)
+        start_ns = time.monotonic_ns()
+        for k in range(6):  # frames stamped 20 ms apart: the first 50 ms window to close faults
+            runtime.on_event(EngineEvent(FRAME_BEGIN, "", start_ns + k * 20_000_000))
+            runtime.on_event(EngineEvent(FRAME_END, "", start_ns + k * 20_000_000 + 5_000_000))
+        assert FaultyOnce.faulted.wait(60.0)
         request_id = runtime.submit(combat_request("npc", random_situation(rng), ACTIONS, 1000.0))
-        while not answers and time.monotonic() < give_up:
-            answers += runtime.poll()
-            time.sleep(0.01)
+        give_up = time.monotonic() + 60.0
+        while not answers and (left_s := give_up - time.monotonic()) > 0:
+            answers += runtime.poll(timeout_s=left_s)
     finally:
         runtime.stop()
     assert [d.request_id for d in answers] == [request_id]
