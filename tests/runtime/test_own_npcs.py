@@ -5,11 +5,11 @@ chat-template model, each token with its own deadline."""
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from waiting import wait_for
 
 from lego_embed.model.loading import LoadedModel, load_model
 from lego_embed.npc.decider import NpcDecider
@@ -17,7 +17,7 @@ from lego_embed.npc.output_spec import Choice, ChoiceThenLine, Line
 from lego_embed.npc.prompt_parts import Prompt
 from lego_embed.npc.prompt_template import PromptTemplate
 from lego_embed.runtime.request import ActionEvent, Request, TokenEvent
-from lego_embed.runtime.runtime import Decision, Runtime, RuntimeConfig
+from lego_embed.runtime.runtime import Runtime, RuntimeConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -46,14 +46,6 @@ def chat_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               chat_template=QWEN2_CHAT_TEMPLATE)
 
 
-def wait_for(runtime: Runtime, count: int, timeout_s: float = 300.0) -> list[Decision]:
-    decisions: list[Decision] = []
-    give_up = time.monotonic() + timeout_s
-    while len(decisions) < count and (left_s := give_up - time.monotonic()) > 0:
-        decisions += runtime.poll(timeout_s=left_s)
-    return decisions
-
-
 def shop_prompt(fields: dict) -> Prompt:
     return Prompt(SHOP_STATIC, PromptTemplate(SHOP_TEMPLATE).fill(fields).text)
 
@@ -66,13 +58,13 @@ def test_a_shopkeeper_gets_valid_answers_and_shares_its_static_prompt(
     try:
         first = runtime.submit(Request("mara", shop_prompt(SITUATIONS[0]), Choice(SHOP_ACTIONS),
                                        5000.0))
-        decisions = wait_for(runtime, 1)
+        decisions = wait_for(runtime, 1, 300.0)
         ids = {first: SITUATIONS[0]}
         for npc in ("mara", "mara_twin"):  # another NPC with the same static text
             for fields in SITUATIONS[1:]:  # every answer wanted: none supersedes the other
                 ids[runtime.submit(Request(npc, shop_prompt(fields), Choice(SHOP_ACTIONS),
                                            5000.0, supersede=False))] = fields
-        decisions += wait_for(runtime, 4)
+        decisions += wait_for(runtime, 4, 300.0)
     finally:
         runtime.stop()
     assert sorted(d.request_id for d in decisions) == sorted(ids)
@@ -98,7 +90,7 @@ def test_an_action_and_a_line_come_in_one_generation_action_first(
             "mara", shop_prompt(SITUATIONS[1]), ChoiceThenLine(SHOP_ACTIONS, max_tokens=5),
             5000.0, on_action=actions.append, on_token=tokens.append,
         ))
-        [decision] = wait_for(runtime, 1)
+        [decision] = wait_for(runtime, 1, 300.0)
     finally:
         runtime.stop()
     assert decision.request_id == request_id and decision.error is None
@@ -121,7 +113,7 @@ def test_a_chat_template_model_streams_a_line_token_by_token(chat_folder: Path) 
     try:
         runtime.submit(Request("mara", prompt, Line(max_tokens=8), 2000.0,
                                pace_tokens_per_s=20.0, on_token=tokens.append))
-        [decision] = wait_for(runtime, 1)
+        [decision] = wait_for(runtime, 1, 300.0)
     finally:
         runtime.stop()
     assert decision.error is None and decision.output == "line"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
 
 import pytest
 from runtime_replay import MS, SECOND, Delivery, flat_cost_profile, manual_runtime, replay
+from waiting import wait_for
 
 from lego_embed.engines.trace_replay import simulate_frames
 from lego_embed.errors import InvalidActionSetError, InvalidGameStateError, RuntimeConfigError
@@ -16,14 +16,6 @@ from lego_embed.runtime.runtime import Decision, Runtime, RuntimeConfig
 from lego_embed.tasks.combat.decide import CombatDecider
 from lego_embed.tasks.combat.policy import ACTIONS, random_situation
 from lego_embed.tasks.combat.request import combat_request
-
-
-def wait_for(runtime: Runtime, count: int, timeout_s: float = 60.0) -> list[Decision]:
-    decisions: list[Decision] = []
-    stop = time.monotonic() + timeout_s
-    while len(decisions) < count and (left_s := stop - time.monotonic()) > 0:
-        decisions += runtime.poll(timeout_s=left_s)
-    return decisions
 
 
 def test_requests_are_answered_with_allowed_actions(npc_loaded: LoadedModel) -> None:
