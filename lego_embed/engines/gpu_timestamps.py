@@ -50,6 +50,7 @@ from lego_embed.runtime.events import (
 
 CLOCK_WINDOW_FRAMES = 120
 STATS_FRAMES = 3600
+LAST_FRAMES = 64
 VIEWPORT_BEGIN = "vp_begin_"
 VIEWPORT_END = "vp_end_"
 VIEWPORT_PASS = "viewport"
@@ -149,6 +150,8 @@ class GpuTimeline:
         self._tick_offset_ns = 0
         # per recent frame: delay in frames, delay in ms, GPU busy span in ms, GPU tail in ms
         self._recent: deque[tuple[int, float, float, float]] = deque(maxlen=STATS_FRAMES)
+        # per last frame: engine frames drawn when it was read back, its GPU busy span in ms
+        self._last_busy: deque[tuple[int, float]] = deque(maxlen=LAST_FRAMES)
 
     def map_frame(self, frame: GpuTimestampFrame) -> list[int]:
         """The frame's GPU times on CLOCK_MONOTONIC (ns), updating both clock offsets."""
@@ -183,11 +186,12 @@ class GpuTimeline:
         self._last_ns = events[-1].t_ns
         self.frames += 1
         recorded_last_ns = frame.cpu_us[-1] * 1000 + self._tick_offset_ns
+        busy_ms = (passes[-1].end_ns - passes[0].begin_ns) / 1e6
         self._recent.append((
-            frame.drawn - frame.frame, (frame.read_ns - passes[-1].end_ns) / 1e6,
-            (passes[-1].end_ns - passes[0].begin_ns) / 1e6,
+            frame.drawn - frame.frame, (frame.read_ns - passes[-1].end_ns) / 1e6, busy_ms,
             (passes[-1].end_ns - recorded_last_ns) / 1e6,
         ))
+        self._last_busy.append((frame.drawn, busy_ms))
         return events
 
     def stats(self) -> dict[str, object]:
@@ -196,7 +200,9 @@ class GpuTimeline:
         (engine frames drawn between the frame and its read-back) and in ms (read-back minus
         the frame's mapped GPU end), the GPU busy span of a frame (first to last timestamp), and
         the GPU tail: how long after the CPU recorded a frame's last command the GPU finished it
-        (longer than a frame: the GPU runs behind, i.e. it is the bottleneck)."""
+        (longer than a frame: the GPU runs behind, i.e. it is the bottleneck); and per frame of
+        the last LAST_FRAMES, [engine frames drawn when it was read back, GPU busy span in ms]
+        (to hold against the engine's own per-frame reading)."""
         delay_frames = [row[0] for row in self._recent]
         delays = sorted(row[1] for row in self._recent)
         busy = sorted(row[2] for row in self._recent)
@@ -212,4 +218,5 @@ class GpuTimeline:
             "delay_ms_max": delays[-1] if delays else None,
             "busy_ms_p50": busy[len(busy) // 2] if busy else None,
             "tail_ms_p50": tails[len(tails) // 2] if tails else None,
+            "last_busy_ms": [[drawn, busy_ms] for drawn, busy_ms in self._last_busy],
         }

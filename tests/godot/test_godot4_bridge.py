@@ -11,7 +11,6 @@ and per-pass GPU timestamps (--gpu-profile).
 from __future__ import annotations
 
 import math
-import statistics
 from pathlib import Path
 
 import pytest
@@ -139,9 +138,15 @@ def test_viewport_gpu_timestamps_are_mapped_onto_the_runtime_clock(
     # read back at the end of the draw get_frame_delay() - 1 frames later, never before the end
     assert gpu["delay_frames_min"] == gpu["delay_frames_max"] == report["frame_delay"] - 1
     assert 0 < gpu["delay_ms_p50"] <= gpu["delay_ms_max"]
-    # our viewport pass lasts what the engine measures (viewport_get_measured_render_time_gpu)
-    engine_ms = statistics.median(ms for ms in report["measured_gpu_ms"] if ms > 0)
-    assert gpu["busy_ms_p50"] == pytest.approx(engine_ms, rel=0.2, abs=0.2)
+    # frame by frame, our viewport pass lasts what the engine measures from the same read-back
+    # (viewport_get_measured_render_time_gpu; the engine takes the read-back in after
+    # frame_post_draw, so its reading of the frame we got at draw D shows at draw D + 1)
+    engine_ms = {int(drawn): ms for drawn, ms in report["measured_gpu_ms"].items()}
+    pairs = [(ours, engine_ms[int(drawn) + 1]) for drawn, ours in gpu["last_busy_ms"]
+             if engine_ms.get(int(drawn) + 1, 0.0) > 0]
+    assert len(pairs) >= min(len(gpu["last_busy_ms"]) - 1, 20), (gpu, engine_ms)
+    same = [ours == pytest.approx(engine, abs=0.01) for ours, engine in pairs]
+    assert sum(same) >= 0.9 * len(pairs), pairs
     if "llvmpipe" in report["adapter"]:
         # lavapipe stamps the GPU timestamps with CLOCK_MONOTONIC itself: the true offset is 0,
         # and the estimate is a lower bound on it, off by at most a record-to-run latency
@@ -150,7 +155,7 @@ def test_viewport_gpu_timestamps_are_mapped_onto_the_runtime_clock(
     assert 0 < runtime["gpu_frames_seen"] <= gpu["frames"]
     assert "after:gpu:viewport" not in runtime["slot_estimates_ms"]  # not in the live tracker
     assert 0 < runtime["gpu_slot_estimates_ms"]["inter_frame"] <= FRAME_BUDGET_MS
-    print(f"GPU timestamps: {gpu}, engine-measured viewport GPU ms (median) {engine_ms:.3f}")
+    print(f"GPU timestamps: {gpu}; ours vs the engine's per frame: {pairs}")
 
 
 def test_per_pass_gpu_timestamps_with_the_gpu_profile_on(tmp_path: Path) -> None:

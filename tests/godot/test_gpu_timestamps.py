@@ -96,6 +96,8 @@ def test_frames_become_ordered_gpu_events_with_their_delay() -> None:
     assert stats["delay_ms_p50"] == pytest.approx(40.0, abs=2.1)  # read 40 ms after the end
     assert stats["passes"] == ["Frame Begin", "Render Opaque Pass", "Tonemap"]
     assert stats["tail_ms_p50"] == pytest.approx(0.0, abs=0.002)  # as fast as ever seen
+    # each frame's busy span (first to last timestamp: 6 steps of 1 ms), by its read-back draw
+    assert stats["last_busy_ms"] == [[2, 6.0], [3, 6.0], [4, 6.0]]
 
 
 def test_the_gpu_tail_is_how_much_later_than_the_fastest_latency_a_frame_finished() -> None:

@@ -50,7 +50,7 @@ var frames_at_ready := -1
 var failed_runtime := ""
 var done := false
 var runtime: Node
-var measured_gpu_ms := []   # the engine's viewport_get_measured_render_time_gpu, per frame
+var measured_gpu_ms := {}   # frames drawn -> the engine's viewport_get_measured_render_time_gpu
 var requests_sent := 0
 var issued_usec := {}        # NPC name -> when its request in flight was sent
 var errors := []             # runtime_error reasons
@@ -269,7 +269,7 @@ func _on_failure(reason: String, npc: Node) -> void:
 
 func _on_frame_post_draw() -> void:
 	var rid := get_viewport().get_viewport_rid()
-	measured_gpu_ms.append(RenderingServer.viewport_get_measured_render_time_gpu(rid))
+	measured_gpu_ms[str(Engine.get_frames_drawn())] = RenderingServer.viewport_get_measured_render_time_gpu(rid)
 
 
 func _process(delta: float) -> void:
