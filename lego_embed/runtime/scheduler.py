@@ -13,7 +13,10 @@ time back with `record`. Policies:
   token's, EDF re-orders, and the level is escalated if that token would be late. When the
   next subtask is a whole FFN block that does not fit the rest of the gap, a slice of it (1/2
   or 1/4 of its intermediate dimension) that does fit runs instead (`split_ffn`), so the gap's
-  tail is not wasted.
+  tail is not wasted. Requests at the same point of a pass run as one batched subtask, kept
+  whole: a batch that does not fit the rest of a gap waits rather than split (its members would
+  never batch again in that pass), and waiting requests whose prompts would batch share one
+  level (the largest any of them needs).
 - `free`: start whenever there is work (plain co-location); full model.
 - `inter_frame`: start only between frame_end and the next frame_begin (Pilotfish-style),
   without a fit check; full model.
@@ -302,6 +305,7 @@ class Scheduler:
         request.level = self.choose_level(request, now_ns, headroom_rate)
         self._apply_level(request)
         heapq.heappush(self._queue, request) if self.config.edf else self._queue.append(request)
+        self._align_waiting_levels()
 
     def finish(self, request: ScheduledRequest) -> None:
         self._queue.remove(request)
@@ -442,6 +446,33 @@ class Scheduler:
                 request.level = level
                 self._apply_level(request)
                 changed += 1
+        return changed + self._align_waiting_levels()
+
+    def _align_waiting_levels(self) -> int:
+        """`lego` with batching: the requests that have not started and whose first subtasks
+        would batch (prompts of one length) take one level, the largest any of them was given,
+        so that dispatch prefills them as one batch (each one's own level would split them into
+        per-level batches, and each alone costs nearly what the batch does). Raising a level
+        only skips more: no request needs more time than its own choice. Returns how many
+        changed level."""
+        if self.config.policy != "lego" or not self.config.batching:
+            return 0
+        groups: dict[tuple, list[ScheduledRequest]] = {}
+        for request in self._queue:
+            state = request.state
+            if state.timings or not state.at_pass_start or not state.pending_ids:
+                continue
+            subtask = self.executor.peek(state)
+            if subtask is not None:
+                groups.setdefault(batch_key(subtask), []).append(request)
+        changed = 0
+        for members in groups.values():
+            level = max(member.level for member in members)
+            for member in members:
+                if member.level != level:
+                    member.level = level
+                    self._apply_level(member)
+                    changed += 1
         return changed
 
     def retarget(self, request: ScheduledRequest, deadline_ns: int, expected_tokens: int,
@@ -496,13 +527,24 @@ class Scheduler:
         return tuple(batch)
 
     def _fitting_batch(
-        self, batch: tuple[ScheduledRequest, ...], now_ns: int, gap_end_ns: int
+        self, batch: tuple[ScheduledRequest, ...], now_ns: int, gap: OpenGap
     ) -> tuple[tuple[ScheduledRequest, ...], float] | None:
-        """The largest most-urgent part of `batch` whose predicted duration fits the rest of
-        the gap, with that prediction; None when not even the first request's subtask fits."""
-        for size in range(len(batch), 0, -1):
+        """`batch` with its predicted duration when that fits the rest of the gap; else None,
+        or its largest most-urgent part that fits when the whole could not fit even a whole
+        inter-frame gap like this one. A batch is a group of requests at the same point of
+        the same pass: running part of it would put its members a subtask apart for the rest
+        of the pass, never batched again, so the group waits for room rather than split
+        (another request's subtask may fill the gap meanwhile, see `_fill`)."""
+        predicted_ns = self.predicted_ns(batch)
+        if self.fits(predicted_ns, now_ns, gap.end_estimate_ns):
+            return batch, predicted_ns
+        if len(batch) > 1 and (
+            not gap.inter_frame or self.fits(predicted_ns, gap.start_ns, gap.end_estimate_ns)
+        ):
+            return None
+        for size in range(len(batch) - 1, 0, -1):
             predicted_ns = self.predicted_ns(batch[:size])
-            if self.fits(predicted_ns, now_ns, gap_end_ns):
+            if self.fits(predicted_ns, now_ns, gap.end_estimate_ns):
                 return batch[:size], predicted_ns
         return None
 
@@ -549,11 +591,11 @@ class Scheduler:
             if self._static_used_ns >= self.config.static_slice_ns:
                 return None
             return Dispatch(batch, predicted_ns, None, 1)
-        fitting = self._fitting_batch(batch, now_ns, gap.end_estimate_ns)
+        fitting = self._fitting_batch(batch, now_ns, gap)
         if fitting is not None:
             slice_subtasks = 64 if gap.inter_frame else 1
             return Dispatch(*fitting, gap.end_estimate_ns, slice_subtasks)
-        if self.config.split_ffn:
+        if self.config.split_ffn and len(batch) == 1:
             split = self._split_to_fit(head, now_ns, gap.end_estimate_ns)
             if split is not None:
                 return split
@@ -562,8 +604,9 @@ class Scheduler:
     def _split_to_fit(
         self, head: ScheduledRequest, now_ns: int, gap_end_ns: int
     ) -> Dispatch | None:
-        """When the head's next subtask is a whole FFN block that does not fit the rest of the
-        gap, splits it into the fewest slices (SPLIT_PARTS) whose first fits; one slice runs."""
+        """When the head's next subtask (not batched with others) is a whole FFN block that
+        does not fit the rest of the gap, splits it into the fewest slices (SPLIT_PARTS) whose
+        first fits; one slice runs."""
         subtask = self.executor.peek(head.state)
         if subtask is None or subtask.kind is not SubtaskKind.FFN:
             return None
@@ -579,9 +622,10 @@ class Scheduler:
     def _fill(self, head: ScheduledRequest, now_ns: int, gap_end_ns: int) -> Dispatch | None:
         """When the first request's next subtask does not fit the rest of the gap, the next
         subtask of the most urgent other request that does (e.g. another NPC's embedding or
-        FFN block in a gap too short for an attention block); one subtask, then re-decide."""
+        FFN block in a gap too short for an attention block); one subtask, then re-decide.
+        Never one member of a batch (that would split its group, see `_fitting_batch`)."""
         for other in sorted(self._queue) if self.config.edf else self._queue:
-            if other is head:
+            if other is head or len(self._batch(other)) > 1:
                 continue
             predicted_ns = self.predicted_ns((other,))
             if self.fits(predicted_ns, now_ns, gap_end_ns):

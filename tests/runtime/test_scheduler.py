@@ -185,21 +185,71 @@ def test_waiting_prompts_of_one_length_are_prefilled_in_one_batch(npc_loaded: Lo
     assert dispatch is not None and [r.request_id for r in dispatch.requests] == [1]
 
 
-def test_a_batch_that_does_not_fit_the_gap_is_shrunk_to_its_most_urgent(
+def test_a_batch_runs_whole_or_waits_and_shrinks_only_for_a_gap_it_could_never_fit(
     npc_loaded: LoadedModel,
 ) -> None:
     scheduler = make(npc_loaded)
     for i in (1, 2, 3):
         scheduler.admit(new_request(scheduler, i, 300.0 + i), 0, 1.0)
     # embeddings: 0.2 ms for one 8-token prompt, 0.4 ms predicted for 3 x 8 tokens (scaled from
-    # the nearest measured bucket); a dispatch needs predicted * 1.1 + 0.15 ms
-    short_gap = OpenGap("after:shadow", 0, round(0.45 * MS))
-    single = scheduler.next_dispatch(0, short_gap, 0)
-    assert single is not None and [r.request_id for r in single.requests] == [1]
+    # the nearest measured bucket); a dispatch needs predicted * 1.1 + 0.15 ms (0.59 ms)
     long_gap = OpenGap("after:shadow", 0, round(0.7 * MS))
     whole = scheduler.next_dispatch(0, long_gap, 0)
     assert whole is not None and [r.request_id for r in whole.requests] == [1, 2, 3]
+    # too little left of a gap the batch fits: nothing of the group runs (no member moves ahead)
+    assert scheduler.next_dispatch(round(0.3 * MS), long_gap, 0) is None
+    # an intra-frame gap too short for the batch: it waits for a longer gap
+    assert scheduler.next_dispatch(0, OpenGap("after:shadow", 0, round(0.45 * MS)), 0) is None
+    # an inter-frame gap too short for the batch from its start: its most urgent part runs
+    short_inter = OpenGap(INTER_FRAME_SLOT, 0, round(0.45 * MS))
+    single = scheduler.next_dispatch(0, short_inter, 0)
+    assert single is not None and [r.request_id for r in single.requests] == [1]
     assert whole.predicted_ns > single.predicted_ns
+
+
+def test_a_gap_is_filled_by_a_request_outside_any_batch_not_by_a_member_of_one(
+    npc_loaded: LoadedModel,
+) -> None:
+    scheduler = make(npc_loaded, margin_ns=50_000, margin_fraction=0.0)
+    group = [new_request(scheduler, i, 300.0 + i) for i in (1, 2)]
+    for request in group:
+        scheduler.admit(request, 0, headroom_rate=1.0)
+    scheduler.executor.step_batch([r.state for r in group])  # both past their embedding
+    loner = new_request(scheduler, 3, 900.0)
+    scheduler.admit(loner, 0, headroom_rate=1.0)
+    # the pair's next subtask (2 x 1 ms attention) does not fit 1.2 ms, one member's would:
+    # the loner's embedding runs instead, and the pair stays together
+    gap = OpenGap("after:shadow", MS, MS + round(1.2 * MS))
+    dispatch = scheduler.next_dispatch(MS, gap, MS)
+    assert dispatch is not None and dispatch.requests == (loner,)
+    scheduler.executor.step(loner.state)
+    # now at the pair's point, the loner joins their batch: nothing of it fits 1.2 ms, all of
+    # it fits a longer gap
+    assert scheduler.next_dispatch(MS, gap, MS) is None
+    long_gap = OpenGap("after:shadow", MS, MS + round(5 * MS))
+    dispatch = scheduler.next_dispatch(MS, long_gap, MS)
+    assert dispatch is not None and len(dispatch.requests) == 3
+
+
+def test_waiting_prompts_that_would_batch_share_the_largest_level_among_them(
+    npc_loaded: LoadedModel,
+) -> None:
+    scheduler = make(npc_loaded, usable_fraction=1.0)
+    n = npc_loaded.num_layers
+    full_ms = 0.4 + 2 * n + 3 * (n + 0.2)
+    relaxed = new_request(scheduler, 1, 10 * full_ms)
+    scheduler.admit(relaxed, 0, headroom_rate=1.0)
+    assert relaxed.level == 0
+    urgent = new_request(scheduler, 2, 0.6 * full_ms)
+    scheduler.admit(urgent, 0, headroom_rate=1.0)
+    assert urgent.level > 0 and relaxed.level == urgent.level
+    assert relaxed.state.plan is urgent.state.plan
+    dispatch = scheduler.next_dispatch(0, None, None)
+    assert dispatch is not None and len(dispatch.requests) == 2  # one batched prefill
+    started = new_request(scheduler, 3, 10 * full_ms)  # the same prompt, but the pair moved on
+    scheduler.executor.step_batch([urgent.state, relaxed.state])
+    scheduler.admit(started, 0, headroom_rate=1.0)
+    assert started.level == 0
 
 
 def test_same_level_decode_steps_are_batched(npc_loaded: LoadedModel) -> None:
