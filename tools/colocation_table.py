@@ -45,9 +45,10 @@ def regime_table(rows: list[dict]) -> list[str]:
            "added miss | backlogged fill |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in sorted(regime, key=lambda r: (r["trace"], r["npcs"],
-                                             POLICIES.index(r["policy"]))):
+                                             POLICIES.index(r["policy"]), r.get("ablation", ""))):
+        policy = row["policy"] + (f" ({row['ablation']})" if row.get("ablation") else "")
         out.append(
-            f"| {row['trace']} | {row['npcs']} | {row['demand_ratio']} | {row['policy']} | "
+            f"| {row['trace']} | {row['npcs']} | {row['demand_ratio']} | {policy} | "
             f"{spread(row['slo_attainment'])} | {spread(row['model_slo_attainment'])} | "
             f"{spread(row['fallback_rate'])} | {spread(row['expected_accuracy'], 3)} | "
             f"{spread(row['added_frame_miss_rate'], 3, True)} | "

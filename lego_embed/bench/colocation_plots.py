@@ -156,7 +156,7 @@ def plot_regime(rows: list[dict[str, Any]], path: Path) -> None:
     """LEGO's regime as curves, one column per trace: SLO attainment (top) and expected
     accuracy of the model's answers (bottom) against the full model's demand over the usable
     headroom, per policy; points are means over repeats, whiskers min to max."""
-    regime = [r for r in rows if r.get("section") == "regime"]
+    regime = [r for r in rows if r.get("section") == "regime" and r.get("ablation") is None]
     traces = list(dict.fromkeys(r["trace"] for r in regime))
     if not traces:
         return

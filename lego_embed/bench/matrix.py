@@ -8,7 +8,9 @@ Three sections, all against the same `off` run of their block:
   model's cost per decision, measured by the runtime's warm-up on this machine) that multiple
   of the replay segment's inter-frame headroom per second (contention-free; the intra-frame
   gaps are shorter than the wake-up, a subtask and the margin on this CPU, so they are not
-  usable headroom). Every policy runs there, and `oracle` (lego told the true future headroom).
+  usable headroom). Every policy runs there, and `oracle` (lego told the true future headroom),
+  and lego with its batches split to fit gaps (`REGIME_ABLATIONS`: what keeping them whole buys
+  where batching matters most).
 - `ablations`: lego with one feature off, on one trace at 300 APM with 4 NPCs.
 
 The plan's `mix` is what every NPC asks for in the main and regime sections: `decisions` (an
@@ -57,6 +59,9 @@ REGIME_POLICIES = ("free", "inter_frame", "static_skip", "lego", "oracle")
 REGIME_RATIOS = (1.0, 1.25, 1.5)
 REGIME_APM = 300
 REGIME_TRACES = ("blackmyth_render_1", "ffxvi_render_1", "rdr2_render_2")
+REGIME_ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("split_batches", {"whole_batches": False}),
+)
 ABLATION_APM, ABLATION_NPCS = 300, 4
 ABLATIONS: tuple[tuple[str, dict[str, Any], dict[str, Any] | None], ...] = (
     ("lego", {}, None),
@@ -102,7 +107,7 @@ class MatrixPlan:
         names = {t.name for t in traces}
         per_repeat = len(traces) * (1 + len(self.apms) * len(self.npcs_list) * len(self.policies))
         per_repeat += sum(name in names for name in self.regime_traces) * len(
-            self.regime_ratios) * len(REGIME_POLICIES)
+            self.regime_ratios) * (len(REGIME_POLICIES) + len(REGIME_ABLATIONS))
         if self.ablation_trace in names:
             per_repeat += 1 + len(ABLATIONS)
         return per_repeat * self.repeats
@@ -188,6 +193,9 @@ def _block_jobs(
         jobs += [Job("regime", ColocationSetting(trace, plan.regime_apm, policy, npcs, seconds,
                                                  mix=mix),
                      demand_ratio=ratio) for policy in REGIME_POLICIES]
+        jobs += [Job("regime", ColocationSetting(trace, plan.regime_apm, "lego", npcs, seconds,
+                                                 runtime_options=options, mix=mix),
+                     demand_ratio=ratio, ablation=name) for name, options in REGIME_ABLATIONS]
     if trace.name == plan.ablation_trace:
         for name, runtime_options, request_options in ABLATIONS:
             requests = {} if request_options is None else {"request_options": request_options}
@@ -300,7 +308,7 @@ def skip_regret(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per regime setting: the oracle's expected accuracy minus lego's (mean over repeats, and
     per repeat: min and max), with both SLO attainments; `same_slo` when they are within 0.01
     (the regret is only meaningful then, or when lego's SLO is the higher one)."""
-    regime = [r for r in rows if r.get("section") == "regime"]
+    regime = [r for r in rows if r.get("section") == "regime" and r.get("ablation") is None]
     out = []
     for trace, npcs in dict.fromkeys((r["trace"], r["npcs"]) for r in regime):
         def of(policy: str, mine_trace: str = trace, mine_npcs: int = npcs) -> dict[int, dict]:

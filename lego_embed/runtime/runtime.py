@@ -155,7 +155,9 @@ class RuntimeConfig:
     prefill_chunk_tokens: prefill prompts in chunks of at most this many tokens (None: whole);
     a superseded request's finished chunks are what its successor can reuse. split_ffn: when the
     next FFN block does not fit the rest of a gap, run a slice of its intermediate dimension
-    that does (1/2 or 1/4; exact, see Executor.split_next).
+    that does (1/2 or 1/4; exact, see Executor.split_next). whole_batches: a batch of requests
+    at the same point of a pass runs whole or waits, and waiting requests whose prompts would
+    batch share one level (`lego`; see the scheduler).
     warmup_prompt_tokens: length of the warm-up prompt (tokens). chat_template: apply the model
     folder's chat template to prompts when it has one. max_static_prefixes: static prompt
     parts whose KV is kept (least recently used dropped first).
@@ -185,6 +187,7 @@ class RuntimeConfig:
     overdue_limit_ms: float = 5000.0
     prefill_chunk_tokens: int | None = None
     split_ffn: bool = True
+    whole_batches: bool = True
     warmup_prompt_tokens: int = 32
     chat_template: bool = True
     max_static_prefixes: int = 64
@@ -286,6 +289,7 @@ class Runtime:
             static_level=cfg.static_level,
             static_slice_ns=round(cfg.static_slice_ms * 1e6),
             split_ffn=cfg.split_ffn,
+            whole_batches=cfg.whole_batches,
         )
         self._start_costs = (
             CostModel.from_profile(CostProfile.load(cfg.cost_profile), cfg.cost_deviations)

@@ -252,6 +252,8 @@ class SchedulerConfig:
     batching / max_batch: run the same subtask of up to `max_batch` same-level requests as one
     batched forward (decode steps; prefill of equal-length prompts), shrunk to what fits a gap.
     split_ffn: run a slice of an FFN block that does not fit the rest of a gap whole.
+    whole_batches: a batch runs whole or waits (never a part of it, unless it cannot fit even
+    a whole inter-frame gap), and waiting requests whose prompts would batch share one level.
     """
 
     policy: str = "lego"
@@ -266,6 +268,7 @@ class SchedulerConfig:
     fill_gaps: bool = True
     max_batch: int = 4
     split_ffn: bool = True
+    whole_batches: bool = True
 
 
 class Scheduler:
@@ -455,7 +458,7 @@ class Scheduler:
         per-level batches, and each alone costs nearly what the batch does). Raising a level
         only skips more: no request needs more time than its own choice. Returns how many
         changed level."""
-        if self.config.policy != "lego" or not self.config.batching:
+        if self.config.policy != "lego" or not (self.config.batching and self.config.whole_batches):
             return 0
         groups: dict[tuple, list[ScheduledRequest]] = {}
         for request in self._queue:
@@ -538,7 +541,7 @@ class Scheduler:
         predicted_ns = self.predicted_ns(batch)
         if self.fits(predicted_ns, now_ns, gap.end_estimate_ns):
             return batch, predicted_ns
-        if len(batch) > 1 and (
+        if len(batch) > 1 and self.config.whole_batches and (
             not gap.inter_frame or self.fits(predicted_ns, gap.start_ns, gap.end_estimate_ns)
         ):
             return None
@@ -595,7 +598,7 @@ class Scheduler:
         if fitting is not None:
             slice_subtasks = 64 if gap.inter_frame else 1
             return Dispatch(*fitting, gap.end_estimate_ns, slice_subtasks)
-        if self.config.split_ffn and len(batch) == 1:
+        if self.config.split_ffn and (len(batch) == 1 or not self.config.whole_batches):
             split = self._split_to_fit(head, now_ns, gap.end_estimate_ns)
             if split is not None:
                 return split
@@ -625,7 +628,7 @@ class Scheduler:
         FFN block in a gap too short for an attention block); one subtask, then re-decide.
         Never one member of a batch (that would split its group, see `_fitting_batch`)."""
         for other in sorted(self._queue) if self.config.edf else self._queue:
-            if other is head or len(self._batch(other)) > 1:
+            if other is head or (self.config.whole_batches and len(self._batch(other)) > 1):
                 continue
             predicted_ns = self.predicted_ns((other,))
             if self.fits(predicted_ns, now_ns, gap_end_ns):
