@@ -1,7 +1,7 @@
 """Markdown tables for docs/BENCHMARKS.md from a `lego-embed bench colocation --all` JSON.
 
 Usage: .venv/bin/python tools/colocation_table.py [docs/benchmarks/colocation_cpu.json]
-Cells are mean [min, max] over the repeats.
+Cells are mean [min, max] over the repeats; a dialogue-mix JSON also gets the per-run line table.
 """
 
 from __future__ import annotations
@@ -79,6 +79,48 @@ def ablation_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def dialogue_table(runs: list[dict]) -> list[str]:
+    """Per NPC count and policy over every dialogue run (traces x repeats): first-token p50
+    (mean, and the range of per-run p50s), worst p99, pace attained, tokens/s p50, added frame
+    misses (mean, max), lines late on their first token, action SLO, fallbacks, and the share of
+    line tokens made at each skip level."""
+    dialogue = [r for r in runs if r.get("mix") == "dialogue" and r.get("section") == "main"]
+    out = ["| NPCs | policy | first token p50 ms | worst p99 ms | pace attained | tokens/s p50 | "
+           "added frame-miss rate (max) | lines late (first token) | action SLO | fallbacks | "
+           "skip levels per token |",
+           "| ---: | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+
+    def mean(values: list) -> float:
+        present = [v for v in values if v is not None]
+        return sum(present) / len(present) if present else float("nan")
+
+    for npcs in sorted({r["npcs"] for r in dialogue}):
+        for policy in POLICIES:
+            mine = [r for r in dialogue if r["npcs"] == npcs and r["policy"] == policy]
+            if not mine:
+                continue
+            firsts = [r["p50_first_token_ms"] for r in mine if r["p50_first_token_ms"] is not None]
+            levels: dict[str, int] = {}
+            for run in mine:
+                for level, count in (run.get("token_skip_levels") or {}).items():
+                    levels[level] = levels.get(level, 0) + count
+            tokens = sum(levels.values()) or 1
+            shares = ", ".join(f"{k}: {v / tokens:.2f}" for k, v in
+                               sorted(levels.items(), key=lambda kv: int(kv[0])))
+            misses = [r["added_frame_miss_rate"] for r in mine]
+            out.append(
+                f"| {npcs} | {policy} | {mean(firsts):.0f} ({min(firsts):.0f}-{max(firsts):.0f}) | "
+                f"{max(r['p99_first_token_ms'] or 0 for r in mine):.0f} | "
+                f"{mean([r['pace_attained'] for r in mine]):.3f} | "
+                f"{mean([r['p50_tokens_per_s'] for r in mine]):.0f} | "
+                f"{mean(misses):+.3f} ({max(misses):+.3f}) | "
+                f"{sum(r['lines_missing_first_token_deadline'] for r in mine)} / "
+                f"{sum(r['lines'] for r in mine)} | "
+                f"{mean([r['slo_attainment'] for r in mine]):.3f} | "
+                f"{mean([r['fallback_rate'] for r in mine]):.3f} | {shares} |")
+    return out
+
+
 def main() -> None:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/benchmarks/colocation_cpu.json")
     report = json.loads(path.read_text())
@@ -91,6 +133,9 @@ def main() -> None:
         if len(table) > 2:
             print(f"**{title}**\n")
             print("\n".join(table) + "\n")
+    if report.get("mix") == "dialogue":
+        print("**dialogue (per run, over traces and repeats)**\n")
+        print("\n".join(dialogue_table(report["runs"])) + "\n")
     if report.get("skip_regret"):
         print("**skip_regret**\n")
         print("\n".join(regret_table(report["skip_regret"])))
