@@ -116,6 +116,12 @@ class BackPressure:
         usable_ns_per_s = self.headroom_fraction() * self._usable_fraction * 1e9
         return [usable_ns_per_s / cost for cost in self._cost_ns]
 
+    def needs_skipping(self, now_ns: int) -> bool:
+        """Whether demand is above what the full model can serve (level 0's sustainable rate):
+        compute is scarce and skipping layers, and batching, decide what is on time."""
+        rates = self.sustainable_per_s()
+        return bool(rates) and self.demand_per_s(now_ns) > rates[0]
+
     def on_window(self, now_ns: int) -> OverloadEvent | None:
         """Re-evaluates at a window's end; an event when the load state changed."""
         rates = self.sustainable_per_s()

@@ -155,9 +155,10 @@ class RuntimeConfig:
     prefill_chunk_tokens: prefill prompts in chunks of at most this many tokens (None: whole);
     a superseded request's finished chunks are what its successor can reuse. split_ffn: when the
     next FFN block does not fit the rest of a gap, run a slice of its intermediate dimension
-    that does (1/2 or 1/4; exact, see Executor.split_next). whole_batches: a batch of requests
-    at the same point of a pass runs whole or waits, and waiting requests whose prompts would
-    batch share one level (`lego`; see the scheduler).
+    that does (1/2 or 1/4; exact, see Executor.split_next). whole_batches: while demand is
+    above what the full model can serve (back-pressure's measure), a batch of requests at the
+    same point of a pass runs whole or waits, and waiting requests whose prompts would batch
+    share one level (`lego`; see the scheduler).
     warmup_prompt_tokens: length of the warm-up prompt (tokens). chat_template: apply the model
     folder's chat template to prompts when it has one. max_static_prefixes: static prompt
     parts whose KV is kept (least recently used dropped first).
@@ -755,6 +756,7 @@ class Runtime:
             window_end_ns, self.headroom_rate()
         )
         self._shed_predicted_misses(window_end_ns)
+        self.scheduler.compute_scarce = self.backpressure.needs_skipping(window_end_ns)
 
     def headroom_rate(self) -> float:
         """Predicted fraction of wall time that is headroom, 0..1 (1.0 with no renderer

@@ -13,10 +13,13 @@ time back with `record`. Policies:
   token's, EDF re-orders, and the level is escalated if that token would be late. When the
   next subtask is a whole FFN block that does not fit the rest of the gap, a slice of it (1/2
   or 1/4 of its intermediate dimension) that does fit runs instead (`split_ffn`), so the gap's
-  tail is not wasted. Requests at the same point of a pass run as one batched subtask, kept
-  whole: a batch that does not fit the rest of a gap waits rather than split (its members would
-  never batch again in that pass), and waiting requests whose prompts would batch share one
-  level (the largest any of them needs).
+  tail is not wasted. Requests at the same point of a pass run as one batched subtask. While
+  compute is scarce (`compute_scarce`: demand above the full model's sustainable rate, set by the
+  runtime each window) batches are kept whole: a batch that does not fit the rest of a gap waits
+  rather than split (its members would never batch again in that pass), and waiting requests
+  whose prompts would batch share one level (the smallest at which they all fit, batched). With
+  compute to spare, the most urgent part of a batch that fits runs at once, at each request's
+  own level (waiting for a batch would only cost latency and, through the backlog, accuracy).
 - `free`: start whenever there is work (plain co-location); full model.
 - `inter_frame`: start only between frame_end and the next frame_begin (Pilotfish-style),
   without a fit check; full model.
@@ -252,8 +255,9 @@ class SchedulerConfig:
     batching / max_batch: run the same subtask of up to `max_batch` same-level requests as one
     batched forward (decode steps; prefill of equal-length prompts), shrunk to what fits a gap.
     split_ffn: run a slice of an FFN block that does not fit the rest of a gap whole.
-    whole_batches: a batch runs whole or waits (never a part of it, unless it cannot fit even
-    a whole inter-frame gap), and waiting requests whose prompts would batch share one level.
+    whole_batches: while compute is scarce, a batch runs whole or waits (never a part of it,
+    unless it cannot fit even a whole inter-frame gap), and waiting requests whose prompts would
+    batch share one level.
     """
 
     policy: str = "lego"
@@ -293,6 +297,13 @@ class Scheduler:
         self._queue: list[ScheduledRequest] = []
         self._static_used_ns = 0
         self._static_gap_start_ns: int | None = None
+        self.compute_scarce = False  # demand above the full model's sustainable rate (runtime)
+
+    @property
+    def keeps_batches_whole(self) -> bool:
+        """Whether batches are kept whole and waiting levels aligned now (`whole_batches`
+        while compute is scarce)."""
+        return self.config.whole_batches and self.compute_scarce
 
     # ------------------------------------------------------------------ queue
     @property
@@ -308,7 +319,7 @@ class Scheduler:
         request.level = self.choose_level(request, now_ns, headroom_rate)
         self._apply_level(request)
         heapq.heappush(self._queue, request) if self.config.edf else self._queue.append(request)
-        self._align_waiting_levels()
+        self._align_waiting_levels(now_ns, headroom_rate)
 
     def finish(self, request: ScheduledRequest) -> None:
         self._queue.remove(request)
@@ -449,16 +460,13 @@ class Scheduler:
                 request.level = level
                 self._apply_level(request)
                 changed += 1
-        return changed + self._align_waiting_levels()
+        return changed + self._align_waiting_levels(now_ns, headroom_rate)
 
-    def _align_waiting_levels(self) -> int:
+    def _align_waiting_levels(self, now_ns: int, headroom_rate: float) -> int:
         """`lego` with batching: the requests that have not started and whose first subtasks
-        would batch (prompts of one length) take one level, the largest any of them was given,
-        so that dispatch prefills them as one batch (each one's own level would split them into
-        per-level batches, and each alone costs nearly what the batch does). Raising a level
-        only skips more: no request needs more time than its own choice. Returns how many
-        changed level."""
-        if self.config.policy != "lego" or not (self.config.batching and self.config.whole_batches):
+        would batch (prompts of one length) take one level (`_common_level`), so that dispatch
+        prefills them as one batch instead of one batch per level. Returns how many changed."""
+        if self.config.policy != "lego" or not (self.config.batching and self.keeps_batches_whole):
             return 0
         groups: dict[tuple, list[ScheduledRequest]] = {}
         for request in self._queue:
@@ -470,13 +478,34 @@ class Scheduler:
                 groups.setdefault(batch_key(subtask), []).append(request)
         changed = 0
         for members in groups.values():
-            level = max(member.level for member in members)
+            if len(members) < 2:
+                continue
+            level = self._common_level(members, now_ns, headroom_rate)
             for member in members:
                 if member.level != level:
                     member.level = level
                     self._apply_level(member)
                     changed += 1
         return changed
+
+    def _common_level(
+        self, members: list[ScheduledRequest], now_ns: int, headroom_rate: float
+    ) -> int:
+        """The smallest level at which every member, batched with the others at that level,
+        fits the usable headroom before its deadline after the work ahead of it; the largest
+        of their own levels when no level fits them all (overload: batching is what helps)."""
+        own = [member.level for member in members]
+        chosen = max(own)
+        for level in range(len(self.levels)):
+            for member in members:
+                member.level = level
+            if all(self.shared_cost_ns(member, level)
+                   <= self._available_ns(member, now_ns, headroom_rate) for member in members):
+                chosen = level
+                break
+        for member, level in zip(members, own, strict=True):
+            member.level = level
+        return chosen
 
     def retarget(self, request: ScheduledRequest, deadline_ns: int, expected_tokens: int,
                  now_ns: int, headroom_rate: float) -> bool:
@@ -541,7 +570,7 @@ class Scheduler:
         predicted_ns = self.predicted_ns(batch)
         if self.fits(predicted_ns, now_ns, gap.end_estimate_ns):
             return batch, predicted_ns
-        if len(batch) > 1 and self.config.whole_batches and (
+        if len(batch) > 1 and self.keeps_batches_whole and (
             not gap.inter_frame or self.fits(predicted_ns, gap.start_ns, gap.end_estimate_ns)
         ):
             return None
@@ -598,7 +627,7 @@ class Scheduler:
         if fitting is not None:
             slice_subtasks = 64 if gap.inter_frame else 1
             return Dispatch(*fitting, gap.end_estimate_ns, slice_subtasks)
-        if self.config.split_ffn and (len(batch) == 1 or not self.config.whole_batches):
+        if self.config.split_ffn and (len(batch) == 1 or not self.keeps_batches_whole):
             split = self._split_to_fit(head, now_ns, gap.end_estimate_ns)
             if split is not None:
                 return split
@@ -628,7 +657,7 @@ class Scheduler:
         FFN block in a gap too short for an attention block); one subtask, then re-decide.
         Never one member of a batch (that would split its group, see `_fitting_batch`)."""
         for other in sorted(self._queue) if self.config.edf else self._queue:
-            if other is head or (self.config.whole_batches and len(self._batch(other)) > 1):
+            if other is head or (self.keeps_batches_whole and len(self._batch(other)) > 1):
                 continue
             predicted_ns = self.predicted_ns((other,))
             if self.fits(predicted_ns, now_ns, gap_end_ns):

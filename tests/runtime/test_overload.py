@@ -221,8 +221,16 @@ def test_back_pressure_arithmetic() -> None:
     assert event.full_model_per_s == pytest.approx(62.5)
     assert event.target_per_s == pytest.approx(0.85 * 125.0)
     assert pressure.on_window(3 * SECOND + 100 * MS) is None  # still overloaded: no new event
+    assert pressure.needs_skipping(3 * SECOND)  # 130 per s > 62.5 per s at the full model
     recovered = pressure.on_window(6 * SECOND)  # nobody asked for 2 s
     assert recovered is not None and not recovered.overloaded and recovered.demand_per_s == 0
+    assert not pressure.needs_skipping(6 * SECOND)
+    for k in range(100):  # 50 requests per s for 2 s: the full model keeps up
+        pressure.note_request(7 * SECOND + k * round(SECOND / 50))
+    assert not pressure.needs_skipping(9 * SECOND)  # 50 < 62.5
+    for k in range(120):  # then 120 per s: (50 + 120) / 2 s = 85 per s, above the full model's
+        pressure.note_request(9 * SECOND + k * round(SECOND / 120))  # rate, not level 1's
+    assert pressure.needs_skipping(10 * SECOND) and pressure.on_window(10 * SECOND) is None
 
 
 def test_overloaded_fires_when_demand_exceeds_the_sustainable_rate_and_again_on_recovery(

@@ -188,7 +188,13 @@ def test_waiting_prompts_of_one_length_are_prefilled_in_one_batch(npc_loaded: Lo
 def test_a_batch_runs_whole_or_waits_and_shrinks_only_for_a_gap_it_could_never_fit(
     npc_loaded: LoadedModel,
 ) -> None:
+    relaxed = make(npc_loaded)  # compute to spare: the most urgent part that fits runs now
+    for i in (1, 2, 3):
+        relaxed.admit(new_request(relaxed, i, 300.0 + i), 0, 1.0)
+    part = relaxed.next_dispatch(round(0.3 * MS), OpenGap("after:shadow", 0, round(0.7 * MS)), 0)
+    assert part is not None and [r.request_id for r in part.requests] == [1]
     scheduler = make(npc_loaded)
+    scheduler.compute_scarce = True
     for i in (1, 2, 3):
         scheduler.admit(new_request(scheduler, i, 300.0 + i), 0, 1.0)
     # embeddings: 0.2 ms for one 8-token prompt, 0.4 ms predicted for 3 x 8 tokens (scaled from
@@ -211,6 +217,7 @@ def test_a_gap_is_filled_by_a_request_outside_any_batch_not_by_a_member_of_one(
     npc_loaded: LoadedModel,
 ) -> None:
     scheduler = make(npc_loaded, margin_ns=50_000, margin_fraction=0.0)
+    scheduler.compute_scarce = True
     group = [new_request(scheduler, i, 300.0 + i) for i in (1, 2)]
     for request in group:
         scheduler.admit(request, 0, headroom_rate=1.0)
@@ -231,10 +238,11 @@ def test_a_gap_is_filled_by_a_request_outside_any_batch_not_by_a_member_of_one(
     assert dispatch is not None and len(dispatch.requests) == 3
 
 
-def test_waiting_prompts_that_would_batch_share_the_largest_level_among_them(
+def test_waiting_prompts_that_would_batch_share_the_smallest_level_at_which_all_fit(
     npc_loaded: LoadedModel,
 ) -> None:
     scheduler = make(npc_loaded, usable_fraction=1.0)
+    scheduler.compute_scarce = True
     n = npc_loaded.num_layers
     full_ms = 0.4 + 2 * n + 3 * (n + 0.2)
     relaxed = new_request(scheduler, 1, 10 * full_ms)
@@ -250,6 +258,23 @@ def test_waiting_prompts_that_would_batch_share_the_largest_level_among_them(
     scheduler.executor.step_batch([urgent.state, relaxed.state])
     scheduler.admit(started, 0, headroom_rate=1.0)
     assert started.level == 0
+
+
+def test_a_group_level_is_chosen_afresh_not_kept_from_its_most_urgent_member(
+    npc_loaded: LoadedModel,
+) -> None:
+    scheduler = make(npc_loaded, usable_fraction=1.0)
+    scheduler.compute_scarce = True
+    n = npc_loaded.num_layers
+    full_ms = 0.4 + 2 * n + 3 * (n + 0.2)
+    early = new_request(scheduler, 1, 2 * full_ms)
+    scheduler.admit(early, 0, headroom_rate=0.25)  # scarce headroom then: a high level
+    assert early.level > 0
+    # headroom is back when a second prompt of that length arrives: both fit the full model,
+    # batched, so neither is held at the level the first one needed then
+    later = new_request(scheduler, 2, 10 * full_ms)
+    scheduler.admit(later, 0, headroom_rate=1.0)
+    assert early.level == later.level == 0
 
 
 def test_same_level_decode_steps_are_batched(npc_loaded: LoadedModel) -> None:
