@@ -61,6 +61,16 @@ def new_request(scheduler: Scheduler, request_id: int, deadline_ms: float, token
                             now_ns + round(deadline_ms * MS), tokens)
 
 
+def scarce_with_full_ms(loaded: LoadedModel) -> tuple[Scheduler, float]:
+    """A `lego` scheduler while compute is scarce (usable fraction 1), and the predicted
+    full-model cost (ms) of a 4-token request: embeddings, a prefill of 2 ms per layer and
+    3 decode steps of 1 ms per layer plus the head."""
+    scheduler = make(loaded, usable_fraction=1.0)
+    scheduler.compute_scarce = True
+    n = loaded.num_layers
+    return scheduler, 0.4 + 2 * n + 3 * (n + 0.2)
+
+
 def test_cost_profile_predicts_a_request(npc_loaded: LoadedModel) -> None:
     scheduler = make(npc_loaded)
     request = new_request(scheduler, 1, 100.0, tokens=4)
@@ -241,10 +251,7 @@ def test_a_gap_is_filled_by_a_request_outside_any_batch_not_by_a_member_of_one(
 def test_waiting_prompts_that_would_batch_share_the_smallest_level_at_which_all_fit(
     npc_loaded: LoadedModel,
 ) -> None:
-    scheduler = make(npc_loaded, usable_fraction=1.0)
-    scheduler.compute_scarce = True
-    n = npc_loaded.num_layers
-    full_ms = 0.4 + 2 * n + 3 * (n + 0.2)
+    scheduler, full_ms = scarce_with_full_ms(npc_loaded)
     relaxed = new_request(scheduler, 1, 10 * full_ms)
     scheduler.admit(relaxed, 0, headroom_rate=1.0)
     assert relaxed.level == 0
@@ -263,10 +270,7 @@ def test_waiting_prompts_that_would_batch_share_the_smallest_level_at_which_all_
 def test_a_group_level_is_chosen_afresh_not_kept_from_its_most_urgent_member(
     npc_loaded: LoadedModel,
 ) -> None:
-    scheduler = make(npc_loaded, usable_fraction=1.0)
-    scheduler.compute_scarce = True
-    n = npc_loaded.num_layers
-    full_ms = 0.4 + 2 * n + 3 * (n + 0.2)
+    scheduler, full_ms = scarce_with_full_ms(npc_loaded)
     early = new_request(scheduler, 1, 2 * full_ms)
     scheduler.admit(early, 0, headroom_rate=0.25)  # scarce headroom then: a high level
     assert early.level > 0
