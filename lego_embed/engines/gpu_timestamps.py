@@ -148,10 +148,9 @@ class GpuTimeline:
         self.pass_names: set[str] = set()
         self.gpu_offset_ns: int | None = None
         self._tick_offset_ns = 0
-        # per recent frame: delay in frames, delay in ms, GPU busy span in ms, GPU tail in ms
-        self._recent: deque[tuple[int, float, float, float]] = deque(maxlen=STATS_FRAMES)
-        # per last frame: engine frames drawn when it was read back, its GPU busy span in ms
-        self._last_busy: deque[tuple[int, float]] = deque(maxlen=LAST_FRAMES)
+        # per recent frame: engine frames drawn at its read-back, delay in frames, delay in ms,
+        # GPU busy span in ms, GPU tail in ms
+        self._recent: deque[tuple[int, int, float, float, float]] = deque(maxlen=STATS_FRAMES)
 
     def map_frame(self, frame: GpuTimestampFrame) -> list[int]:
         """The frame's GPU times on CLOCK_MONOTONIC (ns), updating both clock offsets."""
@@ -186,12 +185,11 @@ class GpuTimeline:
         self._last_ns = events[-1].t_ns
         self.frames += 1
         recorded_last_ns = frame.cpu_us[-1] * 1000 + self._tick_offset_ns
-        busy_ms = (passes[-1].end_ns - passes[0].begin_ns) / 1e6
         self._recent.append((
-            frame.drawn - frame.frame, (frame.read_ns - passes[-1].end_ns) / 1e6, busy_ms,
+            frame.drawn, frame.drawn - frame.frame, (frame.read_ns - passes[-1].end_ns) / 1e6,
+            (passes[-1].end_ns - passes[0].begin_ns) / 1e6,
             (passes[-1].end_ns - recorded_last_ns) / 1e6,
         ))
-        self._last_busy.append((frame.drawn, busy_ms))
         return events
 
     def stats(self) -> dict[str, object]:
@@ -203,10 +201,11 @@ class GpuTimeline:
         (longer than a frame: the GPU runs behind, i.e. it is the bottleneck); and per frame of
         the last LAST_FRAMES, [engine frames drawn when it was read back, GPU busy span in ms]
         (to hold against the engine's own per-frame reading)."""
-        delay_frames = [row[0] for row in self._recent]
-        delays = sorted(row[1] for row in self._recent)
-        busy = sorted(row[2] for row in self._recent)
-        tails = sorted(row[3] for row in self._recent)
+        delay_frames = [row[1] for row in self._recent]
+        delays = sorted(row[2] for row in self._recent)
+        busy = sorted(row[3] for row in self._recent)
+        tails = sorted(row[4] for row in self._recent)
+        last = list(self._recent)[-LAST_FRAMES:]
         return {
             "frames": self.frames,
             "empty_frames": self.empty_frames,
@@ -218,5 +217,5 @@ class GpuTimeline:
             "delay_ms_max": delays[-1] if delays else None,
             "busy_ms_p50": busy[len(busy) // 2] if busy else None,
             "tail_ms_p50": tails[len(tails) // 2] if tails else None,
-            "last_busy_ms": [[drawn, busy_ms] for drawn, busy_ms in self._last_busy],
+            "last_busy_ms": [[row[0], row[3]] for row in last],
         }
