@@ -25,7 +25,7 @@ extends Node3D
 const LegoNPC = preload("res://addons/lego_embed/lego_npc.gd")
 const WANT_DECISIONS = 12
 const GPU_FRAMES = 90
-const QUIT_EARLY_FRAMES = 30
+const QUIT_EARLY_FRAMES = 1
 const STALL_AFTER = 3
 const STALL_MS = 2000
 const WANT_AFTER_STALL = 6
