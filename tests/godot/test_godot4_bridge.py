@@ -114,7 +114,8 @@ def test_frame_events_reach_the_runtime(decisions_run: GodotRun) -> None:
     forwarded = stats["events_forwarded"]
     assert 0 < forwarded["frame_end"] <= frames
     runtime_frames = stats["runtime"]["frames_seen"]
-    assert forwarded["frame_begin"] - 5 <= runtime_frames <= forwarded["frame_begin"]
+    # the worker counts frames as it drains events: at most about a second behind the pump
+    assert forwarded["frame_begin"] - 60 <= runtime_frames <= forwarded["frame_begin"]
 
 
 def test_bridge_main_thread_cost_is_measured_per_frame(decisions_run: GodotRun) -> None:

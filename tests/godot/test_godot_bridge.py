@@ -95,7 +95,8 @@ def test_frame_events_reach_the_runtime(decisions_run: GodotRun) -> None:
     forwarded = stats["events_forwarded"]
     assert 0 < forwarded["frame_end"] <= frames
     runtime_frames = stats["runtime"]["frames_seen"]
-    assert forwarded["frame_begin"] - 5 <= runtime_frames <= forwarded["frame_begin"]
+    # the worker counts frames as it drains events: at most about a second behind the pump
+    assert forwarded["frame_begin"] - 60 <= runtime_frames <= forwarded["frame_begin"]
 
 
 def test_bridge_main_thread_cost_is_measured_per_frame(decisions_run: GodotRun) -> None:
@@ -171,15 +172,16 @@ def test_decisions_resume_after_the_main_thread_stalls_for_two_seconds(
     assert report["failures"] == []
     # every request but the last one of each NPC (in flight at quit) got its answer
     assert len(report["decisions"]) >= report["requests_sent"] - 3
-    # Enemy0 has a fallback action: its request whose deadline passed in the stall got it,
-    # flagged, at the deadline by the runtime's clock (the game saw it after the stall)
+    # Enemy0 has a fallback action: its request sent just before the stall got it, flagged,
+    # by the runtime's clock during the stall (the game saw it after the stall)
     for decision in in_flight:
         info = decision["info"]
         if decision["npc"] != "Enemy0":
             assert not info["fallback"] and info["status"] == "decided"
         elif info["latency_ms"] >= info["deadline_ms"]:
             assert info["fallback"] and decision["action"] == "block"
-            assert info["latency_ms"] < info["deadline_ms"] + 50.0
+            answered_usec = decision["issued_usec"] + info["latency_ms"] * 1000.0
+            assert answered_usec < report["stall_end_usec"]
     assert any(d["info"]["fallback"] for d in in_flight)
 
 

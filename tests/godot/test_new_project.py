@@ -102,5 +102,8 @@ def test_a_project_set_up_as_the_docs_say_gets_decisions_and_lines(
     said = [x[len("merchant: "):-1] for x in output if x.startswith("merchant: ")]
     pieces = [x[len("merchant token: "):-1] for x in output if x.startswith("merchant token: ")]
     assert said and pieces and "".join(pieces) == said[0]
-    assert "failed: " not in text and "lego_embed:" not in text, text[-4000:]
+    # no problem reported, bar the idle-time warning a slow machine's frames can earn
+    problems = [x for x in output if x.startswith("lego_embed:")
+                and "of idle time per frame" not in x]
+    assert "failed: " not in text and not problems, text[-4000:]
     assert "%|" not in text and script_error_lines(text) == [], text[-4000:]

@@ -7,9 +7,9 @@ extends Node
 #   missing_model  the model folder does not exist ($LEGO_EMBED_MODEL): one clear failure.
 #   quit_early     quits in its first _process, right after the runtime started loading
 #                  the model (before any frame is drawn: a load can finish within a few frames).
-#   stall          three NPCs decide (Enemy0 with a fallback action); after STALL_AFTER
-#                  decisions one _process call busy-waits STALL_MS (the main thread stalls, as
-#                  a hitch would), then the game goes on until WANT_AFTER_STALL decisions asked
+#   stall          three NPCs decide (Enemy0 with a fallback action); at Enemy0's first decision
+#                  after STALL_AFTER in all (its next request just sent), the same frame's
+#                  _process busy-waits STALL_MS (the main thread stalls, as a hitch would), then the game goes on until WANT_AFTER_STALL decisions asked
 #                  after the stall arrived.
 #   overload       three NPCs with fallback actions ask at 6000 actions per minute (10 ms
 #                  deadlines), far more than the model sustains, until LegoRuntime emitted
@@ -210,10 +210,10 @@ func _on_decision(action: String, info: Dictionary, npc: Node) -> void:
 		decisions_after_faults += 1
 	if scenario == "decisions" and decisions.size() == 3 and faults_sent == 0:
 		_send_faults()
-	if scenario == "stall" and decisions.size() == STALL_AFTER and stall_begin_usec < 0:
-		stall_pending = true
 	if not done and npc != faulty:
 		_ask(npc)
+	if scenario == "stall" and npc.name == "Enemy0" and decisions.size() >= STALL_AFTER and stall_begin_usec < 0:
+		stall_pending = true  # Enemy0's request just sent is still to run when the stall begins
 
 
 func _send_faults() -> void:
