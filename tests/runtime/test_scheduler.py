@@ -80,6 +80,24 @@ def test_cost_profile_predicts_a_request(npc_loaded: LoadedModel) -> None:
     assert scheduler.remaining_cost_ns(request, 3) < scheduler.remaining_cost_ns(request, 1)
 
 
+def test_remembered_remaining_cost_follows_the_cost_model_and_the_request(
+    npc_loaded: LoadedModel,
+) -> None:
+    scheduler = make(npc_loaded)
+    request = new_request(scheduler, 1, 100.0, tokens=4)
+    n = npc_loaded.num_layers
+    assert scheduler.remaining_cost_ns(request) / MS == pytest.approx(0.4 + 2 * n + 3 * (n + 0.2))
+    decode_layer = Subtask(SubtaskKind.LAYER, DECODE, 0, 0, 1, 9)
+    for _ in range(200):  # decode layers now take 3 ms: the remembered cost must follow
+        scheduler.record(decode_layer, 3 * MS)
+    assert scheduler.remaining_cost_ns(request) / MS == pytest.approx(
+        0.4 + 2 * n + 3 * (3 * n + 0.2), rel=1e-3)
+    before = scheduler.remaining_cost_ns(request)
+    scheduler.executor.step(request.state)  # the embedding ran: its 0.2 ms are no longer left
+    assert scheduler.remaining_cost_ns(request) / MS == pytest.approx(before / MS - 0.2)
+    assert scheduler.remaining_cost_ns(request, 3) < scheduler.remaining_cost_ns(request, 1)
+
+
 def test_skip_level_is_the_smallest_that_fits(npc_loaded: LoadedModel) -> None:
     scheduler = make(npc_loaded, usable_fraction=1.0)
     n = npc_loaded.num_layers
