@@ -93,6 +93,9 @@ def _run_colocation(args: argparse.Namespace) -> int:
     if not args.all and not (args.trace and args.apm and args.policy):
         print("lego-embed bench colocation: give --trace, --apm and --policy, or --all")
         return 2
+    if args.decision_cost_ms is not None and not args.decision_cost_ms > 0:
+        print("lego-embed bench colocation: --decision-cost-ms must be a positive number of ms")
+        return 2
     loaded, bundle, accuracy = _load_model_and_bundle(args)
     core = _core(args)
     if not args.all:
@@ -121,9 +124,10 @@ def _run_colocation(args: argparse.Namespace) -> int:
     started = datetime.now(timezone.utc)
     before = machine_state()
     with core_priority(None if args.no_priority else args.priority_nice) as priority:
-        cost_ms = decision_cost_ms(loaded)
+        measured_ms = decision_cost_ms(loaded)
+        cost_ms = args.decision_cost_ms or measured_ms
         print(f"{plan.runs(traces)} runs of {plan.seconds:g} s; full-model decision "
-              f"{cost_ms:.1f} ms on this machine")
+              f"{measured_ms:.1f} ms on this machine, regime set for {cost_ms:.2f} ms")
         result = run_matrix(loaded, traces, plan, core, cost_ms, bundle, accuracy)
     after = machine_state()
     report = {
@@ -141,6 +145,7 @@ def _run_colocation(args: argparse.Namespace) -> int:
         "repeats": plan.repeats,
         "mix": plan.mix,
         "decision_cost_ms": round(cost_ms, 3),
+        "measured_decision_cost_ms": round(measured_ms, 3),
         "pass_model": PassModel().__dict__,
         "regime": result.regime,
         "rows": result.rows,
@@ -269,6 +274,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                             help="with --all: traces of the LEGO-regime section")
     colocation.add_argument("--regime-ratios", type=float, nargs="+", default=[1.0, 1.25, 1.5],
                             help="with --all: full-model demand / usable headroom to run at")
+    colocation.add_argument("--decision-cost-ms", type=float,
+                            help="with --all: the full model's compute per decision (ms) that "
+                                 "sets the regime's NPC counts (default: measured at the start; "
+                                 "give an earlier run's to repeat its settings)")
     colocation.add_argument("--ablation-trace", default="blackmyth_render_1")
     colocation.add_argument(
         "--hitch", nargs="*", default=[], metavar="MS@S",

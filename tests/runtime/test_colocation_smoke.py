@@ -142,3 +142,12 @@ def test_short_dialogue_run_streams_lines_and_reports_their_figures(
             decision.line)
     assert 0.0 <= row["pace_attained"] <= 1.0
     assert row["p50_first_token_ms"] <= row["p99_first_token_ms"]
+
+
+def test_a_bad_decision_cost_is_refused_before_anything_loads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from lego_embed.cli import main
+
+    assert main(["bench", "colocation", "--all", "--decision-cost-ms", "0"]) == 2
+    assert "--decision-cost-ms must be a positive number of ms" in capsys.readouterr().out
