@@ -34,7 +34,6 @@ its deadline even at the largest level runs anyway and is reported as a miss.
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,7 +51,6 @@ CLIP_DEVIATIONS = 4.0
 CLIP_FLOOR_FRACTION = 0.25
 USABLE_ALPHA = 0.3
 DEFAULT_SUBTASK_NS = 200_000
-_COST_GENERATIONS = itertools.count()  # every CostModel state gets its own number
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,7 @@ class CostModel:
         }
         self._cache: dict[tuple[str, str, int, float], float] = {}
         self._pass_cache: dict[tuple[int, str, int], float] = {}
-        self.generation = next(_COST_GENERATIONS)  # changes whenever a prediction may change
+        self.request_cache: dict[tuple[int, ...], float] = {}  # for Scheduler.remaining_cost_ns
 
     @classmethod
     def from_profile(cls, profile: CostProfile, deviations: float = 2.0) -> CostModel:
@@ -147,7 +145,7 @@ class CostModel:
             estimate.update(duration_ns)
         self._cache.clear()
         self._pass_cache.clear()
-        self.generation = next(_COST_GENERATIONS)
+        self.request_cache.clear()
 
     def predict_ns(self, subtask: Subtask, deviations: float | None = None) -> float:
         """Conservative duration for gap fitting: mean + `deviations` (default: the model's)
@@ -302,8 +300,6 @@ class Scheduler:
         self._static_used_ns = 0
         self._static_gap_start_ns: int | None = None
         self.compute_scarce = False  # demand above the full model's sustainable rate (runtime)
-        self._remaining: dict[tuple[int, ...], float] = {}  # remaining_cost_ns, see there
-        self._remaining_generation = -1
 
     @property
     def keeps_batches_whole(self) -> bool:
@@ -344,19 +340,17 @@ class Scheduler:
     # ------------------------------------------------------------------ cost
     def remaining_cost_ns(self, request: ScheduledRequest, level: int | None = None) -> float:
         """Predicted compute left for the request at `level` (default: its current level).
-        Remembered until the cost model or the request's progress changes: level choices ask
-        it for every request queued ahead of every waiting one, many times per admission."""
+        Remembered in the cost model's `request_cache` (emptied with its other caches at every
+        measurement) under the request's progress: level choices ask it for every request
+        queued ahead of every waiting one, many times per admission."""
         level = request.level if level is None else level
         state = request.state
-        if self._remaining_generation != self.cost.generation:
-            self._remaining.clear()
-            self._remaining_generation = self.cost.generation
         key = (request.request_id, level, id(state.plan), state.cursor,
                -1 if state.program is None else len(state.program), len(state.pending_ids),
                state.position, len(state.generated), request.expected_tokens)
-        cost = self._remaining.get(key)
+        cost = self.cost.request_cache.get(key)
         if cost is None:
-            cost = self._remaining[key] = self._remaining_cost_ns(request, level)
+            cost = self.cost.request_cache[key] = self._remaining_cost_ns(request, level)
         return cost
 
     def _remaining_cost_ns(self, request: ScheduledRequest, level: int) -> float:

@@ -13,8 +13,9 @@ extends Node3D
 ##                  the model (before any frame is drawn: a load can finish within a few frames).
 ##   stall          three NPCs decide (Enemy0 with a fallback action); at Enemy0's first decision
 ##                  after STALL_AFTER in all (its next request just sent), the same frame's
-##                  _process busy-waits STALL_MS (the main thread stalls, as a hitch would), then the game goes on until WANT_AFTER_STALL decisions asked
-##                  after the stall arrived.
+##                  _process busy-waits STALL_MS (the main thread stalls, as a hitch would),
+##                  then the game goes on until WANT_AFTER_STALL decisions asked after the
+##                  stall arrived.
 ##   overload       three NPCs with fallback actions ask at 6000 actions per minute (10 ms
 ##                  deadlines), far more than the model sustains, until LegoRuntime emitted
 ##                  `overloaded` and WANT_DECISIONS answers arrived.
