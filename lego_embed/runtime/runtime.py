@@ -121,6 +121,7 @@ FREE_TEXT_TOKENS = 16
 WARMUP_DECODE_TOKENS = 3
 SILENCE_CHECK_SLACK_NS = 1_000_000  # wake just after the engine-silence threshold, not before
 MAX_WAIT_NS = 500_000_000  # the idle worker re-checks silence and overdue requests this often
+ADMISSION_ALPHA = 0.2  # weight of the newest admission's duration in its moving average
 OVERDUE_CHECK_NS = 10_000_000  # overdue requests are looked for at most every 10 ms
 
 
@@ -304,6 +305,8 @@ class Runtime:
         self._events: deque[EngineEvent] = deque()
         self._gpu_events: deque[EngineEvent] = deque()
         self._incoming: deque[PendingRequest] = deque()
+        # seen by the worker (fallback armed), admitted in the first gap with room for it
+        self._arrived: deque[PendingRequest] = deque()
         self._accept_lock = threading.Lock()
         self._ledger = AnswerLedger()
         self._wake = threading.Event()
@@ -363,6 +366,8 @@ class Runtime:
             gap_deviations=self.config.gap_deviations,
         )
         self._prefixes: OrderedDict[tuple[int, ...], PrefixCache] = OrderedDict()
+        self._salvaged: dict[int, PrefixCache] = {}  # superseded KV, by the new request's id
+        self._admission_ns = 0.0  # one admission's measured duration (moving average)
         self._static_in_flight: set[tuple[int, ...]] = set()
         self._window_busy_ns = 0
         self._window_backlogged = False
@@ -526,7 +531,7 @@ class Runtime:
             "mean_skipped_layers": (
                 float(np.mean([d.skipped_layers for d in decisions])) if decisions else None
             ),
-            "queue_length": len(self.scheduler) + len(self._incoming),
+            "queue_length": len(self.scheduler) + len(self._arrived) + len(self._incoming),
             "subtasks": self._counters["subtasks"],
             "batched_subtasks": self._counters["batched_subtasks"],
             "prefix_hits": self._counters["prefix_hits"],
@@ -615,6 +620,8 @@ class Runtime:
         self._counters["errors"] += 1
         self._counters["worker_faults"] += 1
         with self._accept_lock:
+            self._incoming.extendleft(reversed(self._arrived))  # re-armed after the reset
+            self._arrived.clear()
             queued = {pending.request_id for pending in self._incoming}
             in_flight = [p for p in self._ledger.pending() if p.request_id not in queued]
         restart = self._restart_budget.allow(now_ns)
@@ -651,6 +658,7 @@ class Runtime:
         now_ns = self.clock.now_ns()
         with self._accept_lock:
             self._incoming.clear()
+            self._arrived.clear()
             pending = self._ledger.pending()
         for request in pending:
             self._ledger.fail(request, error, now_ns)
@@ -789,7 +797,8 @@ class Runtime:
             self._drain_events()
             now_ns = self.clock.now_ns()
             self._answer_due_fallbacks(now_ns)  # a request due at its deadline is not superseded
-            self._admit(now_ns)
+            self._arm_incoming(now_ns)
+            self._admit()
             self._fail_overdue(now_ns)
             if self.config.record_timeline:
                 self._note_backlog(now_ns)
@@ -836,13 +845,43 @@ class Runtime:
         while self._gpu_events:
             self.gpu_tracker.on_event(self._gpu_events.popleft())
 
-    def _admit(self, now_ns: int) -> None:
+    def _arm_incoming(self, now_ns: int) -> None:
+        """Takes the submitted requests in, answers what they supersede and arms their fallbacks
+        at once (a deadline inside a long pass is still answered at the deadline); admission
+        itself waits for a gap."""
         while self._incoming:
             pending = self._incoming.popleft()
-            if not self._ledger.is_open(pending.request_id):
-                continue  # answered meanwhile (stop, a failed worker)
+            if pending.supersede:
+                self._supersede(pending, now_ns)
+            if pending.fallback is not None:
+                self._fallbacks.add(pending.deadline_ns, pending.request_id)
+            self._arrived.append(pending)
+
+    def _admission_waits(self, pending: PendingRequest, now_ns: int) -> bool:
+        """Whether admitting `pending` now would take the core from the renderer: under a
+        gap-respecting policy admission (the prompt's executor state, the level choice: up to
+        a millisecond of CPU with many NPCs) runs, like a subtask, in a gap with room for its
+        measured cost (`_admission_ns`), within one frame budget of the request's arrival. It
+        never waits for an engine that is silent (engine_silence_ms) or never reported."""
+        if self.config.policy == "free" or self._last_event_ns is None:
+            return False
+        if (now_ns - self._last_event_ns > self.scheduler.config.engine_silence_ns
+                or now_ns - pending.arrival_ns >= self.tracker.frame_budget_ns):
+            return False
+        gap = self.tracker.open_gap()
+        return gap is None or now_ns + self._admission_ns > gap.end_estimate_ns
+
+    def _admit(self) -> None:
+        while self._arrived:
+            now_ns = self.clock.now_ns()
+            if self._admission_waits(self._arrived[0], now_ns):
+                return
+            pending = self._arrived.popleft()
+            salvaged = self._salvaged.pop(pending.request_id, None)
+            if not (self._ledger.is_open(pending.request_id)
+                    or self._ledger.awaits_correction(pending.request_id)):
+                continue  # answered meanwhile (its fallback, stop, a failed worker)
             self.backpressure.note_request(pending.arrival_ns)
-            salvaged = self._supersede(pending, now_ns) if pending.supersede else None
             static = self._static_ids(pending)
             prefix = self._prefixes.get(static) if static else None
             if prefix is not None:
@@ -873,8 +912,9 @@ class Runtime:
             )
             self.scheduler.admit(request, now_ns, self.headroom_rate())
             if pending.fallback is not None:
-                self._fallbacks.add(pending.deadline_ns, pending.request_id)
                 self._shed_if_hopeless(request, now_ns)
+            self._admission_ns += ADMISSION_ALPHA * (
+                self.clock.now_ns() - now_ns - self._admission_ns)
 
     def _static_ids(self, pending: PendingRequest) -> tuple[int, ...]:
         """The prompt's static part when it is worth keeping (prefix_reuse, long enough)."""
@@ -892,13 +932,13 @@ class Runtime:
             pending.progress.static_owner = False
             self._static_in_flight.discard(pending.prepared.encoded.static_ids)
 
-    def _supersede(self, pending: PendingRequest, now_ns: int) -> PrefixCache | None:
+    def _supersede(self, pending: PendingRequest, now_ns: int) -> None:
         """Answers the NPC's older open requests that have delivered nothing yet `superseded`
         (an action already streamed or a line already speaking is carried out: nothing the game
-        has shown is taken back) and drops their work (also a late run kept for a correction);
-        returns the KV of the longest prompt prefix the newest of them shares with `pending` and
-        holds in every layer (at least prefix_min_tokens long), for the new request to start
-        from."""
+        has shown is taken back), at once, even inside a pass, and drops their work (also a late
+        run kept for a correction). The KV of the longest prompt prefix the newest of them
+        shares with `pending` and holds in every layer (at least prefix_min_tokens long) is kept
+        in `_salvaged` for the new request to start from when it is admitted."""
         npc_id, new_id = pending.npc_id, pending.request_id
         replaced = set()
         for old in self._ledger.pending():
@@ -910,7 +950,6 @@ class Runtime:
                     self._counters["superseded"] += 1
         older = [r for r in self.scheduler.pending if r.npc_id == npc_id and r.request_id < new_id
                  and (r.request_id in replaced or not self._ledger.is_open(r.request_id))]
-        salvaged: PrefixCache | None = None
         new_ids = pending.prepared.prompt_ids
         for request in sorted(older, key=lambda r: r.request_id):
             self._drop(request)
@@ -922,8 +961,7 @@ class Runtime:
                 shared += 1
             shared = min(shared, min(len(kv) for kv in request.state.kv))
             if self.config.prefix_reuse and shared >= max(self.config.prefix_min_tokens, 1):
-                salvaged = self.executor.prefix_from(request.state, shared)
-        return salvaged
+                self._salvaged[new_id] = self.executor.prefix_from(request.state, shared)
 
     def _shed_if_hopeless(self, request: ScheduledRequest, now_ns: int) -> bool:
         """`lego` with a fallback: when no skip level can finish the request's action by its
@@ -963,15 +1001,23 @@ class Runtime:
                 action = resolve_fallback(pending.fallback, context)
             except Exception as error:  # the game's fallback callback failed: answer with it
                 self._counters["fallback_errors"] += 1
-                if scheduled is not None:
-                    self._drop(scheduled)
+                self._take_off_queue(request_id, scheduled)
                 self._ledger.fail(pending, error, now_ns)
                 continue
             self._ledger.answer_without_model(pending, FALLBACK, action, now_ns)
             self._counters["fallbacks"] += 1
             self._counters["fallbacks_predicted"] += predicted
-            if scheduled is not None and not pending.corrections:
-                self._drop(scheduled)
+            if not pending.corrections:
+                self._take_off_queue(request_id, scheduled)
+
+    def _take_off_queue(self, request_id: int, scheduled: ScheduledRequest | None) -> None:
+        """Forgets an answered request's work: dropped from the scheduler, or from the requests
+        waiting for a gap to be admitted."""
+        if scheduled is not None:
+            self._drop(scheduled)
+        else:
+            self._arrived = deque(p for p in self._arrived if p.request_id != request_id)
+            self._salvaged.pop(request_id, None)
 
     def _execute(self, dispatch: Dispatch) -> None:
         batch = dispatch.requests

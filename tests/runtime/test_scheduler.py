@@ -11,6 +11,7 @@ from lego_embed.model.profile import CostEntry, CostProfile
 from lego_embed.model.subtask import DECODE, PREFILL, Subtask, SubtaskKind
 from lego_embed.runtime.headroom import INTER_FRAME_SLOT, OpenGap
 from lego_embed.runtime.scheduler import (
+    AGGREGATE_REFRESH_RECORDS,
     CostModel,
     LevelOption,
     ScheduledRequest,
@@ -96,6 +97,30 @@ def test_remembered_remaining_cost_follows_the_cost_model_and_the_request(
     scheduler.executor.step(request.state)  # the embedding ran: its 0.2 ms are no longer left
     assert scheduler.remaining_cost_ns(request) / MS == pytest.approx(before / MS - 0.2)
     assert scheduler.remaining_cost_ns(request, 3) < scheduler.remaining_cost_ns(request, 1)
+
+
+def test_whole_pass_predictions_follow_measurements_every_few_records(
+    npc_loaded: LoadedModel,
+) -> None:
+    """A subtask's own prediction (gap fitting) follows every measurement; whole-pass ones
+    (level choice) are recomputed every AGGREGATE_REFRESH_RECORDS measurements, and at once
+    when a subtask shape is measured for the first time."""
+    cost = make(npc_loaded).cost
+    plan = LayerPlan.full(npc_loaded.num_layers)
+    layer = Subtask(SubtaskKind.LAYER, DECODE, 0, 0, 1, 9)
+    before = cost.pass_cost_ns(plan, DECODE, 1, 9)
+    for _ in range(AGGREGATE_REFRESH_RECORDS - 1):
+        cost.record(layer, 3 * MS)
+        assert cost.pass_cost_ns(plan, DECODE, 1, 9) == before
+    assert cost.predict_ns(layer, 0.0) > 2 * MS  # the subtask's own prediction moved at once
+    cost.record(layer, 3 * MS)
+    refreshed = cost.pass_cost_ns(plan, DECODE, 1, 9)
+    assert refreshed > before
+    for _ in range(AGGREGATE_REFRESH_RECORDS - 1):
+        cost.record(layer, 6 * MS)
+    assert cost.pass_cost_ns(plan, DECODE, 1, 9) == refreshed
+    cost.record(Subtask(SubtaskKind.LAYER, DECODE, 0, 0, 300, 9), 9 * MS)  # a new shape
+    assert cost.pass_cost_ns(plan, DECODE, 1, 9) > refreshed
 
 
 def test_skip_level_is_the_smallest_that_fits(npc_loaded: LoadedModel) -> None:

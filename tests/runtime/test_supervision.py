@@ -151,10 +151,14 @@ def test_a_fault_fails_the_requests_in_flight_and_the_worker_restarts(
     monkeypatch.setattr(runtime_module, "HeadroomPredictor", FaultyOnce)
     FaultyOnce.faults = 0
     runtime, clock = manual_runtime(npc_loaded, window_ms=100.0)
-    # a request waits inside a long pass when the first window closes and the fault hits
-    stream = [Delivery(SECOND, EngineEvent(FRAME_BEGIN, "", SECOND)),
-              Delivery(SECOND, EngineEvent(PASS_BEGIN, "p0", SECOND), (5000.0,))]
-    stream += frames(SECOND + 150 * MS, 30)
+    # a request admitted in a gap (an unseen gap: nothing fits it) waits through a long pass;
+    # the first window closes at that pass's end and the fault hits
+    start = SECOND
+    stream = [Delivery(start, EngineEvent(FRAME_BEGIN, "", start)),
+              Delivery(start, EngineEvent(PASS_BEGIN, "p0", start)),
+              Delivery(start + MS, EngineEvent(PASS_END, "p0", start + MS), (5000.0,)),
+              Delivery(start + 2 * MS, EngineEvent(PASS_BEGIN, "p1", start + 2 * MS))]
+    stream += frames(start + 150 * MS, 30)
     later = stream[-1].arrival_ns + MS
     stream += [Delivery(later, None, (5000.0,))] + frames(later + MS, 30)
     with caplog.at_level(logging.ERROR, logger="lego_embed.runtime"):
@@ -179,11 +183,14 @@ def test_repeated_faults_stop_the_worker_and_requests_are_refused_at_once(
 ) -> None:
     monkeypatch.setattr(runtime_module, "HeadroomPredictor", AlwaysFaulty)
     runtime, clock = manual_runtime(npc_loaded, window_ms=100.0, max_worker_restarts=2)
-    # the request waits in a pass whose end closes the first window: it is in flight then
+    # the request, admitted in a gap, waits in a pass whose end closes the first window: it
+    # is in flight then
     end = SECOND + 500 * MS
     stream = [Delivery(SECOND, EngineEvent(FRAME_BEGIN, "", SECOND)),
-              Delivery(SECOND, EngineEvent(PASS_BEGIN, "p0", SECOND), (60_000.0,)),
-              Delivery(end, EngineEvent(PASS_END, "p0", end))]
+              Delivery(SECOND, EngineEvent(PASS_BEGIN, "p0", SECOND)),
+              Delivery(SECOND + MS, EngineEvent(PASS_END, "p0", SECOND + MS), (60_000.0,)),
+              Delivery(SECOND + 2 * MS, EngineEvent(PASS_BEGIN, "p1", SECOND + 2 * MS)),
+              Delivery(end, EngineEvent(PASS_END, "p1", end))]
     stream += frames(end + MS, 60)
     result = replay(runtime, clock, stream, settle_ns=())
     health = runtime.health()

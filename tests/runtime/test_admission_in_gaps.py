@@ -1,0 +1,126 @@
+"""Requests submitted while the engine renders are admitted in a gap with room for admission.
+
+Admission (the prompt's executor state, the level choice) costs the worker CPU; inside a pass
+that CPU is the renderer's. What cannot wait does not: superseding answers the older request at
+once and a fallback is armed at once, and no request waits more than one frame budget. The
+runtime runs on a ManualClock (an admission measures 0 ns unless a test sets its cost);
+assertions are on queue contents, answers and the timestamps they carry.
+"""
+
+from __future__ import annotations
+
+import random
+
+from runtime_replay import MS, SECOND, manual_runtime
+
+from lego_embed.model.loading import LoadedModel
+from lego_embed.runtime.answers import Decision
+from lego_embed.runtime.events import FRAME_BEGIN, FRAME_END, PASS_BEGIN, PASS_END, EngineEvent
+from lego_embed.runtime.runtime import Runtime
+from lego_embed.tasks.combat.policy import ACTIONS, random_situation
+from lego_embed.tasks.combat.request import combat_request
+
+
+def _submit(runtime: Runtime, npc_id: str, answers: list[Decision], seed: int,
+            **options: object) -> int:
+    state = random_situation(random.Random(seed))
+    return runtime.submit(combat_request(npc_id, state, ACTIONS, 300.0,
+                                         callback=answers.append, **options))
+
+
+def _event(runtime: Runtime, kind: str, name: str, t_ns: int) -> None:
+    runtime.on_event(EngineEvent(kind, name, t_ns))
+
+
+def test_a_request_sent_during_a_pass_is_admitted_when_the_pass_ends(
+    npc_loaded: LoadedModel,
+) -> None:
+    runtime, clock = manual_runtime(npc_loaded)
+    _event(runtime, FRAME_BEGIN, "", clock.peek_ns())
+    _event(runtime, PASS_BEGIN, "p0", clock.peek_ns())
+    answers: list[Decision] = []
+    _submit(runtime, "guard", answers, 1)
+    runtime.run_until_idle()
+    assert len(runtime.scheduler) == 0 and runtime.stats()["queue_length"] == 1
+    clock.advance(2 * MS)
+    _event(runtime, PASS_END, "p0", clock.peek_ns())
+    runtime.run_until_idle()
+    assert len(runtime.scheduler) == 1 and not answers  # an unseen gap: nothing fits in it
+
+
+def test_admission_waits_for_a_gap_with_room_for_its_measured_cost(
+    npc_loaded: LoadedModel,
+) -> None:
+    """Frames of a 4 ms pass and an 8 ms gap teach the tracker that slot's length; an
+    admission measured at 3 ms does not start 6 ms into that gap, and does at its start."""
+    runtime, clock = manual_runtime(npc_loaded)
+    t = clock.peek_ns()
+    for _ in range(5):
+        _event(runtime, FRAME_BEGIN, "", t)
+        _event(runtime, PASS_BEGIN, "p0", t)
+        _event(runtime, PASS_END, "p0", t + 4 * MS)
+        _event(runtime, FRAME_END, "", t + 12 * MS)
+        t += round(SECOND / 60)
+    clock.set(t)
+    runtime.run_until_idle()
+    runtime._admission_ns = 3.0 * MS  # as measured on a slow machine
+    _event(runtime, FRAME_BEGIN, "", t)
+    _event(runtime, PASS_BEGIN, "p0", t)
+    _event(runtime, PASS_END, "p0", t + 4 * MS)
+    clock.set(t + 10 * MS)  # 6 ms into the 8 ms gap
+    answers: list[Decision] = []
+    _submit(runtime, "guard", answers, 1)
+    runtime.run_until_idle()
+    assert len(runtime.scheduler) == 0
+    t += round(SECOND / 60)
+    _event(runtime, FRAME_END, "", t - 4 * MS)
+    _event(runtime, FRAME_BEGIN, "", t)
+    _event(runtime, PASS_BEGIN, "p0", t)
+    _event(runtime, PASS_END, "p0", t + 4 * MS)
+    clock.set(t + 4 * MS)
+    runtime.run_until_idle()
+    assert len(runtime.scheduler) + len(answers) == 1
+
+
+def test_superseding_and_fallbacks_do_not_wait_for_the_gap(npc_loaded: LoadedModel) -> None:
+    runtime, clock = manual_runtime(npc_loaded)
+    answers: list[Decision] = []
+    _event(runtime, FRAME_BEGIN, "", clock.peek_ns())
+    _event(runtime, PASS_BEGIN, "p0", clock.peek_ns())
+    _event(runtime, PASS_END, "p0", clock.peek_ns())
+    first = _submit(runtime, "guard", answers, 1)
+    runtime.run_until_idle()  # admitted in the gap, too short (unseen) for any subtask
+    assert len(runtime.scheduler) == 1
+    _event(runtime, PASS_BEGIN, "p1", clock.peek_ns())
+    clock.advance(5 * MS)
+    second = _submit(runtime, "guard", answers, 2, fallback="block")
+    runtime.run_until_idle()
+    (superseded,) = answers
+    assert (superseded.request_id, superseded.status) == (first, "superseded")
+    assert superseded.latency_ms == 5.0 and len(runtime.scheduler) == 0  # its work dropped
+    assert runtime.next_wake_ns() == SECOND + 305 * MS  # the new request's deadline
+    clock.set(runtime.next_wake_ns())
+    runtime.run_until_idle()  # the engine is still inside its pass
+    fallback = answers[-1]
+    assert (fallback.request_id, fallback.status, fallback.action) == (second, "fallback", "block")
+    assert fallback.latency_ms == 300.0
+    assert len(runtime.scheduler) == 0 and runtime.stats()["queue_length"] == 0
+    assert [a.request_id for a in answers] == [first, second]
+
+
+def test_no_request_waits_for_admission_longer_than_a_frame_budget(
+    npc_loaded: LoadedModel,
+) -> None:
+    """An engine inside a pass longer than a frame no longer holds admission back: the
+    request is queued (so the level choice and the overdue rule see it)."""
+    runtime, clock = manual_runtime(npc_loaded)
+    _event(runtime, FRAME_BEGIN, "", clock.peek_ns())
+    _event(runtime, PASS_BEGIN, "p0", clock.peek_ns())
+    answers: list[Decision] = []
+    _submit(runtime, "guard", answers, 1)
+    clock.advance(16 * MS)
+    runtime.run_until_idle()
+    assert len(runtime.scheduler) == 0
+    clock.advance(MS)
+    runtime.run_until_idle()
+    assert len(runtime.scheduler) == 1 and not answers
