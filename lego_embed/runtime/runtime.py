@@ -861,7 +861,8 @@ class Runtime:
         """Whether admitting `pending` now would take the core from the renderer: under a
         gap-respecting policy admission (the prompt's executor state, the level choice: up to
         a millisecond of CPU with many NPCs) runs, like a subtask, in a gap with room for its
-        measured cost (`_admission_ns`), within one frame budget of the request's arrival. It
+        measured cost (`_admission_ns`, learnt from admissions no engine event interrupted),
+        within one frame budget of the request's arrival. It
         never waits for an engine that is silent (engine_silence_ms) or never reported."""
         if self.config.policy == "free" or self._last_event_ns is None:
             return False
@@ -872,7 +873,7 @@ class Runtime:
         return gap is None or now_ns + self._admission_ns > gap.end_estimate_ns
 
     def _admit(self) -> None:
-        while self._arrived:
+        while self._arrived and not self._events:  # an event may have closed the gap
             now_ns = self.clock.now_ns()
             if self._admission_waits(self._arrived[0], now_ns):
                 return
@@ -913,8 +914,9 @@ class Runtime:
             self.scheduler.admit(request, now_ns, self.headroom_rate())
             if pending.fallback is not None:
                 self._shed_if_hopeless(request, now_ns)
-            self._admission_ns += ADMISSION_ALPHA * (
-                self.clock.now_ns() - now_ns - self._admission_ns)
+            if not self._events:  # a pass that began meanwhile would have lengthened it
+                self._admission_ns += ADMISSION_ALPHA * (
+                    self.clock.now_ns() - now_ns - self._admission_ns)
 
     def _static_ids(self, pending: PendingRequest) -> tuple[int, ...]:
         """The prompt's static part when it is worth keeping (prefix_reuse, long enough)."""
