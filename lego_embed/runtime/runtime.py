@@ -862,8 +862,8 @@ class Runtime:
         gap-respecting policy admission (the prompt's executor state, the level choice: up to
         a millisecond of CPU with many NPCs) runs, like a subtask, in a gap with room for its
         measured cost (`_admission_ns`, learnt from admissions no engine event interrupted),
-        within one frame budget of the request's arrival. It
-        never waits for an engine that is silent (engine_silence_ms) or never reported."""
+        within one frame budget of the request's arrival. It never waits for an engine that is
+        silent (engine_silence_ms) or never reported."""
         if self.config.policy == "free" or self._last_event_ns is None:
             return False
         if (now_ns - self._last_event_ns > self.scheduler.config.engine_silence_ns
@@ -881,7 +881,7 @@ class Runtime:
             salvaged = self._salvaged.pop(pending.request_id, None)
             if not (self._ledger.is_open(pending.request_id)
                     or self._ledger.awaits_correction(pending.request_id)):
-                continue  # answered meanwhile (its fallback, stop, a failed worker)
+                continue  # answered meanwhile (stop, a failed worker)
             self.backpressure.note_request(pending.arrival_ns)
             static = self._static_ids(pending)
             prefix = self._prefixes.get(static) if static else None
@@ -950,6 +950,8 @@ class Runtime:
                 self._predicted_misses.discard(old.request_id)
                 if self._ledger.answer_without_model(old, SUPERSEDED, None, now_ns):
                     self._counters["superseded"] += 1
+        for old_id in replaced:
+            self._take_off_queue(old_id, None)  # if still waiting for admission
         older = [r for r in self.scheduler.pending if r.npc_id == npc_id and r.request_id < new_id
                  and (r.request_id in replaced or not self._ledger.is_open(r.request_id))]
         new_ids = pending.prepared.prompt_ids
@@ -1013,8 +1015,8 @@ class Runtime:
                 self._take_off_queue(request_id, scheduled)
 
     def _take_off_queue(self, request_id: int, scheduled: ScheduledRequest | None) -> None:
-        """Forgets an answered request's work: dropped from the scheduler, or from the requests
-        waiting for a gap to be admitted."""
+        """Forgets an answered request's work: dropped from the scheduler (`scheduled`), or
+        from the requests waiting for a gap to be admitted."""
         if scheduled is not None:
             self._drop(scheduled)
         else:

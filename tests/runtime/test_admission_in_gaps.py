@@ -124,3 +124,19 @@ def test_no_request_waits_for_admission_longer_than_a_frame_budget(
     clock.advance(MS)
     runtime.run_until_idle()
     assert len(runtime.scheduler) == 1 and not answers
+
+
+def test_a_request_superseded_before_admission_leaves_the_queue_at_once(
+    npc_loaded: LoadedModel,
+) -> None:
+    runtime, clock = manual_runtime(npc_loaded)
+    _event(runtime, FRAME_BEGIN, "", clock.peek_ns())
+    _event(runtime, PASS_BEGIN, "p0", clock.peek_ns())
+    answers: list[Decision] = []
+    first = _submit(runtime, "guard", answers, 1)
+    runtime.run_until_idle()
+    clock.advance(MS)
+    _submit(runtime, "guard", answers, 2)
+    runtime.run_until_idle()
+    assert [(a.request_id, a.status) for a in answers] == [(first, "superseded")]
+    assert runtime.stats()["queue_length"] == 1  # the newer one, waiting for a gap
