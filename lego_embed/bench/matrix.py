@@ -153,15 +153,17 @@ def usable_headroom_ms_per_s(
     return gap_ns / 1e6 / ((records[-1].begin_ns - records[0].begin_ns) / 1e9)
 
 
-def decision_cost_ms(loaded: LoadedModel, samples: int = 9) -> float:
+def decision_cost_ms(loaded: LoadedModel, samples: int = 31, unmeasured: int = 4) -> float:
     """The full model's compute per decision on this machine (ms): the median over `samples`
-    combat decisions run to completion, after two unmeasured ones."""
+    combat decisions run to completion (a quarter of a second on the project's CPU machine),
+    after `unmeasured` ones: long enough that a shared VM's slow spell of a few hundred ms
+    does not set the regime's NPC counts."""
     decider = CombatDecider(loaded)
     rng = random.Random(0)
     costs = []
-    for k in range(samples + 2):
+    for k in range(samples + unmeasured):
         cost = decider.decide(random_situation(rng), list(ACTIONS)).compute_ms
-        if k >= 2:
+        if k >= unmeasured:
             costs.append(cost)
     return float(np.median(costs))
 
