@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from runtime_replay import MS, SECOND, manual_runtime
+from runtime_replay import MS, SECOND, SteppingClock, manual_runtime
 
 from lego_embed.model.loading import LoadedModel
 from lego_embed.runtime.answers import Decision
@@ -32,12 +32,18 @@ def _event(runtime: Runtime, kind: str, name: str, t_ns: int) -> None:
     runtime.on_event(EngineEvent(kind, name, t_ns))
 
 
+def _inside_a_pass(loaded: LoadedModel) -> tuple[Runtime, SteppingClock]:
+    """A manual runtime whose engine has begun a frame and its first pass `p0`."""
+    runtime, clock = manual_runtime(loaded)
+    _event(runtime, FRAME_BEGIN, "", clock.peek_ns())
+    _event(runtime, PASS_BEGIN, "p0", clock.peek_ns())
+    return runtime, clock
+
+
 def test_a_request_sent_during_a_pass_is_admitted_when_the_pass_ends(
     npc_loaded: LoadedModel,
 ) -> None:
-    runtime, clock = manual_runtime(npc_loaded)
-    _event(runtime, FRAME_BEGIN, "", clock.peek_ns())
-    _event(runtime, PASS_BEGIN, "p0", clock.peek_ns())
+    runtime, clock = _inside_a_pass(npc_loaded)
     answers: list[Decision] = []
     _submit(runtime, "guard", answers, 1)
     runtime.run_until_idle()
@@ -113,9 +119,7 @@ def test_no_request_waits_for_admission_longer_than_a_frame_budget(
 ) -> None:
     """An engine inside a pass longer than a frame no longer holds admission back: the
     request is queued (so the level choice and the overdue rule see it)."""
-    runtime, clock = manual_runtime(npc_loaded)
-    _event(runtime, FRAME_BEGIN, "", clock.peek_ns())
-    _event(runtime, PASS_BEGIN, "p0", clock.peek_ns())
+    runtime, clock = _inside_a_pass(npc_loaded)
     answers: list[Decision] = []
     _submit(runtime, "guard", answers, 1)
     clock.advance(16 * MS)
@@ -129,9 +133,7 @@ def test_no_request_waits_for_admission_longer_than_a_frame_budget(
 def test_a_request_superseded_before_admission_leaves_the_queue_at_once(
     npc_loaded: LoadedModel,
 ) -> None:
-    runtime, clock = manual_runtime(npc_loaded)
-    _event(runtime, FRAME_BEGIN, "", clock.peek_ns())
-    _event(runtime, PASS_BEGIN, "p0", clock.peek_ns())
+    runtime, clock = _inside_a_pass(npc_loaded)
     answers: list[Decision] = []
     first = _submit(runtime, "guard", answers, 1)
     runtime.run_until_idle()
