@@ -24,7 +24,11 @@ FRAME_CAP_HZ = {"godot3": 60, "godot4": 30}  # the test projects' force_fps / ma
 def village(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> GodotRun:
     if not (BUNDLED / "config.json").is_file():
         pytest.skip(f"the bundled model is not built yet ({BUNDLED}); `make train-model`")
+    # every keeper request is wanted and seven are sent at once: on a slow, loaded machine the
+    # last ones wait past the runtime's 5 s overdue limit, so the harness raises that limit
+    # (what is tested here is what the answers hold, not how soon they come)
     run = run_on_engine(request.param, "village", tmp_path_factory.mktemp(request.param),
+                        env={"LEGO_EMBED_RUNTIME_OPTIONS": '{"overdue_limit_ms": 150000}'},
                         timeout_s=240.0)
     assert run.report is not None, f"the harness wrote no report; Godot said:\n{run.output[-4000:]}"
     assert not run.report["timed_out"], run.output[-4000:]
