@@ -26,6 +26,8 @@
 # http://deb.debian.org/debian), LEGO_GODOT4_PYTHON (the Python whose installation is mounted;
 # default <repo>/.venv/bin/python).
 set -euo pipefail
+# debootstrap, chroot and unshare live in the sbin folders, which a login shell's PATH may lack
+export PATH="$PATH:/usr/sbin:/sbin"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROOT="${LEGO_GODOT4_ROOT:-$REPO/build/godot4-sid}"
