@@ -75,10 +75,15 @@ base = sys.base_prefix
 if base not in ("/usr", "/usr/local", "/"):
     print(base)
 else:
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    interpreter = f"{base}/bin/python{sys.version_info.major}.{sys.version_info.minor}"
     print(sysconfig.get_paths(vars={"base": base, "platbase": base})["stdlib"])
-    print(f"{base}/bin/{version}")
+    print(interpreter)
     print(f"{sysconfig.get_config_var('LIBDIR')}/{sysconfig.get_config_var('INSTSONAME')}")
+    link = sys.executable  # a venv's python reaches the interpreter through links like python3
+    while os.path.islink(link):
+        link = os.path.normpath(os.path.join(os.path.dirname(link), os.readlink(link)))
+        if link != interpreter and not link.startswith(os.environ["REPO"] + "/"):
+            print(link)
 PY
 }
 
