@@ -9,8 +9,9 @@ Three sections, all against the same `off` run of their block:
   of the replay segment's inter-frame headroom per second (contention-free; the intra-frame
   gaps are shorter than the wake-up, a subtask and the margin on this CPU, so they are not
   usable headroom). Every policy runs there, and `oracle` (lego told the true future headroom),
-  and lego with its batches split to fit gaps (`REGIME_ABLATIONS`: what keeping them whole buys
-  where batching matters most).
+  and two variants of lego (`REGIME_ABLATIONS`): its batches split to fit gaps (what keeping
+  them whole buys where batching matters most), and borrowing the next frame's slack (the
+  runtime option `borrow_frame_slack`, off by default: what it buys where compute is scarce).
 - `ablations`: lego with one feature off, on one trace at 300 APM with 4 NPCs.
 
 The plan's `mix` is what every NPC asks for in the main and regime sections: `decisions` (an
@@ -61,6 +62,7 @@ REGIME_APM = 300
 REGIME_TRACES = ("blackmyth_render_1", "ffxvi_render_1", "rdr2_render_2")
 REGIME_ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("split_batches", {"whole_batches": False}),
+    ("borrow_frame_slack", {"borrow_frame_slack": True}),
 )
 ABLATION_APM, ABLATION_NPCS = 300, 4
 ABLATIONS: tuple[tuple[str, dict[str, Any], dict[str, Any] | None], ...] = (

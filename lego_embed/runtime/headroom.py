@@ -28,6 +28,7 @@ INTER_FRAME_SLOT = "inter_frame"
 FRAME_START_SLOT = "frame_start"
 GAP_ALPHA = 0.1
 MAX_EMPTY_WINDOWS = 3
+MIN_SLACK_FRAMES = 10  # frames measured before the next frame's slack is trusted
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,15 @@ class GapEstimate:
 
 @dataclass(frozen=True)
 class OpenGap:
-    """The gap the renderer is in right now: its slot, start (ns) and estimated end (ns)."""
+    """The gap the renderer is in right now: its slot, start (ns) and estimated end (ns).
+    slack_ns: how far work may run past the end of an inter-frame gap of a vsync-paced engine
+    without the next frame missing its vsync (the frame budget minus the next frame's
+    conservatively long render time; 0 for every other gap and before MIN_SLACK_FRAMES frames)."""
 
     slot: str
     start_ns: int
     end_estimate_ns: int
+    slack_ns: int = 0
 
     @property
     def inter_frame(self) -> bool:
@@ -111,6 +116,7 @@ class HeadroomTracker:
         self._window_inter_ms = 0.0
         self._gap: tuple[str, int] | None = None
         self._frame_begin_ns: int | None = None
+        self.frame_length: GapEstimate | None = None  # frame_begin to frame_end, ms
 
     @property
     def window_ms(self) -> float:
@@ -136,6 +142,12 @@ class HeadroomTracker:
         elif event.kind == FRAME_END:
             if self._gap is not None and self._gap[0] != INTER_FRAME_SLOT:
                 self._add_gap(self._gap[0], self._gap[1], t_ns)
+            if self._frame_begin_ns is not None and t_ns >= self._frame_begin_ns:
+                length_ms = (t_ns - self._frame_begin_ns) / 1e6
+                if self.frame_length is None:
+                    self.frame_length = GapEstimate(length_ms, 0.0)
+                else:
+                    self.frame_length.update(length_ms)
             self._gap = (INTER_FRAME_SLOT, t_ns)
         self._close_windows(t_ns)
 
@@ -196,7 +208,8 @@ class HeadroomTracker:
 
         The estimated end is conservative: the slot's typical length minus `gap_deviations`
         deviations (an unseen slot is estimated as zero), and for the inter-frame gap of a
-        vsync-paced engine the next vsync tick, never later than one frame budget after the end.
+        vsync-paced engine the next vsync tick, never later than one frame budget after the end;
+        that gap also carries the next frame's slack (`next_frame_slack_ns`).
         """
         if self._gap is None:
             return None
@@ -204,10 +217,22 @@ class HeadroomTracker:
         if slot == INTER_FRAME_SLOT and self.vsync_paced and self._frame_begin_ns is not None:
             ticks = -(-(start_ns - self._frame_begin_ns) // self.frame_budget_ns)
             end_ns = self._frame_begin_ns + max(ticks, 1) * self.frame_budget_ns
-            return OpenGap(slot, start_ns, min(end_ns, start_ns + self.frame_budget_ns))
+            return OpenGap(slot, start_ns, min(end_ns, start_ns + self.frame_budget_ns),
+                           self.next_frame_slack_ns())
         estimate = self.slots.get(slot)
         length_ms = estimate.conservative_ms(self.gap_deviations) if estimate else 0.0
         return OpenGap(slot, start_ns, start_ns + round(length_ms * 1e6))
+
+    def next_frame_slack_ns(self) -> int:
+        """Time (ns) the next frame can start late and still end by its vsync: the frame budget
+        minus its render time (frame_begin to frame_end) estimated long, mean plus
+        `gap_deviations` deviations; 0 before MIN_SLACK_FRAMES frames or when frames fill the
+        budget."""
+        estimate = self.frame_length
+        if estimate is None or estimate.count < MIN_SLACK_FRAMES:
+            return 0
+        long_ms = estimate.mean_ms + self.gap_deviations * estimate.deviation_ms
+        return max(0, self.frame_budget_ns - round(long_ms * 1e6))
 
     def headroom_per_frame_ms(self) -> float:
         """Mean headroom of one frame from the slot estimates (all slots' mean lengths), in ms."""

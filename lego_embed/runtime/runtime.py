@@ -159,7 +159,9 @@ class RuntimeConfig:
     that does (1/2 or 1/4; exact, see Executor.split_next). whole_batches: while demand is
     above what the full model can serve (back-pressure's measure), a batch of requests at the
     same point of a pass runs whole or waits, and waiting requests whose prompts would batch
-    share one level (`lego`; see the scheduler).
+    share one level (`lego`; see the scheduler). borrow_frame_slack: while demand is above
+    that, `lego` lets work in an inter-frame gap run on into the next frame by as much as that
+    frame can start late and still end by its vsync (off by default; see the scheduler).
     warmup_prompt_tokens: length of the warm-up prompt (tokens). chat_template: apply the model
     folder's chat template to prompts when it has one. max_static_prefixes: static prompt
     parts whose KV is kept (least recently used dropped first).
@@ -190,6 +192,7 @@ class RuntimeConfig:
     prefill_chunk_tokens: int | None = None
     split_ffn: bool = True
     whole_batches: bool = True
+    borrow_frame_slack: bool = False
     warmup_prompt_tokens: int = 32
     chat_template: bool = True
     max_static_prefixes: int = 64
@@ -292,6 +295,7 @@ class Runtime:
             static_slice_ns=round(cfg.static_slice_ms * 1e6),
             split_ffn=cfg.split_ffn,
             whole_batches=cfg.whole_batches,
+            borrow_frame_slack=cfg.borrow_frame_slack,
         )
         self._start_costs = (
             CostModel.from_profile(CostProfile.load(cfg.cost_profile), cfg.cost_deviations)

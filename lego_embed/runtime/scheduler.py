@@ -37,7 +37,7 @@ import heapq
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lego_embed.model.executor import Executor, RequestState, batch_key
@@ -271,7 +271,10 @@ class SchedulerConfig:
     split_ffn: run a slice of an FFN block that does not fit the rest of a gap whole.
     whole_batches: while compute is scarce, a batch runs whole or waits (never a part of it,
     unless it cannot fit even a whole inter-frame gap), and waiting requests whose prompts would
-    batch share one level.
+    batch share one level. borrow_frame_slack: `lego`, while compute is scarce, fits work in an
+    inter-frame gap against the gap's end plus the next frame's slack (`OpenGap.slack_ns`): a
+    subtask may run into the next frame's first pass by as much as that frame can start late
+    and still end by its vsync.
     """
 
     policy: str = "lego"
@@ -287,6 +290,7 @@ class SchedulerConfig:
     max_batch: int = 4
     split_ffn: bool = True
     whole_batches: bool = True
+    borrow_frame_slack: bool = False
 
 
 class Scheduler:
@@ -684,6 +688,9 @@ class Scheduler:
             if self._static_used_ns >= self.config.static_slice_ns:
                 return None
             return Dispatch(batch, predicted_ns, None, 1)
+        if (self.config.borrow_frame_slack and self.compute_scarce and gap.inter_frame
+                and gap.slack_ns > 0):
+            gap = replace(gap, end_estimate_ns=gap.end_estimate_ns + gap.slack_ns)
         fitting = self._fitting_batch(batch, now_ns, gap)
         if fitting is not None:
             slice_subtasks = 64 if gap.inter_frame else 1

@@ -16,7 +16,7 @@ from lego_embed.bench.predictor import (
 from lego_embed.engines.trace_replay import all_shared_traces, simulate_frames
 from lego_embed.errors import InvalidEngineEventError
 from lego_embed.runtime.events import EngineEvent
-from lego_embed.runtime.headroom import INTER_FRAME_SLOT, HeadroomTracker
+from lego_embed.runtime.headroom import INTER_FRAME_SLOT, MIN_SLACK_FRAMES, HeadroomTracker
 from lego_embed.runtime.predictor import (
     HeadroomPredictor,
     LastValuePredictor,
@@ -75,6 +75,33 @@ def test_open_gap_estimates_the_next_vsync_and_slot_length() -> None:
     gap = tracker.open_gap()
     assert gap is not None and gap.slot == "after:a"
     assert gap.end_estimate_ns == 22 * MS  # one 2 ms sample so far, no deviation yet
+
+
+def test_an_inter_frame_gap_carries_the_next_frames_slack_once_frames_were_measured() -> None:
+    tracker = HeadroomTracker(frame_budget_ms=16.0, window_ms=100.0, gap_deviations=2.0)
+    renders_ms = [10.0, 12.0] * MIN_SLACK_FRAMES  # frame_begin to frame_end
+    for index, render_ms in enumerate(renders_ms):
+        t0 = 16.0 * index
+        for event in frame(t0, [("a", t0, t0 + render_ms)], t0 + render_ms):
+            tracker.on_event(event)
+        gap = tracker.open_gap()
+        assert gap is not None and gap.inter_frame
+        if index + 1 < MIN_SLACK_FRAMES:  # too few frames to trust
+            assert gap.slack_ns == 0
+    estimate = tracker.frame_length
+    assert estimate is not None and estimate.count == len(renders_ms)
+    long_ms = estimate.mean_ms + 2.0 * estimate.deviation_ms
+    assert 12.0 < long_ms < 16.0  # the 12 ms frames and more, never the budget
+    assert gap.slack_ns == round(16.0 * MS) - round(long_ms * MS)
+    t0 = 16.0 * len(renders_ms)  # inside the next frame: intra-frame gaps carry no slack
+    tracker.on_event(EngineEvent("frame_begin", "", round(t0 * MS)))
+    intra = tracker.open_gap()
+    assert intra is not None and not intra.inter_frame and intra.slack_ns == 0
+    for index in range(30):  # frames that fill the budget leave no slack
+        t0 = 16.0 * (len(renders_ms) + index)
+        for event in frame(t0, [("a", t0, t0 + 16.0)], t0 + 16.0):
+            tracker.on_event(event)
+    assert tracker.next_frame_slack_ns() == 0
 
 
 def test_window_totals_match_the_simulated_trace() -> None:

@@ -191,6 +191,26 @@ def test_gap_fit_dispatch(npc_loaded: LoadedModel) -> None:
     assert scheduler.next_dispatch(now + 10**12, None, now) is None
 
 
+def test_borrowing_frame_slack_lets_work_run_past_an_inter_frame_gap_only_when_scarce(
+    npc_loaded: LoadedModel,
+) -> None:
+    now = 50 * MS
+    tail = OpenGap(INTER_FRAME_SLOT, now - 5 * MS, now + round(0.5 * MS), round(2 * MS))
+    intra = OpenGap("after:shadow", now, now + round(0.5 * MS), round(2 * MS))
+    for borrow, scarce, expected_end in ((True, True, now + round(2.5 * MS)),
+                                         (True, False, None), (False, True, None)):
+        scheduler = make(npc_loaded, margin_ns=100_000, margin_fraction=0.1,
+                         borrow_frame_slack=borrow)
+        scheduler.compute_scarce = scarce
+        request = new_request(scheduler, 1, 500.0)
+        scheduler.admit(request, 0, headroom_rate=1.0)
+        scheduler.executor.step(request.state)  # embed; next is a 1 ms attention block
+        dispatch = scheduler.next_dispatch(now, tail, now)
+        # 1 ms + 10% + 0.1 ms does not fit the 0.5 ms left; it fits the slack of the next frame
+        assert (dispatch and dispatch.gap_end_ns) == expected_end
+        assert scheduler.next_dispatch(now, intra, now) is None  # never inside a frame
+
+
 @pytest.mark.parametrize("policy", ["free", "inter_frame", "static_skip"])
 def test_baseline_policies(npc_loaded: LoadedModel, policy: str) -> None:
     scheduler = make(npc_loaded, policy=policy)
