@@ -27,7 +27,7 @@
 # default <repo>/.venv/bin/python).
 set -euo pipefail
 # debootstrap, chroot and unshare live in the sbin folders, which a login shell's PATH may lack
-export PATH="$PATH:/usr/sbin:/sbin"
+export PATH="${PATH:-/usr/bin:/bin}:/usr/sbin:/sbin"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROOT="${LEGO_GODOT4_ROOT:-$REPO/build/godot4-sid}"
@@ -65,12 +65,15 @@ safe_remove_root() {
 }
 
 # The host paths the embedded Python needs, one a line: the base interpreter's installation (or,
-# for a system Python under /usr, just its interpreter, standard library and libpython).
+# for a system Python under /usr, just its interpreter, standard library and libpython, and each
+# link from the venv's python to that interpreter, such as /usr/bin/python3).
 python_paths() {
     REPO="$REPO" "$PYTHON" - <<'PY'
 import os, sys, sysconfig
-if not sys.prefix.startswith(os.environ["REPO"] + "/") and sys.prefix != sys.base_prefix:
+mounted = [os.environ["REPO"] + "/"]
+if not sys.prefix.startswith(mounted[0]) and sys.prefix != sys.base_prefix:
     print(sys.prefix)  # a virtual environment outside the repository
+    mounted.append(sys.prefix + "/")
 base = sys.base_prefix
 if base not in ("/usr", "/usr/local", "/"):
     print(base)
@@ -79,10 +82,12 @@ else:
     print(sysconfig.get_paths(vars={"base": base, "platbase": base})["stdlib"])
     print(interpreter)
     print(f"{sysconfig.get_config_var('LIBDIR')}/{sysconfig.get_config_var('INSTSONAME')}")
-    link = sys.executable  # a venv's python reaches the interpreter through links like python3
-    while os.path.islink(link):
-        link = os.path.normpath(os.path.join(os.path.dirname(link), os.readlink(link)))
-        if link != interpreter and not link.startswith(os.environ["REPO"] + "/"):
+    chain = [sys.executable]  # a venv's python reaches the interpreter through links (python3)
+    while os.path.islink(chain[-1]):
+        target = os.readlink(chain[-1])
+        chain.append(os.path.normpath(os.path.join(os.path.dirname(chain[-1]), target)))
+    for link in chain:
+        if link != interpreter and not link.startswith(tuple(mounted)):
             print(link)
 PY
 }
@@ -190,5 +195,5 @@ case "${1:-}" in
     run) shift; run "$@" ;;
     version) require_root; installed_version || die "the chroot is not built; run: $0 ensure" ;;
     remove) require_root; [ -e "$ROOT" ] || exit 0; exec 9>"$LOCK"; flock 9; safe_remove_root; rm -f "$ROOT.debootstrap.log" "$ROOT.apt.log" ;;
-    *) sed -n '2,30p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,27p' "$0" >&2; exit 2 ;;
 esac

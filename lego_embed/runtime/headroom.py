@@ -28,7 +28,8 @@ INTER_FRAME_SLOT = "inter_frame"
 FRAME_START_SLOT = "frame_start"
 GAP_ALPHA = 0.1
 MAX_EMPTY_WINDOWS = 3
-MIN_SLACK_FRAMES = 10  # frames measured before the next frame's slack is trusted
+MIN_SLACK_FRAMES = 30  # frames measured before the next frame's slack is trusted (the EWMA
+# deviation starts at 0 and reaches 96% of its settled value after 30 frames)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class WindowHeadroom:
 
 @dataclass
 class GapEstimate:
-    """Running estimate of one slot's gap length: EWMA mean and mean absolute deviation in ms."""
+    """Running estimate of a length (one slot's gaps, or the frames' render time): EWMA mean
+    and mean absolute deviation in ms."""
 
     mean_ms: float
     deviation_ms: float
@@ -66,6 +68,7 @@ class GapEstimate:
 @dataclass(frozen=True)
 class OpenGap:
     """The gap the renderer is in right now: its slot, start (ns) and estimated end (ns).
+
     slack_ns: how far work may run past the end of an inter-frame gap of a vsync-paced engine
     without the next frame missing its vsync (the frame budget minus the next frame's
     conservatively long render time; 0 for every other gap and before MIN_SLACK_FRAMES frames)."""
@@ -86,8 +89,9 @@ class HeadroomTracker:
     `frame_budget_ms` bounds the inter-frame gap; `window_ms` is the execution window (one SLO
     period). With `vsync_paced` (the default) the next frame is expected on the next vsync tick,
     estimated from the last frame_begin plus whole frame budgets; otherwise from the slot's
-    conservative estimate. `on_window(WindowHeadroom)` is called as each window closes.
-    Not thread-safe: feed it from one thread.
+    conservative estimate. It also tracks the frames' render time (frame_begin to frame_end,
+    `frame_length`), from which the next frame's slack is estimated. `on_window(WindowHeadroom)`
+    is called as each window closes. Not thread-safe: feed it from one thread.
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class HeadroomTracker:
         self._gap: tuple[str, int] | None = None
         self._frame_begin_ns: int | None = None
         self.frame_length: GapEstimate | None = None  # frame_begin to frame_end, ms
+        self._frame_open = False  # a frame_begin not yet closed by a frame_end
 
     @property
     def window_ms(self) -> float:
@@ -131,6 +136,7 @@ class HeadroomTracker:
                 length_ns = min(t_ns - self._gap[1], self.frame_budget_ns)
                 self._add_gap(INTER_FRAME_SLOT, t_ns - length_ns, t_ns)
             self._frame_begin_ns = t_ns
+            self._frame_open = True
             self._gap = (FRAME_START_SLOT, t_ns)
             self.frames += 1
         elif event.kind == PASS_BEGIN:
@@ -142,14 +148,21 @@ class HeadroomTracker:
         elif event.kind == FRAME_END:
             if self._gap is not None and self._gap[0] != INTER_FRAME_SLOT:
                 self._add_gap(self._gap[0], self._gap[1], t_ns)
-            if self._frame_begin_ns is not None and t_ns >= self._frame_begin_ns:
-                length_ms = (t_ns - self._frame_begin_ns) / 1e6
-                if self.frame_length is None:
-                    self.frame_length = GapEstimate(length_ms, 0.0)
-                else:
-                    self.frame_length.update(length_ms)
+            self._note_frame_length(t_ns)
             self._gap = (INTER_FRAME_SLOT, t_ns)
         self._close_windows(t_ns)
+
+    def _note_frame_length(self, end_ns: int) -> None:
+        """The render time of the frame a frame_end closes (only the first frame_end after a
+        frame_begin counts; a hitch counts as at most two frame budgets)."""
+        if not self._frame_open or self._frame_begin_ns is None or end_ns < self._frame_begin_ns:
+            return
+        self._frame_open = False
+        length_ms = min(end_ns - self._frame_begin_ns, 2 * self.frame_budget_ns) / 1e6
+        if self.frame_length is None:
+            self.frame_length = GapEstimate(length_ms, 0.0)
+        else:
+            self.frame_length.update(length_ms)
 
     def _add_gap(self, slot: str, start_ns: int, end_ns: int) -> None:
         length_ns = end_ns - start_ns

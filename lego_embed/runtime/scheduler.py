@@ -20,6 +20,9 @@ time back with `record`. Policies:
   whose prompts would batch share one level (the smallest at which they all fit, batched). With
   compute to spare, the most urgent part of a batch that fits runs at once, at each request's
   own level (waiting for a batch would only cost latency and, through the backlog, accuracy).
+  With `borrow_frame_slack` (off by default), while compute is scarce, an inter-frame gap's end
+  is moved out by the next frame's slack (`OpenGap.slack_ns`), so its last subtask may run into
+  the next frame's first pass as far as that frame can start late and still end by its vsync.
 - `free`: start whenever there is work (plain co-location); full model.
 - `inter_frame`: start only between frame_end and the next frame_begin (Pilotfish-style),
   without a fit check; full model.

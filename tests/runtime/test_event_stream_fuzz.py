@@ -215,21 +215,29 @@ SILENT_IN_PASS = StreamPlan(  # found with the silence rule applied inside passe
 @given(plan=stream_plans(),
        policy=st.sampled_from(("lego", "inter_frame", "static_skip", "free")),
        step_us=st.sampled_from((0, 20, 200)), fallback=st.booleans(),
-       output=st.sampled_from(OUTPUTS))
-@example(plan=HITCH_AT_START, policy="lego", step_us=20, fallback=False, output="choice")
-@example(plan=HITCH_AT_START, policy="lego", step_us=20, fallback=True, output="choice")
-@example(plan=SILENT_IN_PASS, policy="static_skip", step_us=0, fallback=False, output="choice")
-@example(plan=SILENT_IN_PASS, policy="lego", step_us=200, fallback=True, output="choice")
+       output=st.sampled_from(OUTPUTS), borrow=st.booleans())
+@example(plan=HITCH_AT_START, policy="lego", step_us=20, fallback=False, output="choice",
+         borrow=False)
+@example(plan=HITCH_AT_START, policy="lego", step_us=20, fallback=True, output="choice",
+         borrow=False)
+@example(plan=SILENT_IN_PASS, policy="static_skip", step_us=0, fallback=False, output="choice",
+         borrow=False)
+@example(plan=SILENT_IN_PASS, policy="lego", step_us=200, fallback=True, output="choice",
+         borrow=False)
 @example(plan=HITCH_AT_START, policy="lego", step_us=20, fallback=True,
-         output="choice_then_line")
-@example(plan=SILENT_IN_PASS, policy="lego", step_us=200, fallback=False, output="line")
+         output="choice_then_line", borrow=False)
+@example(plan=SILENT_IN_PASS, policy="lego", step_us=200, fallback=False, output="line",
+         borrow=False)
+@example(plan=HITCH_AT_START, policy="lego", step_us=20, fallback=True, output="choice",
+         borrow=True)
 def test_any_engine_stream_keeps_the_runtime_answering(
     npc_loaded: LoadedModel, bundle: SkipBundle, plan: StreamPlan, policy: str, step_us: int,
-    fallback: bool, output: str,
+    fallback: bool, output: str, borrow: bool,
 ) -> None:
-    """step_us: simulated time each clock read of the runtime takes (its work's duration)."""
+    """step_us: simulated time each clock read of the runtime takes (its work's duration);
+    borrow: the runtime option borrow_frame_slack."""
     runtime, clock = manual_runtime(npc_loaded, bundle, step_ns=step_us * 1000, policy=policy,
-                                    window_ms=200.0)
+                                    window_ms=200.0, borrow_frame_slack=borrow)
     tokens: list[TokenEvent] = []
     options = request_options(output, fallback, tokens)
     stream = [replace(d, options=options) if d.deadlines_ms else d for d in build_stream(plan)]
@@ -259,6 +267,8 @@ def test_tracker_and_predictor_stay_finite_on_any_stream(
         tracker.on_event(EngineEvent(kind, name, t))
         gap = tracker.open_gap()
         assert gap is None or isinstance(gap.end_estimate_ns, int)
+        assert gap is None or (isinstance(gap.slack_ns, int)
+                               and 0 <= gap.slack_ns <= tracker.frame_budget_ns)
         predicted = predictor.predict()
         assert predicted is None or (math.isfinite(predicted) and predicted >= 0)
     for window in tracker.windows:
@@ -268,3 +278,5 @@ def test_tracker_and_predictor_stay_finite_on_any_stream(
     per_event = MAX_EMPTY_WINDOWS + 3 + math.ceil(tracker.frame_budget_ns / tracker.window_ns)
     assert len(tracker.windows) <= len(steps) * per_event
     assert all(math.isfinite(e.mean_ms) for e in tracker.slots.values())
+    frames = tracker.frame_length  # a frame counts as at most two frame budgets, never negative
+    assert frames is None or 0 <= frames.mean_ms <= 2 * tracker.frame_budget_ns / 1e6
