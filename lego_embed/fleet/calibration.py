@@ -106,6 +106,9 @@ class Corrections:
         the rest is paid per batch token (the sweep has one batch size, so the split is fitted);
     lora_slot_share: the share of that per-token cost that grows with the GPU slots
         (max_loras / the sweep's; the LoRA kernels launch blocks per token tile and slot);
+    lora_slot_prefill_factor: cost of a prefill token relative to a decode token in that
+        slot-growing share (the kernels' grid spans every slot for every block of the step's
+        tokens, prefill or decode, and a slot without tokens in a block returns at once);
     lora_batch_exponent: above the sweep's batch, the per-adapter LoRA cost grows as
         (batch tokens / sweep batch) ** exponent (below it, it stays as measured);
     lora_rank_exponent: the per-adapter LoRA cost scales as (rank tiles / the sweep's rank
@@ -124,8 +127,9 @@ class Corrections:
     prefill_token_factor: float = 0.4
     lora_step_ms: float = 3.0
     lora_slot_share: float = 0.5
+    lora_slot_prefill_factor: float = 0.7
     lora_batch_exponent: float = 0.4
-    lora_rank_exponent: float = 0.2
+    lora_rank_exponent: float = 0.1
     lora_adapter_scale: float = 1.2
     waiting_scan_us: float = 0.0
     generated_to_requested: float = 0.955

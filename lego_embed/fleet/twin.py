@@ -161,10 +161,11 @@ class _StepLatency:
     """Step latency (ms) from the calibration; see calibration.StepModel and Corrections:
     step_scale x (c0 + c_token T + c_context KV + LoRA) + waiting_scan x waiting, with
     T = decodes + prefill_token_factor x prefill tokens and, when the batch holds u adapters,
-    LoRA = lora_step + (D0 - lora_step) (T / ref_batch) (1 - s + s max_loras / ref_max_loras)
-    + rank factor x (D(u) - D0) x max(1, T / ref_batch) ** g, where D(u) is the sweep's LoRA
-    cost with u adapters at ref_batch tokens and ref_max_loras slots, D0 its intercept, s the
-    slot share and g the batch exponent. The rank factor is lora_adapter_scale x (rank tiles /
+    LoRA = lora_step + (D0 - lora_step) / ref_batch x ((1 - s) T + s S max_loras / ref_max_loras)
+    + rank factor x (D(u) - D0) x max(1, T / ref_batch) ** g, where S = decodes +
+    lora_slot_prefill_factor x prefill tokens, D(u) is the sweep's LoRA cost with u adapters at
+    ref_batch tokens and ref_max_loras slots, D0 its intercept, s the slot share and g the batch
+    exponent. The rank factor is lora_adapter_scale x (rank tiles /
     the sweep's) ** lora_rank_exponent with a tile of LORA_RANK_TILE ranks (the LoRA kernels'
     rank blocking: ranks 8 and 16 cost the same)."""
 
@@ -186,10 +187,11 @@ class _StepLatency:
                                                                         - points[-1])
         self.lora_u = (rank_scale * per_adapter).tolist()
         self.lora_step = corr.lora_step_ms
-        slots = 1.0 - corr.lora_slot_share + corr.lora_slot_share * max_loras / \
+        per_token = max(0.0, float(intercept) - corr.lora_step_ms) / step.lora_ref_batch
+        self.lora_token = per_token * (1.0 - corr.lora_slot_share)
+        self.lora_slot_token = per_token * corr.lora_slot_share * max_loras / \
             step.lora_ref_max_loras
-        self.lora_token = max(0.0, float(intercept) - corr.lora_step_ms) * slots / \
-            step.lora_ref_batch
+        self.slot_prefill_factor = corr.lora_slot_prefill_factor
         self.ref_batch = float(step.lora_ref_batch)
         self.batch_exponent = corr.lora_batch_exponent
         self.scan_ms = corr.waiting_scan_us / 1000.0
@@ -202,7 +204,9 @@ class _StepLatency:
             per_adapter = self.lora_u[min(distinct_adapters, len(self.lora_u) - 1)]
             if tokens > self.ref_batch:
                 per_adapter *= (tokens / self.ref_batch) ** self.batch_exponent
-            base += self.lora_step + self.lora_token * tokens + per_adapter
+            slot_tokens = decode_tokens + self.slot_prefill_factor * prefill_tokens
+            base += (self.lora_step + self.lora_token * tokens
+                     + self.lora_slot_token * slot_tokens + per_adapter)
         return self.scale * base + self.scan_ms * waiting
 
 

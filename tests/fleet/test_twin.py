@@ -101,3 +101,23 @@ def test_lora_cost_follows_the_kernels_rank_tiles(calibration: Calibration) -> N
 
     assert mean_itl(8) == pytest.approx(mean_itl(16), rel=1e-12)
     assert mean_itl(32) > mean_itl(16) * 1.02
+
+
+def test_more_slots_cost_prefill_tokens_at_their_own_weight(calibration: Calibration) -> None:
+    """The LoRA kernels' grid spans every slot for every block of a step's tokens: what more
+    slots add to a step of P prefill tokens is what they add to one of
+    lora_slot_prefill_factor x P decode tokens, and it grows with the factor."""
+    from dataclasses import replace
+
+    from lego_embed.fleet.twin import _StepLatency
+
+    def slot_cost(cal: Calibration, decodes: int, prefills: int) -> float:
+        few, many = _StepLatency(cal, 16, 8), _StepLatency(cal, 16, 256)
+        return many.ms(decodes, prefills, 0, 1, 0) - few.ms(decodes, prefills, 0, 1, 0)
+
+    factor = calibration.corrections.lora_slot_prefill_factor
+    assert slot_cost(calibration, 0, 1000) == pytest.approx(
+        slot_cost(calibration, round(factor * 1000), 0), rel=1e-9)
+    heavier = calibration.with_corrections(
+        replace(calibration.corrections, lora_slot_prefill_factor=factor + 0.5))
+    assert slot_cost(heavier, 0, 1000) > slot_cost(calibration, 0, 1000) * 1.2

@@ -15,7 +15,9 @@ from lego_embed.fleet.validation import RealRun, load_runs, validate
 SUBSET_EVERY = 8
 """Every 8th run of the file (ok and infeasible alike), each simulated for its full hour."""
 MAX_THROUGHPUT_MAPE = 0.042
-MAX_MEAN_ITL_MAPE = 0.09
+MAX_MEAN_ITL_MAPE = 0.082
+"""The shipped twin gives 0.080 on this subset; the previous twin (prefill tokens at 0.4 of a
+decode token in the slot-growing LoRA cost, rank exponent 0.2) gave 0.084."""
 """On this subset the twin scores throughput 0.037 and mean ITL 0.084 (0.039 and 0.081 on all
 459 runs); the previous twin (rank cost (max_lora_rank / 8) ** 0.4, batch exponent 0.3) scored
 0.046 and 0.094 and fails both bounds."""
