@@ -341,8 +341,10 @@ def load_calibration(path: str | Path) -> Calibration:
         loading = {k: {int(r): float(v) for r, v in table.items()}
                    for k, table in data["loading"].items()}
         known = {f.name for f in fields(Corrections)}
-        corrections = Corrections(**{k: v for k, v in data.get("corrections", {}).items()
-                                     if k in known})
+        stored = {k: v for k, v in data.get("corrections", {}).items() if k in known}
+        if "prefill_token_factor" in stored:  # files from before the slot-scaled prefill weight
+            stored.setdefault("lora_slot_prefill_factor", stored["prefill_token_factor"])
+        corrections = Corrections(**stored)
         return Calibration(model=data["model"], memory=MemoryModel(**data["memory"]),
                            step=StepModel(**step), loading=LoadingModel(**loading),
                            corrections=corrections, source=data.get("source", ""),

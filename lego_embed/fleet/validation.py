@@ -275,13 +275,13 @@ def validate(runs: Sequence[RealRun], calibration: Calibration, duration_s: floa
 
 
 CORRECTION_GRID = {
-    "lora_rank_exponent": (0.1, 0.2, 0.3, 0.4),
-    "lora_adapter_scale": (1.2, 1.32, 1.45),
-    "lora_batch_exponent": (0.2, 0.3, 0.4),
-    "lora_slot_share": (0.3, 0.5, 0.7),
-    "lora_slot_prefill_factor": (0.4, 0.7, 1.0),
+    "lora_slot_prefill_factor": (0.4, 0.7, 1.0, 1.5),
+    "lora_slot_share": (0.3, 0.4, 0.5, 0.6),
     "lora_step_ms": (2.0, 3.0, 4.0),
     "prefill_token_factor": (0.3, 0.4, 0.5),
+    "lora_batch_exponent": (0.3, 0.4, 0.5),
+    "lora_adapter_scale": (1.1, 1.2, 1.32),
+    "lora_rank_exponent": (0.1, 0.2, 0.3),
 }
 FITTED_FIELDS = tuple(CORRECTION_GRID)
 FIT_EVERY = 3

@@ -56,6 +56,19 @@ def test_save_and_load_round_trip(tmp_path: Path, calibration: Calibration) -> N
                                          "Qwen/Qwen2.5-7B-Instruct")
 
 
+def test_a_file_from_before_the_slot_prefill_weight_keeps_its_model(tmp_path: Path) -> None:
+    """A calibration saved before `lora_slot_prefill_factor` existed loads with that weight equal
+    to its `prefill_token_factor`, the one prefill weight its twin used."""
+    from lego_embed.cli.fleet_commands import DEFAULT_CALIBRATION
+
+    data = json.loads(DEFAULT_CALIBRATION.read_text())
+    del data["corrections"]["lora_slot_prefill_factor"]
+    data["corrections"]["prefill_token_factor"] = 0.35
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    assert load_calibration(path).corrections.lora_slot_prefill_factor == 0.35
+
+
 def test_a_model_or_gpu_without_calibration_is_refused(tmp_path: Path,
                                                        calibration: Calibration) -> None:
     calibration.save(tmp_path / calibration_file_name(calibration.model, calibration.gpu))

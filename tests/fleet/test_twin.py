@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from lego_embed.fleet.calibration import Calibration
@@ -103,7 +104,8 @@ def test_lora_cost_follows_the_kernels_rank_tiles(calibration: Calibration) -> N
     assert mean_itl(32) > mean_itl(16) * 1.02
 
 
-def test_more_slots_cost_prefill_tokens_at_their_own_weight(calibration: Calibration) -> None:
+def test_more_slots_cost_prefill_tokens_at_their_own_weight(
+        shipped_calibration: Calibration) -> None:
     """The LoRA kernels' grid spans every slot for every block of a step's tokens: what more
     slots add to a step of P prefill tokens is what they add to one of
     lora_slot_prefill_factor x P decode tokens, and it grows with the factor."""
@@ -115,9 +117,40 @@ def test_more_slots_cost_prefill_tokens_at_their_own_weight(calibration: Calibra
         few, many = _StepLatency(cal, 16, 8), _StepLatency(cal, 16, 256)
         return many.ms(decodes, prefills, 0, 1, 0) - few.ms(decodes, prefills, 0, 1, 0)
 
-    factor = calibration.corrections.lora_slot_prefill_factor
-    assert slot_cost(calibration, 0, 1000) == pytest.approx(
-        slot_cost(calibration, round(factor * 1000), 0), rel=1e-9)
-    heavier = calibration.with_corrections(
-        replace(calibration.corrections, lora_slot_prefill_factor=factor + 0.5))
-    assert slot_cost(heavier, 0, 1000) > slot_cost(calibration, 0, 1000) * 1.2
+    factor = shipped_calibration.corrections.lora_slot_prefill_factor
+    assert slot_cost(shipped_calibration, 0, 1000) == pytest.approx(
+        slot_cost(shipped_calibration, round(factor * 1000), 0), rel=1e-9)
+    heavier = shipped_calibration.with_corrections(
+        replace(shipped_calibration.corrections, lora_slot_prefill_factor=factor + 0.5))
+    assert slot_cost(heavier, 0, 1000) > slot_cost(shipped_calibration, 0, 1000) * 1.2
+
+
+def test_equal_prefill_weights_give_the_single_weight_model(
+        shipped_calibration: Calibration) -> None:
+    """With lora_slot_prefill_factor = prefill_token_factor the step latency is the model with one
+    prefill weight: lora_step + (D0 - lora_step) / ref_batch x T x (1 - s + s max_loras / ref)
+    plus the per-adapter term."""
+    from dataclasses import replace
+
+    from lego_embed.fleet.twin import _StepLatency
+
+    corr = shipped_calibration.corrections
+    single = shipped_calibration.with_corrections(
+        replace(corr, lora_slot_prefill_factor=corr.prefill_token_factor))
+    step = single.step
+    for max_loras in (8, 64, 384):
+        latency = _StepLatency(single, 16, max_loras)
+        slots = 1 - corr.lora_slot_share + corr.lora_slot_share * max_loras / \
+            step.lora_ref_max_loras
+        for decodes, prefills in ((100, 0), (40, 1500), (0, 2048)):
+            tokens = decodes + corr.prefill_token_factor * prefills
+            assert latency.ms(decodes, prefills, 0, 0, 0) == pytest.approx(
+                corr.step_scale * (step.c0_ms + step.c_token_ms * tokens))
+            one_adapter = latency.ms(decodes, prefills, 0, 1, 0) - latency.ms(
+                decodes, prefills, 0, 0, 0)
+            intercept = float(np.polyfit(step.lora_u_points, step.lora_u_ms, 1)[1])
+            per_token = (intercept - corr.lora_step_ms) / step.lora_ref_batch
+            per_adapter = latency.lora_u[1] * max(1.0, tokens / step.lora_ref_batch) ** \
+                corr.lora_batch_exponent
+            assert one_adapter == pytest.approx(corr.step_scale * (
+                corr.lora_step_ms + per_token * tokens * slots + per_adapter), rel=1e-12)
