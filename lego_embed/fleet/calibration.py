@@ -105,10 +105,10 @@ class Corrections:
     lora_step_ms: the part of the intercept of the sweep's LoRA cost paid once per step (ms);
         the rest is paid per batch token (the sweep has one batch size, so the split is fitted);
     lora_slot_share: the share of that per-token cost that grows with the GPU slots
-        (max_loras / the sweep's; the LoRA kernels launch blocks per token tile and slot);
+        (max_loras / the sweep's): the LoRA kernels launch blocks for every slot and every
+        block of the step's tokens, prefill or decode (a slot without tokens returns at once);
     lora_slot_prefill_factor: cost of a prefill token relative to a decode token in that
-        slot-growing share (the kernels' grid spans every slot for every block of the step's
-        tokens, prefill or decode, and a slot without tokens in a block returns at once);
+        slot-growing share;
     lora_batch_exponent: above the sweep's batch, the per-adapter LoRA cost grows as
         (batch tokens / sweep batch) ** exponent (below it, it stays as measured);
     lora_rank_exponent: the per-adapter LoRA cost scales as (rank tiles / the sweep's rank

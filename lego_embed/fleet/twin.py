@@ -165,9 +165,9 @@ class _StepLatency:
     + rank factor x (D(u) - D0) x max(1, T / ref_batch) ** g, where S = decodes +
     lora_slot_prefill_factor x prefill tokens, D(u) is the sweep's LoRA cost with u adapters at
     ref_batch tokens and ref_max_loras slots, D0 its intercept, s the slot share and g the batch
-    exponent. The rank factor is lora_adapter_scale x (rank tiles /
-    the sweep's) ** lora_rank_exponent with a tile of LORA_RANK_TILE ranks (the LoRA kernels'
-    rank blocking: ranks 8 and 16 cost the same)."""
+    exponent. The rank factor is lora_adapter_scale x (rank tiles / the sweep's) **
+    lora_rank_exponent with a tile of LORA_RANK_TILE ranks (the LoRA kernels' rank blocking:
+    ranks 8 and 16 cost the same)."""
 
     def __init__(self, calibration: Calibration, max_lora_rank: int, max_loras: int) -> None:
         step, corr = calibration.step, calibration.corrections

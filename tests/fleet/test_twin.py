@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from lego_embed.fleet.calibration import Calibration
 from lego_embed.fleet.spec import AdapterSpec
-from lego_embed.fleet.twin import InstanceConfig, StepSnapshot, simulate
+from lego_embed.fleet.twin import InstanceConfig, StepSnapshot, _StepLatency, simulate
 
 
 def _adapters(n: int, rate: float, ranks=(8, 16)) -> list[AdapterSpec]:
@@ -109,10 +111,6 @@ def test_more_slots_cost_prefill_tokens_at_their_own_weight(
     """The LoRA kernels' grid spans every slot for every block of a step's tokens: what more
     slots add to a step of P prefill tokens is what they add to one of
     lora_slot_prefill_factor x P decode tokens, and it grows with the factor."""
-    from dataclasses import replace
-
-    from lego_embed.fleet.twin import _StepLatency
-
     def slot_cost(cal: Calibration, decodes: int, prefills: int) -> float:
         few, many = _StepLatency(cal, 16, 8), _StepLatency(cal, 16, 256)
         return many.ms(decodes, prefills, 0, 1, 0) - few.ms(decodes, prefills, 0, 1, 0)
@@ -130,14 +128,12 @@ def test_equal_prefill_weights_give_the_single_weight_model(
     """With lora_slot_prefill_factor = prefill_token_factor the step latency is the model with one
     prefill weight: lora_step + (D0 - lora_step) / ref_batch x T x (1 - s + s max_loras / ref)
     plus the per-adapter term."""
-    from dataclasses import replace
-
-    from lego_embed.fleet.twin import _StepLatency
-
     corr = shipped_calibration.corrections
     single = shipped_calibration.with_corrections(
         replace(corr, lora_slot_prefill_factor=corr.prefill_token_factor))
     step = single.step
+    intercept = float(np.polyfit(step.lora_u_points, step.lora_u_ms, 1)[1])
+    per_token = (intercept - corr.lora_step_ms) / step.lora_ref_batch
     for max_loras in (8, 64, 384):
         latency = _StepLatency(single, 16, max_loras)
         slots = 1 - corr.lora_slot_share + corr.lora_slot_share * max_loras / \
@@ -148,8 +144,6 @@ def test_equal_prefill_weights_give_the_single_weight_model(
                 corr.step_scale * (step.c0_ms + step.c_token_ms * tokens))
             one_adapter = latency.ms(decodes, prefills, 0, 1, 0) - latency.ms(
                 decodes, prefills, 0, 0, 0)
-            intercept = float(np.polyfit(step.lora_u_points, step.lora_u_ms, 1)[1])
-            per_token = (intercept - corr.lora_step_ms) / step.lora_ref_batch
             per_adapter = latency.lora_u[1] * max(1.0, tokens / step.lora_ref_batch) ** \
                 corr.lora_batch_exponent
             assert one_adapter == pytest.approx(corr.step_scale * (
