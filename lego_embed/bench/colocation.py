@@ -54,6 +54,7 @@ GAME_REQUEST_OPTIONS = {"fallback": "block"}  # what the benchmark's NPCs ask wi
 FIRST_REQUEST_DELAY_MS = 300.0
 SWITCH_INTERVAL_S = 0.0002
 MIXES = ("decisions", "dialogue")
+EVENT_DELIVERIES = ("forwarded", "direct")
 DIALOGUE_PACE_TOKENS_PER_S = 15.0
 
 
@@ -68,7 +69,10 @@ class ColocationSetting:
     action; NPCs supersede their older requests). Policy `oracle` is `lego` told the segment's
     true future headroom. mix: `decisions` (an action per period) or `dialogue` (an action and a
     bark per period, streamed at `pace_tokens_per_s`). placement: where the render stand-in
-    runs, `process` (its own process) or `thread` (a thread of the LLM's process).
+    runs, `process` (its own process) or `thread` (a thread of the LLM's process). events:
+    how render events reach the runtime, `forwarded` (this benchmark's thread reads them and
+    calls `Runtime.on_event`, as an engine that reports from a game thread does) or `direct`
+    (the runtime's worker reads the render's event ring itself, `Runtime.attach_events`).
     """
 
     trace: RenderTrace
@@ -85,6 +89,7 @@ class ColocationSetting:
     mix: str = "decisions"
     pace_tokens_per_s: float = DIALOGUE_PACE_TOKENS_PER_S
     placement: str = "process"
+    events: str = "forwarded"
 
     @property
     def slo_ms(self) -> float:
@@ -144,6 +149,10 @@ def run_colocation(
         raise BenchmarkConfigError(
             f"placement {setting.placement!r} is not one of {', '.join(RENDER_PLACEMENTS)}"
         )
+    if setting.events not in EVENT_DELIVERIES:
+        raise BenchmarkConfigError(
+            f"events {setting.events!r} is not one of {', '.join(EVENT_DELIVERIES)}"
+        )
     frames = round(setting.seconds * 1000.0 / FRAME_BUDGET_60FPS_MS)
     trace = setting.trace
     start = setting.start_frame
@@ -176,7 +185,10 @@ def run_colocation(
                            device=render_device, placement=setting.placement)
     previous_interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    render.start()
+    direct = runtime is not None and setting.events == "direct"
+    render.start(claimed=direct)
+    if direct:
+        runtime.attach_events(render.claim_events())
     requests = 0
     issued: list[tuple[int, int]] = []
     rng = random.Random(seed)

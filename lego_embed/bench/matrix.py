@@ -9,9 +9,11 @@ Three sections, all against the same `off` run of their block:
   of the replay segment's inter-frame headroom per second (contention-free; the intra-frame
   gaps are shorter than the wake-up, a subtask and the margin on this CPU, so they are not
   usable headroom). Every policy runs there, and `oracle` (lego told the true future headroom),
-  and two variants of lego (`REGIME_ABLATIONS`): its batches split to fit gaps (what keeping
-  them whole buys where batching matters most), and borrowing the next frame's slack (the
-  runtime option `borrow_frame_slack`, off by default: what it buys where compute is scarce).
+  and three variants of lego (`REGIME_ABLATIONS`): its batches split to fit gaps (what keeping
+  them whole buys where batching matters most), borrowing the next frame's slack (the
+  runtime option `borrow_frame_slack`, off by default: what it buys where compute is scarce),
+  and its worker reading the render's events itself (`events="direct"`: what the wake-up a
+  game thread adds costs).
 - `ablations`: lego with one feature off, on one trace at 300 APM with 4 NPCs.
 
 The plan's `mix` is what every NPC asks for in the main and regime sections: `decisions` (an
@@ -60,9 +62,11 @@ REGIME_POLICIES = ("free", "inter_frame", "static_skip", "lego", "oracle")
 REGIME_RATIOS = (1.0, 1.25, 1.5)
 REGIME_APM = 300
 REGIME_TRACES = ("blackmyth_render_1", "ffxvi_render_1", "rdr2_render_2")
+# name, ColocationSetting fields that differ from lego's
 REGIME_ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("split_batches", {"whole_batches": False}),
-    ("borrow_frame_slack", {"borrow_frame_slack": True}),
+    ("split_batches", {"runtime_options": {"whole_batches": False}}),
+    ("borrow_frame_slack", {"runtime_options": {"borrow_frame_slack": True}}),
+    ("direct_events", {"events": "direct"}),
 )
 ABLATION_APM, ABLATION_NPCS = 300, 4
 ABLATIONS: tuple[tuple[str, dict[str, Any], dict[str, Any] | None], ...] = (
@@ -198,8 +202,8 @@ def _block_jobs(
                                                  mix=mix),
                      demand_ratio=ratio) for policy in REGIME_POLICIES]
         jobs += [Job("regime", ColocationSetting(trace, plan.regime_apm, "lego", npcs, seconds,
-                                                 runtime_options=options, mix=mix),
-                     demand_ratio=ratio, ablation=name) for name, options in REGIME_ABLATIONS]
+                                                 mix=mix, **fields),
+                     demand_ratio=ratio, ablation=name) for name, fields in REGIME_ABLATIONS]
     if trace.name == plan.ablation_trace:
         for name, runtime_options, request_options in ABLATIONS:
             requests = {} if request_options is None else {"request_options": request_options}

@@ -25,13 +25,14 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lego_embed.engines.event_ring import EventRingReader, EventRingWriter, create_ring_file
 from lego_embed.errors import TraceFormatError
 from lego_embed.runtime.events import (
     FRAME_BEGIN,
@@ -383,58 +384,52 @@ def _render_main(
     start_delay_ms: float,
     core: int | None,
     device: str,
-    send: Callable[[tuple], None],
+    control: multiprocessing.connection.Connection,
+    ring: Path,
+    bell: multiprocessing.connection.Connection,
+    bell_every_event: bool,
 ) -> None:
-    """The render loop: replays frames for real and sends events (`send((kind, name, t_ns))`),
-    then the frame records; run by the render process, or by a thread of the LLM's process."""
+    """The render loop: replays frames for real, stores each event in the event ring as it
+    happens (`EventRingWriter`) and sends the vsync origin, then the frame records, on
+    `control`; run by the render process, or by a thread of the LLM's process. Closes its
+    ends when done, which the readers see as the end of the replay."""
     if core is not None:
         os.sched_setaffinity(0, {core})
     set_timer_slack_ns(1)
     gpu = CudaPassBurner() if device == "cuda" else None
+    events = EventRingWriter(ring, bell, pass_model.passes, bell_every_event)
+    send = events.send
     budget_ns = round(frame_budget_ms * 1e6)
     origin_ns = time.monotonic_ns() + round(start_delay_ms * 1e6)
-    send(("origin", origin_ns))
+    control.send(("origin", origin_ns))
     records = []
     t_ns = origin_ns
     for index, frame_render_ms in enumerate(render_ms):
         slot_ns = next_vsync_ns(max(t_ns, time.monotonic_ns()), origin_ns, budget_ns)
         _sleep_until_ns(slot_ns)
         begin_ns = time.monotonic_ns()
-        send((FRAME_BEGIN, "", begin_ns))
+        send(FRAME_BEGIN, "", begin_ns)
         passes, gaps = pass_model.split(frame_render_ms)
         spans = []
         for k, (name, busy_ms) in enumerate(zip(pass_model.passes, passes, strict=True)):
             pass_begin_ns = time.monotonic_ns()
             cpu_begin_ns = time.thread_time_ns()
-            send((PASS_BEGIN, name, pass_begin_ns))
+            send(PASS_BEGIN, name, pass_begin_ns)
             if gpu is None:  # the pass's CPU time includes publishing its begin event
                 _burn_cpu_until_ns(cpu_begin_ns + round(busy_ms * 1e6))
             else:
                 gpu.burn_ms(busy_ms)
             pass_end_ns = time.monotonic_ns()
-            send((PASS_END, name, pass_end_ns))
+            send(PASS_END, name, pass_end_ns)
             spans.append((name, pass_begin_ns, pass_end_ns))
             if k < len(gaps):
                 _sleep_until_ns(pass_end_ns + round(gaps[k] * 1e6))
         t_ns = time.monotonic_ns()
-        send((FRAME_END, "", t_ns))
+        send(FRAME_END, "", t_ns)
         records.append((index, frame_render_ms, begin_ns, t_ns, slot_ns + budget_ns, tuple(spans)))
-    send(("records", records))
-
-
-def _render_process_main(
-    render_ms: Sequence[float],
-    pass_model: PassModel,
-    frame_budget_ms: float,
-    start_delay_ms: float,
-    core: int | None,
-    device: str,
-    events_out: multiprocessing.connection.Connection,
-) -> None:
-    """The render process's entry: the render loop, sending through the pipe."""
-    _render_main(render_ms, pass_model, frame_budget_ms, start_delay_ms, core, device,
-                 events_out.send)
-    events_out.close()
+    control.send(("records", records))
+    events.close()
+    control.close()
 
 
 RENDER_PLACEMENTS = ("process", "thread")
@@ -448,10 +443,14 @@ class RenderProcess:
     longer in wall time when another thread competes for the core), gaps and the wait for vsync
     sleep. With device="cuda" the passes are GPU work instead (`CudaPassBurner`): in its own
     process it has its own CUDA context, as a game's renderer would; as a thread it shares the
-    LLM's context on a highest-priority stream (what stream priority can buy). Events arrive
-    through `poll_event()` as EngineEvents with `time.monotonic_ns()` timestamps; `origin_ns` is
-    the first vsync tick (known once the first event arrived); after the last frame `records`
-    holds every FrameRecord.
+    LLM's context on a highest-priority stream (what stream priority can buy).
+
+    Events (EngineEvents with `time.monotonic_ns()` timestamps) go through a shared-memory
+    ring (`engines.event_ring`): after `start(claimed=True)`, `claim_events()` hands its
+    reader to a runtime (`Runtime.attach_events`: its worker reads them itself, woken only by
+    events that can open a gap); after `start()`, `poll_event()` returns them one by one.
+    `origin_ns` is the first vsync tick (known once `poll_event` saw it); after the last frame
+    `records` holds every FrameRecord and `done` is True.
     """
 
     def __init__(
@@ -476,60 +475,84 @@ class RenderProcess:
         self.origin_ns = 0
         self.start_delay_ms = start_delay_ms
         self.records: list[FrameRecord] = []
-        self.done = False
-        self._messages: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._finished = False
+        self._claimed = False
+        self._unread: deque[EngineEvent] = deque()
         self._worker: multiprocessing.process.BaseProcess | threading.Thread | None = None
-        self._receiver: multiprocessing.connection.Connection | None = None
+        self._control: multiprocessing.connection.Connection | None = None
+        self._events: EventRingReader | None = None
 
-    def _args(self) -> tuple:
-        return (self.render_ms, self.pass_model, self.frame_budget_ms, self.start_delay_ms,
-                self.core, self.device)
+    @property
+    def done(self) -> bool:
+        """The replay ended (or its process died) and every event was handed out."""
+        return self._finished and not self._unread
 
-    def start(self) -> None:
+    def start(self, claimed: bool = False) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._control, control_out = context.Pipe(duplex=False)
+        ring = create_ring_file()
+        bell_in, bell_out = context.Pipe(duplex=False)
+        self._events = EventRingReader(ring, bell_in, self.pass_model.passes)
+        args = (self.render_ms, self.pass_model, self.frame_budget_ms, self.start_delay_ms,
+                self.core, self.device, control_out, ring, bell_out, not claimed)
+        self._claimed = claimed
         if self.placement == "thread":
-            self._worker = threading.Thread(
-                target=_render_main, args=(*self._args(), self._messages.put),
-                name="lego-embed-render", daemon=True,
-            )
+            self._worker = threading.Thread(target=_render_main, args=args,
+                                            name="lego-embed-render", daemon=True)
             self._worker.start()
             return
-        context = multiprocessing.get_context("spawn")
-        self._receiver, sender = context.Pipe(duplex=False)
-        self._worker = context.Process(target=_render_process_main, args=(*self._args(), sender),
-                                       daemon=True)
+        self._worker = context.Process(target=_render_main, args=args, daemon=True)
         self._worker.start()
-        sender.close()
+        for connection in (control_out, bell_out):
+            connection.close()  # the child's copies are the only writers: EOF when it ends
 
-    def _receive(self, timeout_s: float) -> tuple | None:
-        if self._receiver is None:
-            try:
-                return self._messages.get(timeout=max(timeout_s, 0.0))
-            except queue.Empty:
-                return None
-        if not self._receiver.poll(max(timeout_s, 0.0)):
-            return None
+    def claim_events(self) -> EventRingReader:
+        """The event ring's reader, for one consumer (a runtime's worker); `poll_event()` then
+        only follows the replay (origin, records) and returns None."""
+        if self._events is None or not self._claimed:
+            raise RuntimeError("start(claimed=True) the replay before claiming its events")
+        return self._events
+
+    def _read_unclaimed(self) -> None:
+        if not self._claimed and self._events is not None:
+            self._unread.extend(self._events.read_events())
+
+    def _on_control(self) -> None:
         try:
-            return self._receiver.recv()
-        except EOFError:
-            self.done = True
-            return None
-
-    def poll_event(self, timeout_s: float) -> EngineEvent | None:
-        """The next event, or None if none came within timeout_s (or the message was the vsync
-        origin, or the replay ended: then `done` is True and `records` is filled)."""
-        if self.done:
-            return None
-        message = self._receive(timeout_s)
-        if message is None:
-            return None
+            message = self._control.recv()
+        except EOFError:  # the render ended without its records (it died)
+            message = ("records", [])
         if message[0] == "origin":
             self.origin_ns = message[1]
-            return None
-        if message[0] == "records":
+        else:  # records: every event was written before them
             self.records = [FrameRecord(*record) for record in message[1]]
-            self.done = True
-            return None
-        return EngineEvent(*message)
+            self._read_unclaimed()
+            self._finished = True
+
+    def poll_event(self, timeout_s: float) -> EngineEvent | None:
+        """The next event, or None: when none came within timeout_s (always, once the events
+        are claimed), or at once after the vsync origin came (`origin_ns`) or the replay ended
+        (then `done` is True and `records` is filled)."""
+        give_up_ns = time.monotonic_ns() + round(max(timeout_s, 0.0) * 1e9)
+        while True:
+            self._read_unclaimed()
+            if self._unread:
+                return self._unread.popleft()
+            if self._finished or self._control is None:
+                return None
+            if self._control.poll(0):
+                self._on_control()  # the origin or the records: the caller looks at them
+                return self._unread.popleft() if self._unread else None
+            left_ns = give_up_ns - time.monotonic_ns()
+            if left_ns <= 0:
+                return None
+            if self._claimed:
+                multiprocessing.connection.wait([self._control], left_ns / 1e9)
+            else:  # every event rings the bell
+                self._events.clear_wake()
+                if not self._events.has_unread():
+                    multiprocessing.connection.wait(
+                        [self._control, self._events.wake_fileno()], left_ns / 1e9)
 
     def join(self, timeout_s: float = 10.0) -> None:
         if isinstance(self._worker, threading.Thread):

@@ -128,6 +128,7 @@ class Executor:
         self.num_layers = len(self.layers)
         self.vocab_size = self.model.args.vocab_size
         self.timer = SubtaskTimer(self.device)
+        self._no_kv = LayerKV.empty(self.device)  # immutable: every new request shares it
         self._positions_cache: tuple | None = None
 
     # ----------------------------------------------------------------- requests
@@ -146,7 +147,7 @@ class Executor:
         without a head: a static prompt part whose KV `prefix_from` can keep afterwards."""
         ids = self.check_prompt(prompt_ids, sampler)
         plan = as_layer_plan(layer_plan, self.num_layers)
-        kv = [LayerKV.empty(self.device) for _ in range(self.num_layers)]
+        kv = [self._no_kv] * self.num_layers
         position = 0
         if prefix is not None:
             shared = min(len(prefix.token_ids), len(ids))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from lego_embed.errors import InvalidEngineEventError
 
@@ -45,3 +46,24 @@ def measured_on_gpu(event: EngineEvent) -> bool:
     """Whether the event comes from GPU timestamps (late, on the GPU's timeline) rather than
     from the engine's CPU callbacks (live)."""
     return event.name == GPU_EVENT_NAME or event.name.startswith(GPU_PASS_PREFIX)
+
+
+class EngineEventSource(Protocol):
+    """An engine's events delivered through shared memory and a file descriptor rather than by
+    `Runtime.on_event` calls (`Runtime.attach_events`): the worker reads them itself, between
+    subtasks and when it wakes. `read_events()` returns, without blocking, every event sent
+    since the last call, in the order sent (cheap: the worker calls it between every two
+    subtasks); `has_unread()` says whether there are any. `wake_fileno()` becomes readable
+    when an event that can open a gap was sent (never for a pass_begin: that would take the
+    device from the pass it begins) and stays so until `clear_wake()`. `closed` is True once
+    the engine's side is gone and everything was read."""
+
+    closed: bool
+
+    def read_events(self) -> list[EngineEvent]: ...
+
+    def has_unread(self) -> bool: ...
+
+    def wake_fileno(self) -> int: ...
+
+    def clear_wake(self) -> None: ...

@@ -58,7 +58,8 @@ class HeadroomPredictor:
     (so the fit is scale-free across games). Fitted by weighted least squares over every past
     window, each weighted `forgetting ** age`, plus a ridge term of strength `prior_strength`
     (in windows) pulling w towards the moving average (1/3, 1/3, 1/3, b=0). Before `lags`
-    windows exist it predicts the mean of what it has seen. Cost: one 4x4 solve per window.
+    windows exist it predicts the mean of what it has seen. Cost: one 4x4 solve per window
+    (the prediction is computed once per window).
     Well-defined on any input: a negative or non-finite total is not an observation, the fit
     waits until the running mean is positive (a game that starts with windows of no headroom),
     and a prediction is always a finite number >= 0.
@@ -77,6 +78,7 @@ class HeadroomPredictor:
         self._scale_sum = 0.0
         self._count = 0
         self.weights = self._prior.copy()
+        self._prediction: float | None = None  # remembered until the next window
 
     @property
     def scale_ms(self) -> float:
@@ -85,6 +87,7 @@ class HeadroomPredictor:
     def observe(self, total_ms: float) -> None:
         if not math.isfinite(total_ms) or total_ms < 0:
             return
+        self._prediction = None
         self._count += 1
         self._scale_sum += total_ms
         scale = self.scale_ms
@@ -99,6 +102,11 @@ class HeadroomPredictor:
         self._recent.append(total_ms)
 
     def predict(self) -> float | None:
+        if self._prediction is None:
+            self._prediction = self._predict()
+        return self._prediction
+
+    def _predict(self) -> float | None:
         if not self._recent:
             return None
         mean = sum(self._recent) / len(self._recent)

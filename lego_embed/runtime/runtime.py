@@ -84,7 +84,8 @@ from lego_embed.runtime.answers import (
 from lego_embed.runtime.answers import FAILED as FAILED_ANSWER
 from lego_embed.runtime.backpressure import BackPressure, OverloadEvent
 from lego_embed.runtime.clock import Clock, MonotonicClock
-from lego_embed.runtime.events import PASS_BEGIN, EngineEvent, measured_on_gpu
+from lego_embed.runtime.doorbell import Doorbell
+from lego_embed.runtime.events import PASS_BEGIN, EngineEvent, EngineEventSource, measured_on_gpu
 from lego_embed.runtime.fallback import (
     DEADLINE_PASSED,
     PREDICTED_MISS,
@@ -313,7 +314,8 @@ class Runtime:
         self._arrived: deque[PendingRequest] = deque()
         self._accept_lock = threading.Lock()
         self._ledger = AnswerLedger()
-        self._wake = threading.Event()
+        self._wake = Doorbell()
+        self._event_source: EngineEventSource | None = None
         self._stopping = threading.Event()
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
@@ -404,7 +406,7 @@ class Runtime:
         """Stops the worker after its current subtask. Requests not answered yet are answered
         with RuntimeStoppedError (on the calling thread); later requests raise it."""
         self._stopping.set()
-        self._wake.set()
+        self._wake.ring()
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
@@ -423,13 +425,40 @@ class Runtime:
             raise InvalidEngineEventError(
                 f"on_event takes an EngineEvent(kind, name, t_ns), got {event!r}"
             )
+        self._accept_event(event)
+        if event.kind != PASS_BEGIN:
+            self._wake.ring()
+
+    def attach_events(self, source: EngineEventSource) -> None:
+        """Lets the worker read the engine's events itself from `source` (for example an
+        `engines.event_ring.EventRingReader` a render process writes to), instead of
+        `on_event` calls from a game thread: a gap-opening event then wakes the worker
+        directly, one OS wake-up where `on_event` needs the game thread's wake-up first. The
+        worker reads it between subtasks (a memory read) and drops it once it is closed;
+        `on_event` still works beside it."""
+        self._event_source = source
+        self._wake.ring()
+
+    def _accept_event(self, event: EngineEvent) -> None:
         if measured_on_gpu(event):
             self._gpu_events.append(event)
             return
         self._events.append(event)
         self._last_event_ns = self.clock.now_ns()
-        if event.kind != PASS_BEGIN:
-            self._wake.set()
+
+    def _events_waiting(self) -> bool:
+        """Whether engine events came that the worker has not applied: reads the attached
+        source first (a pass that began during a subtask must be seen before the next one)."""
+        source = self._event_source
+        if source is not None:
+            events = source.read_events()
+            if events:
+                self._events.extend(e for e in events if not measured_on_gpu(e))
+                self._gpu_events.extend(e for e in events if measured_on_gpu(e))
+                self._last_event_ns = self.clock.now_ns()
+            if source.closed:
+                self._event_source = None
+        return bool(self._events)
 
     def submit(self, request: Request) -> int:
         """Queues a request and returns its id; it gets exactly one answer (see
@@ -461,7 +490,7 @@ class Runtime:
             )
             self._ledger.open(pending)
             self._incoming.append(pending)
-        self._wake.set()
+        self._wake.ring()
         if self._health.state in (FAILED, STOPPED):  # the worker gave up meanwhile
             self._fail_open(self._failure or RuntimeStoppedError("the runtime was stopped"))
         return pending.request_id
@@ -792,7 +821,18 @@ class Runtime:
             self._wake.clear()
             wait_s = self._cycle()
             if wait_s is not None:
-                self._wake.wait(wait_s)
+                self._sleep(wait_s)
+
+    def _sleep(self, wait_s: float) -> None:
+        """Waits up to wait_s (s) for the doorbell or, with an attached event source, for its
+        wake-up; not at all when the source got events since the cycle read it."""
+        source = self._event_source
+        if source is None:
+            self._wake.wait(wait_s)
+            return
+        source.clear_wake()
+        if not source.has_unread():
+            self._wake.wait(wait_s, (source.wake_fileno(),))
 
     def _cycle(self) -> float | None:
         """One turn of the worker loop, supervised: None after running work (turn again at
@@ -844,6 +884,7 @@ class Runtime:
         return wait_ns / 1e9
 
     def _drain_events(self) -> None:
+        self._events_waiting()
         while self._events:
             self.tracker.on_event(self._events.popleft())
         while self._gpu_events:
@@ -877,7 +918,7 @@ class Runtime:
         return gap is None or now_ns + self._admission_ns > gap.end_estimate_ns
 
     def _admit(self) -> None:
-        while self._arrived and not self._events:  # an event may have closed the gap
+        while self._arrived and not self._events_waiting():  # an event may have closed the gap
             now_ns = self.clock.now_ns()
             if self._admission_waits(self._arrived[0], now_ns):
                 return
@@ -918,7 +959,7 @@ class Runtime:
             self.scheduler.admit(request, now_ns, self.headroom_rate())
             if pending.fallback is not None:
                 self._shed_if_hopeless(request, now_ns)
-            if not self._events:  # a pass that began meanwhile would have lengthened it
+            if not self._events_waiting():  # a pass that began meanwhile lengthened it
                 self._admission_ns += ADMISSION_ALPHA * (
                     self.clock.now_ns() - now_ns - self._admission_ns)
 
@@ -1031,7 +1072,7 @@ class Runtime:
         batch = dispatch.requests
         for index in range(dispatch.max_subtasks):
             if index:
-                if self._events or self._incoming or self._fallback_due():
+                if self._events_waiting() or self._incoming or self._fallback_due():
                     return
                 predicted_ns = self.scheduler.predicted_ns(batch)
                 if dispatch.gap_end_ns is None or not self.scheduler.fits(
@@ -1062,7 +1103,7 @@ class Runtime:
             self._shed_predicted_misses(self.clock.now_ns())
             return False
         end_ns = self.clock.now_ns()
-        if not self._events:  # a subtask that shared the device with rendering is no cost sample
+        if not self._events_waiting():  # one that shared the device with rendering: no sample
             self.scheduler.record(timing.subtask, timing.duration_ns)
         else:
             self._counters["contended_subtasks"] += 1

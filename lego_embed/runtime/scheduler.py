@@ -36,7 +36,7 @@ its deadline even at the largest level runs anyway and is reported as a miss.
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -75,6 +75,8 @@ class LevelOption:
 
 
 SPLIT_PARTS = (2, 4)
+# a dispatch decision's `_group_key` of every queued request, by request id
+GroupKeys = dict[int, tuple[int, tuple] | None]
 
 
 def cost_key(subtask: Subtask) -> tuple[str, str, int]:
@@ -109,8 +111,9 @@ class CostModel:
     warm-up or `lego-embed profile`) and replaces it with an EWMA of measured durations as they
     arrive; `predict_ns` adds `deviations` times the EWMA absolute deviation, so a noisy subtask
     is predicted conservatively. Unseen keys fall back to the same kind's nearest bucket, scaled
-    by tokens, then to DEFAULT_SUBTASK_NS. Whole-pass and whole-request predictions are
-    remembered and recomputed every AGGREGATE_REFRESH_RECORDS measurements.
+    by tokens, then to DEFAULT_SUBTASK_NS. A subtask's prediction is remembered until its own
+    kind is measured again (one predicted from others' until any measurement); whole-pass and
+    whole-request predictions are recomputed every AGGREGATE_REFRESH_RECORDS measurements.
     """
 
     def __init__(self, profile_ns: dict[tuple[str, str, int], float] | None = None,
@@ -119,7 +122,10 @@ class CostModel:
         self._estimates: dict[tuple[str, str, int], _CostEstimate] = {
             key: _CostEstimate(float(ns), 0.0) for key, ns in (profile_ns or {}).items()
         }
-        self._cache: dict[tuple[str, str, int, float], float] = {}
+        # predictions by cost key, then deviations; `_derived`: keys with no estimate of their
+        # own, predicted from others' (cleared at every measurement, the rest only at theirs)
+        self._cache: dict[tuple[str, str, int], dict[float, float]] = {}
+        self._derived: set[tuple[str, str, int]] = set()
         self._pass_cache: dict[tuple[int, str, int], float] = {}
         self.request_cache: dict[tuple[int, ...], float] = {}  # for Scheduler.remaining_cost_ns
         self._records_since_refresh = 0
@@ -153,9 +159,13 @@ class CostModel:
         if estimate is None:
             self._estimates[key] = _CostEstimate(float(duration_ns), duration_ns * 0.25)
             self._records_since_refresh = AGGREGATE_REFRESH_RECORDS
+            self._cache.clear()
         else:
             estimate.update(duration_ns)
-        self._cache.clear()
+            self._cache.pop(key, None)
+            for derived in self._derived:
+                self._cache.pop(derived, None)
+        self._derived.clear()
         if self._records_since_refresh >= AGGREGATE_REFRESH_RECORDS:
             self._records_since_refresh = 0
             self._pass_cache.clear()
@@ -165,26 +175,29 @@ class CostModel:
         """Conservative duration for gap fitting: mean + `deviations` (default: the model's)
         EWMA deviations. `deviations=0` gives the mean, for sums over many subtasks."""
         deviations = self.deviations if deviations is None else deviations
-        key = (*cost_key(subtask), deviations)
-        cached = self._cache.get(key)
+        key = cost_key(subtask)
+        by_deviations = self._cache.setdefault(key, {})
+        cached = by_deviations.get(deviations)
         if cached is not None:
             return cached
-        estimate = self._estimates.get(key[:3])
+        estimate = self._estimates.get(key)
         if estimate is not None:
             value = estimate.mean_ns + deviations * estimate.deviation_ns
-        elif subtask.kind is SubtaskKind.FFN_SLICE:  # unmeasured: its share of the whole block
-            whole = Subtask(SubtaskKind.FFN, subtask.phase, subtask.first_layer,
-                            subtask.last_layer, subtask.tokens, subtask.context_tokens)
-            value = self.predict_ns(whole, deviations) / subtask.parts
         else:
-            same_kind = [(k, e) for k, e in self._estimates.items() if k[:2] == key[:2]]
-            if same_kind:
-                near_key, near = min(same_kind, key=lambda item: abs(item[0][2] - key[2]))
-                scale = 2.0 ** max(key[2] - near_key[2], 0)
-                value = (near.mean_ns + deviations * near.deviation_ns) * scale
+            self._derived.add(key)
+            if subtask.kind is SubtaskKind.FFN_SLICE:  # unmeasured: its share of the block
+                whole = Subtask(SubtaskKind.FFN, subtask.phase, subtask.first_layer,
+                                subtask.last_layer, subtask.tokens, subtask.context_tokens)
+                value = self.predict_ns(whole, deviations) / subtask.parts
             else:
-                value = float(DEFAULT_SUBTASK_NS)
-        self._cache[key] = value
+                same_kind = [(k, e) for k, e in self._estimates.items() if k[:2] == key[:2]]
+                if same_kind:
+                    near_key, near = min(same_kind, key=lambda item: abs(item[0][2] - key[2]))
+                    scale = 2.0 ** max(key[2] - near_key[2], 0)
+                    value = (near.mean_ns + deviations * near.deviation_ns) * scale
+                else:
+                    value = float(DEFAULT_SUBTASK_NS)
+        by_deviations[deviations] = value
         return value
 
     def profile_ns(self) -> dict[str, float]:
@@ -315,7 +328,7 @@ class Scheduler:
         self.config = config or SchedulerConfig()
         self.cost = cost_model or CostModel()
         self.usable_fraction = self.config.usable_fraction
-        self._queue: list[ScheduledRequest] = []
+        self._queue: list[ScheduledRequest] = []  # in dispatch order: by deadline (edf) or FIFO
         self._static_used_ns = 0
         self._static_gap_start_ns: int | None = None
         self.compute_scarce = False  # demand above the full model's sustainable rate (runtime)
@@ -340,22 +353,20 @@ class Scheduler:
         request.level = self.choose_level(request, now_ns, headroom_rate)
         self._apply_level(request)
         request.queued = True
-        heapq.heappush(self._queue, request) if self.config.edf else self._queue.append(request)
+        bisect.insort(self._queue, request) if self.config.edf else self._queue.append(request)
         self._align_waiting_levels(now_ns, headroom_rate)
 
     def finish(self, request: ScheduledRequest) -> None:
         self._queue.remove(request)
         request.queued = False
-        if self.config.edf:
-            heapq.heapify(self._queue)
 
     def _head(self) -> ScheduledRequest | None:
-        """The request to serve first: earliest deadline (a heap) or first come (a list)."""
+        """The request to serve first: earliest deadline (edf) or first come."""
         return self._queue[0] if self._queue else None
 
     def _ahead(self, request: ScheduledRequest) -> list[ScheduledRequest]:
         if self.config.edf:
-            return [r for r in self._queue if r < request]
+            return self._queue[:bisect.bisect_left(self._queue, request)]
         return self._queue[: self._queue.index(request)] if request in self._queue else self._queue
 
     # ------------------------------------------------------------------ cost
@@ -444,7 +455,7 @@ class Scheduler:
         """`_work_ahead_ns` of every queued request (by request id) in one pass over the queue
         in dispatch order."""
         ahead, total = {}, 0.0
-        for request in sorted(self._queue) if self.config.edf else self._queue:
+        for request in self._queue:
             ahead[request.request_id] = total
             total += self.shared_cost_ns(request, None, peers)
         return ahead
@@ -576,7 +587,7 @@ class Scheduler:
         request.deadline_ns = deadline_ns
         request.expected_tokens = expected_tokens
         if self.config.edf:
-            heapq.heapify(self._queue)
+            self._queue.sort()
         if self.config.policy != "lego" or not request.state.at_pass_start:
             return False
         available_ns = self._available_ns(request, now_ns, headroom_rate)
@@ -601,15 +612,15 @@ class Scheduler:
                 self.executor.set_layer_plan(state, self.levels[level].plan)
 
     # ------------------------------------------------------------------ dispatch
-    def _batch(self, head: ScheduledRequest) -> tuple[ScheduledRequest, ...]:
-        key = self._group_key(head)
+    def _batch(self, head: ScheduledRequest, keys: GroupKeys) -> tuple[ScheduledRequest, ...]:
+        key = keys.get(head.request_id)
         if not self.config.batching or key is None:
             return (head,)
         batch = [head]
-        for other in sorted(self._queue) if self.config.edf else self._queue:
+        for other in self._queue:
             if len(batch) == self.config.max_batch:
                 break
-            if other is not head and self._group_key(other) == key:
+            if other is not head and keys[other.request_id] == key:
                 batch.append(other)
         return tuple(batch)
 
@@ -619,12 +630,12 @@ class Scheduler:
         subtask = self.executor.peek(request.state)
         return None if subtask is None else (id(request.state.plan), batch_key(subtask))
 
-    def _batch_groups(self) -> Counter[tuple[int, tuple] | None]:
-        """How many queued requests share each `_group_key`; a request whose count is above 1
-        is a member of a batch (empty when batching is off)."""
+    def _group_keys(self) -> GroupKeys:
+        """`_group_key` of every queued request by request id, once per dispatch decision
+        (empty when batching is off)."""
         if not self.config.batching or self.config.max_batch < 2:
-            return Counter()
-        return Counter(key for r in self._queue if (key := self._group_key(r)) is not None)
+            return {}
+        return {r.request_id: self._group_key(r) for r in self._queue}
 
     def _fitting_batch(
         self, batch: tuple[ScheduledRequest, ...], now_ns: int, gap: OpenGap
@@ -671,7 +682,8 @@ class Scheduler:
         head = self._head()
         if head is None:
             return None
-        batch = self._batch(head)
+        keys = self._group_keys()
+        batch = self._batch(head, keys)
         predicted_ns = self.predicted_ns(batch)
         policy = self.config.policy
         engine_silent = last_event_ns is None or (
@@ -702,7 +714,9 @@ class Scheduler:
             split = self._split_to_fit(head, now_ns, gap.end_estimate_ns)
             if split is not None:
                 return split
-        return self._fill(head, now_ns, gap.end_estimate_ns) if self.config.fill_gaps else None
+        if not self.config.fill_gaps:
+            return None
+        return self._fill(head, now_ns, gap.end_estimate_ns, keys)
 
     def _split_to_fit(
         self, head: ScheduledRequest, now_ns: int, gap_end_ns: int
@@ -722,14 +736,17 @@ class Scheduler:
                 return Dispatch((head,), predicted_ns, gap_end_ns, 1, split=True)
         return None
 
-    def _fill(self, head: ScheduledRequest, now_ns: int, gap_end_ns: int) -> Dispatch | None:
+    def _fill(
+        self, head: ScheduledRequest, now_ns: int, gap_end_ns: int, keys: GroupKeys
+    ) -> Dispatch | None:
         """When the first request's next subtask does not fit the rest of the gap, the next
         subtask of the most urgent other request that does (e.g. another NPC's embedding or
         FFN block in a gap too short for an attention block); one subtask, then re-decide.
         Never one member of a batch (that would split its group, see `_fitting_batch`)."""
-        grouped = self._batch_groups() if self.keeps_batches_whole else None
-        for other in sorted(self._queue) if self.config.edf else self._queue:
-            if other is head or (grouped is not None and grouped[self._group_key(other)] > 1):
+        grouped = Counter(k for k in keys.values() if k is not None)
+        whole = self.keeps_batches_whole
+        for other in self._queue:
+            if other is head or (whole and grouped[keys.get(other.request_id)] > 1):
                 continue
             predicted_ns = self.predicted_ns((other,))
             if self.fits(predicted_ns, now_ns, gap_end_ns):

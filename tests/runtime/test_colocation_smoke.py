@@ -30,14 +30,15 @@ ROW_KEYS = {
 }
 
 
-def test_short_colocation_run(npc_loaded: LoadedModel, tmp_path: Path) -> None:
+@pytest.mark.parametrize("events", ["forwarded", "direct"])
+def test_short_colocation_run(npc_loaded: LoadedModel, tmp_path: Path, events: str) -> None:
     trace = RenderTrace("steady", tmp_path / "steady.csv", "rendertime(ms)", (8.0,) * 90)
     core = max(os.sched_getaffinity(0))
     off = run_colocation(None, ColocationSetting(trace, 300, "off", 0, 1.2), core=core)
     assert len(off.frames) == 72 and not off.timeline
     off_row = summarize(off, None)
-    run = run_colocation(npc_loaded, ColocationSetting(trace, 300, "lego", 2, 1.2), core=core,
-                         answer_grace_s=120.0)
+    run = run_colocation(npc_loaded, ColocationSetting(trace, 300, "lego", 2, 1.2, events=events),
+                         core=core, answer_grace_s=120.0)
     row = summarize(run, off_row["frame_miss_rate"])
     assert set(row) >= ROW_KEYS
     assert row["frames"] == 72
@@ -155,3 +156,9 @@ def test_a_bad_decision_cost_is_refused_before_anything_loads(
 
     assert main(["bench", "colocation", "--all", "--decision-cost-ms", "0"]) == 2
     assert "--decision-cost-ms must be a positive number of ms" in capsys.readouterr().out
+
+
+def test_an_unknown_event_delivery_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    trace = RenderTrace("steady", tmp_path / "steady.csv", "rendertime(ms)", (8.0,) * 10)
+    with pytest.raises(BenchmarkConfigError, match="events 'pipe' is not one of forwarded, direct"):
+        run_colocation(None, ColocationSetting(trace, 300, "lego", 1, 0.1, events="pipe"))

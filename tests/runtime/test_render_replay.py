@@ -3,6 +3,7 @@ check's two co-location modes); both deliver the same events in the same order."
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,27 @@ def test_each_placement_replays_every_frame_in_order(placement: str, tmp_path: P
     assert [e.t_ns for e in events] == sorted(e.t_ns for e in events)
     assert len(render.records) == 6 and render.origin_ns > 0
     assert [r.begin_ns for r in render.records] == [e.t_ns for e in events if e.kind == FRAME_BEGIN]
+
+
+def test_claimed_events_leave_the_poller_the_origin_at_once(tmp_path: Path) -> None:
+    """With its events claimed by a runtime, poll_event still returns as soon as the vsync
+    origin arrives (the benchmark times its requests from it), long before its timeout."""
+    trace = RenderTrace("steady", tmp_path / "steady.csv", "rendertime(ms)", (4.0,) * 3)
+    render = RenderProcess(trace, start_delay_ms=5.0)
+    render.start(claimed=True)
+    reader = render.claim_events()
+    polls = 0
+    while render.origin_ns == 0:
+        started = time.monotonic()
+        assert render.poll_event(60.0) is None
+        polls += 1
+    assert time.monotonic() - started < 30.0 and polls <= 60
+    while not render.done:
+        render.poll_event(5.0)
+    render.join()
+    events = reader.read_events()
+    assert len(events) == 3 * (2 + 2 * len(render.pass_model.passes))
+    assert [e.t_ns for e in events] == sorted(e.t_ns for e in events)
 
 
 def test_unknown_placement_is_refused(tmp_path: Path) -> None:

@@ -375,6 +375,28 @@ def test_cost_model_learns_measured_times() -> None:
     assert model.predict_ns(batched) > model.predict_ns(subtask)
 
 
+def test_remembered_predictions_follow_every_measurement_of_what_they_depend_on() -> None:
+    """Predictions are remembered per subtask kind: a measurement refreshes its own kind and
+    every prediction derived from others (a slice from its whole block, a token bucket from the
+    nearest measured one), and leaves the other kinds' as they were."""
+    model = CostModel()
+    ffn = Subtask(SubtaskKind.FFN, PREFILL, 0, 0, 16, 16)
+    attention = Subtask(SubtaskKind.ATTENTION, PREFILL, 0, 0, 16, 16)
+    half = Subtask(SubtaskKind.FFN_SLICE, PREFILL, 0, 0, 16, 16, 0, 2)
+    wider = Subtask(SubtaskKind.FFN, PREFILL, 0, 0, 64, 64)
+    model.record(ffn, 400_000)
+    model.record(attention, 100_000)
+    before = {s: (model.predict_ns(s), model.predict_ns(s, 0.0)) for s in (ffn, half, wider)}
+    attention_before = model.predict_ns(attention, 0.0)
+    model.record(ffn, 800_000)
+    for subtask, (predicted, mean) in before.items():
+        assert model.predict_ns(subtask) > predicted and model.predict_ns(subtask, 0.0) > mean
+    assert model.predict_ns(half, 0.0) == pytest.approx(model.predict_ns(ffn, 0.0) / 2)
+    assert model.predict_ns(attention, 0.0) == attention_before
+    model.record(attention, 50_000)
+    assert model.predict_ns(attention, 0.0) < attention_before
+
+
 def test_cost_model_seeded_from_a_cost_profile() -> None:
     profile = CostProfile(
         model="m", family="llama", device="cpu", dtype="float32", num_layers=2, torch_threads=1,

@@ -1,0 +1,131 @@
+"""Engine events through a shared-memory ring that the runtime's worker reads itself
+(Runtime.attach_events): events arrive whole and in order, only gap-opening events ring the
+worker's bell, a reader that fell a lap behind counts what it lost, and a worker woken by the
+ring alone (no on_event call, no game thread) runs a request to its answer."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import select
+import time
+from pathlib import Path
+
+import pytest
+from waiting import wait_for
+
+from lego_embed.engines.event_ring import EventRingReader, EventRingWriter, create_ring_file
+from lego_embed.model.loading import LoadedModel
+from lego_embed.runtime.doorbell import Doorbell
+from lego_embed.runtime.events import FRAME_BEGIN, FRAME_END, PASS_BEGIN, PASS_END, EngineEvent
+from lego_embed.runtime.runtime import DECIDED, Runtime, RuntimeConfig
+from lego_embed.tasks.combat.policy import ACTIONS, random_situation
+from lego_embed.tasks.combat.request import combat_request
+
+PASSES = ("shadow", "gbuffer")
+
+
+def _ring(capacity: int = 64) -> tuple[EventRingWriter, EventRingReader, Path]:
+    path = create_ring_file(capacity)
+    bell_in, bell_out = multiprocessing.Pipe(duplex=False)
+    return EventRingWriter(path, bell_out, PASSES), EventRingReader(path, bell_in, PASSES), path
+
+
+def _rung(reader: EventRingReader) -> bool:
+    return bool(select.select([reader.wake_fileno()], [], [], 0)[0])
+
+
+def test_events_arrive_in_order_and_only_gap_openers_ring() -> None:
+    writer, reader, _ = _ring()
+    assert reader.read_events() == [] and not reader.has_unread() and not _rung(reader)
+    writer.send(FRAME_BEGIN, "", 10)
+    assert _rung(reader) and reader.has_unread()
+    assert reader.read_events() == [EngineEvent(FRAME_BEGIN, "", 10)]
+    reader.clear_wake()
+    assert not _rung(reader)
+    writer.send(PASS_BEGIN, "shadow", 11)
+    assert not _rung(reader) and reader.has_unread()  # a starting pass wakes no one
+    writer.send(PASS_END, "shadow", 12)
+    assert _rung(reader)
+    writer.send(PASS_BEGIN, "gbuffer", 13)
+    writer.send(PASS_END, "gbuffer", 2**62)
+    writer.send(FRAME_END, "", 2**62 + 1)
+    assert reader.read_events() == [
+        EngineEvent(PASS_BEGIN, "shadow", 11), EngineEvent(PASS_END, "shadow", 12),
+        EngineEvent(PASS_BEGIN, "gbuffer", 13), EngineEvent(PASS_END, "gbuffer", 2**62),
+        EngineEvent(FRAME_END, "", 2**62 + 1),
+    ]
+    assert not reader.closed and reader.lost == 0
+    writer.close()
+    assert reader.read_events() == [] and reader.closed
+
+
+def test_a_reader_a_lap_behind_gets_the_newest_events_and_counts_the_rest() -> None:
+    writer, reader, _ = _ring(capacity=8)
+    for t_ns in range(25):  # never blocks, however far behind the reader is
+        writer.send(PASS_END, "shadow", t_ns)
+    assert [e.t_ns for e in reader.read_events()] == list(range(17, 25))
+    assert reader.lost == 17
+    writer.send(FRAME_END, "", 25)
+    assert [e.t_ns for e in reader.read_events()] == [25]
+
+
+def test_an_event_outside_the_tables_is_refused() -> None:
+    writer, reader, _ = _ring()
+    with pytest.raises(ValueError, match="not in this ring's tables"):
+        writer.send(PASS_END, "lighting", 1)
+    assert reader.read_events() == []
+
+
+def test_the_ring_file_goes_with_its_reader() -> None:
+    writer, reader, path = _ring()
+    writer.close()
+    assert path.exists()
+    del reader
+    assert not path.exists()
+
+
+def test_a_rung_doorbell_or_engine_bell_ends_the_wait() -> None:
+    bell = Doorbell()
+    bell.ring()
+    bell.ring()  # rings add up to one wake-up
+    started = time.monotonic()
+    bell.wait(60.0)
+    assert time.monotonic() - started < 30.0
+    bell.clear()
+    writer, reader, _ = _ring()
+    writer.send(FRAME_END, "", 5)
+    started = time.monotonic()
+    bell.wait(60.0, (reader.wake_fileno(),))
+    assert time.monotonic() - started < 30.0
+
+
+def test_a_worker_woken_only_by_the_ring_answers(npc_loaded: LoadedModel) -> None:
+    """The engine reports nothing through on_event: the worker learns of every frame from the
+    ring, so its gap-respecting policy can only run the request in gaps the ring announced."""
+    runtime = Runtime(npc_loaded, config=RuntimeConfig(warmup=False, frame_budget_ms=20.0,
+                                                       window_ms=100.0, policy="lego"))
+    writer, reader, _ = _ring(capacity=1024)
+    runtime.start()
+    runtime.attach_events(reader)
+    try:
+        runtime.submit(combat_request("guard", random_situation(random.Random(3)), ACTIONS,
+                                      60_000.0))
+        decisions: list = []
+        frames = 0
+        while not decisions and frames < 3000:  # 6 ms of passes, then the frame's gap
+            t_ns = time.monotonic_ns()
+            writer.send(FRAME_BEGIN, "", t_ns)
+            writer.send(PASS_BEGIN, "shadow", t_ns)
+            writer.send(PASS_END, "shadow", t_ns + 3_000_000)
+            writer.send(PASS_BEGIN, "gbuffer", t_ns + 3_000_000)
+            writer.send(PASS_END, "gbuffer", t_ns + 6_000_000)
+            writer.send(FRAME_END, "", t_ns + 6_000_000)
+            decisions = wait_for(runtime, 1, timeout_s=0.02)
+            frames += 1
+        assert [d.status for d in decisions] == [DECIDED]
+        stats = runtime.stats()
+        assert stats["frames_seen"] >= 1 and stats["subtasks"] > 0
+        writer.close()
+    finally:
+        runtime.stop()
