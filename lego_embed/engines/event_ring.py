@@ -9,9 +9,10 @@ sleeps on the bell. A gap-opening event then wakes the worker with one OS wake-u
 thread in between, and a pass_begin wakes nobody.
 
 The writer never blocks: a reader more than `capacity` events behind loses the oldest ones
-(counted in `lost`). Slots are published by their sequence number, stored after the payload:
-on x86-64, whose stores become visible in program order, a reader that sees a slot's number
-sees its payload (another architecture would need memory barriers Python does not offer).
+(counted in `lost`). Each slot is a seqlock: the writer zeroes its number, stores the payload,
+then stores the number; the reader accepts a payload only if the slot held the expected number
+before and after reading it. On x86-64, whose stores become visible in program order, that is
+enough (another architecture would need memory barriers Python does not offer).
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ _HEADER = struct.Struct("<qq")  # events written, writer closed (1)
 _PAYLOAD = struct.Struct("<qBB6x")  # t_ns, kind index, name index
 _SEQ = struct.Struct("<q")  # the slot's event number + 1 (0: never written)
 _SLOT = _PAYLOAD.size + _SEQ.size
-_RECORD = struct.Struct("<qBB6xq")  # a whole slot: payload and number
-DEFAULT_CAPACITY = 8192  # events: about 20 s of a 60 FPS game with 4 passes a frame
+DEFAULT_CAPACITY = 8192  # events: about 13 s of a 60 FPS game with 4 passes a frame
 
 
 def create_ring_file(capacity: int = DEFAULT_CAPACITY) -> Path:
@@ -81,6 +81,7 @@ class EventRingWriter:
         except (KeyError, ValueError) as error:
             raise ValueError(f"event ({kind!r}, {name!r}) is not in this ring's tables") from error
         offset = _HEADER.size + (self._written % self._capacity) * _SLOT
+        _SEQ.pack_into(self._ring, offset + _PAYLOAD.size, 0)  # being rewritten
         _PAYLOAD.pack_into(self._ring, offset, t_ns, kind_index, name_index)
         self._written += 1
         _SEQ.pack_into(self._ring, offset + _PAYLOAD.size, self._written)
@@ -101,7 +102,7 @@ class EventRingReader:
     bell, `clear_wake()` empties it (call it, then `has_unread()`, before sleeping on it).
     `closed` turns True once the writer closed and every event was read (or the bell's writer
     is gone). `lost` counts events overwritten before they were read. Removes the ring file
-    when collected."""
+    when collected, if `remove_file()` did not already."""
 
     def __init__(self, path: Path, bell: Connection, names: Sequence[str]) -> None:
         self._ring = _map(path)
@@ -110,10 +111,11 @@ class EventRingReader:
         self._bell_fd = bell.fileno()
         os.set_blocking(self._bell_fd, False)
         self._names = ("", *names)
-        self._next = 0  # number of the next event to read
+        self._next = 0  # events read so far: the next one's number is this + 1
         self._writer_gone = False  # its bell pipe reached end of file
         self.lost = 0
         self.closed = False
+        self._path = path
         self._cleanup = weakref.finalize(self, _remove, path, self._ring)
 
     def _slot_offset(self) -> int:
@@ -127,22 +129,34 @@ class EventRingReader:
         events = []
         ring, capacity, names = self._ring, self._capacity, self._names
         while not self.closed:
+            expected = self._next + 1
             offset = _HEADER.size + (self._next % capacity) * _SLOT
-            t_ns, kind, name, number = _RECORD.unpack_from(ring, offset)
-            if number == self._next + 1:
-                if _SEQ.unpack_from(ring, offset + _PAYLOAD.size)[0] != number:
-                    continue  # overwritten while it was read (lapped): read the slot again
-                events.append(EngineEvent(EVENT_KINDS[kind], names[name], t_ns))
-                self._next = number
-            elif number > self._next + 1:  # lapped: skip to the oldest event still there
-                written = _HEADER.unpack_from(ring, 0)[0]
-                oldest = max(written - capacity, self._next + 1)
-                self.lost += oldest - self._next
-                self._next = oldest
-            else:
-                self.closed = bool(_HEADER.unpack_from(ring, 0)[1]) or self._writer_gone
+            number_at = offset + _PAYLOAD.size
+            if _SEQ.unpack_from(ring, number_at)[0] == expected:
+                t_ns, kind, name = _PAYLOAD.unpack_from(ring, offset)
+                if _SEQ.unpack_from(ring, number_at)[0] == expected:  # not rewritten meanwhile
+                    self._next = expected
+                    events.append(EngineEvent(EVENT_KINDS[kind], names[name], t_ns))
+                continue
+            written, writer_closed = _HEADER.unpack_from(ring, 0)
+            if written >= expected + capacity:  # lapped: skip to the oldest event still there
+                self.lost += written - capacity - self._next
+                self._next = written - capacity
+            elif written < expected:  # nothing new
+                self.closed = bool(writer_closed) or self._writer_gone
+                break
+            elif self._writer_gone:  # its writer died while rewriting the slot
+                self.lost += 1
+                self._next = expected
+            else:  # being written right now: the next read (or the bell) gets it
                 break
         return events
+
+    def remove_file(self) -> None:
+        """Removes the ring's file once the writer has mapped it too (the mappings stay), so
+        nothing is left in /dev/shm however the processes end."""
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
 
     def wake_fileno(self) -> int:
         return self._bell_fd

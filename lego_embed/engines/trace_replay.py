@@ -522,8 +522,10 @@ class RenderProcess:
             message = self._control.recv()
         except EOFError:  # the render ended without its records (it died)
             message = ("records", [])
-        if message[0] == "origin":
+        if message[0] == "origin":  # sent once the render mapped the event ring
             self.origin_ns = message[1]
+            if self._events is not None:
+                self._events.remove_file()
         else:  # records: every event was written before them
             self.records = [FrameRecord(*record) for record in message[1]]
             self._read_unclaimed()

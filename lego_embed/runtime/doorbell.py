@@ -12,9 +12,10 @@ from collections.abc import Sequence
 class Doorbell:
     """Wakes the runtime's worker. `ring()` writes one byte to a non-blocking pipe (safe from
     any thread, and from C code holding no Python lock); `wait(timeout_s, fds)` sleeps until it
-    was rung or one of the engine's file descriptors is readable, so an engine that writes its
-    events to a pipe (`events.EngineEventSource`) wakes the worker itself, one OS wake-up
-    instead of a game thread's wake-up plus the worker's. `clear()` forgets past rings."""
+    was rung or one of the engine's file descriptors is readable (to the millisecond: `poll`),
+    so an engine that writes its events to shared memory and rings a bell pipe of its own
+    (`events.EngineEventSource`) wakes the worker itself, one OS wake-up instead of a game
+    thread's wake-up plus the worker's. `clear()` forgets past rings."""
 
     def __init__(self) -> None:
         self._read_fd, self._write_fd = os.pipe()
@@ -34,7 +35,10 @@ class Doorbell:
             pass
 
     def wait(self, timeout_s: float, fds: Sequence[int] = ()) -> None:
-        select.select([self._read_fd, *fds], [], [], max(timeout_s, 0.0))
+        waiting = select.poll()  # poll: no limit on descriptor numbers, unlike select
+        for fd in (self._read_fd, *fds):
+            waiting.register(fd, select.POLLIN)
+        waiting.poll(max(timeout_s, 0.0) * 1000.0)
 
 
 def _close_fds(*fds: int) -> None:

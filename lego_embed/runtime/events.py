@@ -55,8 +55,9 @@ class EngineEventSource(Protocol):
     since the last call, in the order sent (cheap: the worker calls it between every two
     subtasks); `has_unread()` says whether there are any. `wake_fileno()` becomes readable
     when an event that can open a gap was sent (never for a pass_begin: that would take the
-    device from the pass it begins) and stays so until `clear_wake()`. `closed` is True once
-    the engine's side is gone and everything was read."""
+    device from the pass it begins) and stays so until `clear_wake()`, or for good once the
+    engine's side is gone. `closed` is True once the engine's side is gone and everything was
+    read (the runtime then detaches the source)."""
 
     closed: bool
 

@@ -825,14 +825,20 @@ class Runtime:
 
     def _sleep(self, wait_s: float) -> None:
         """Waits up to wait_s (s) for the doorbell or, with an attached event source, for its
-        wake-up; not at all when the source got events since the cycle read it."""
+        wake-up; not at all when the source got events since the cycle read it. A source that
+        fails here is detached (logged once): the worker goes on with `on_event` alone."""
         source = self._event_source
-        if source is None:
-            self._wake.wait(wait_s)
-            return
-        source.clear_wake()
-        if not source.has_unread():
-            self._wake.wait(wait_s, (source.wake_fileno(),))
+        if source is not None:
+            try:
+                source.clear_wake()
+                if source.has_unread():
+                    return
+                self._wake.wait(wait_s, (source.wake_fileno(),))
+                return
+            except Exception as error:  # supervision: a broken engine channel is no crash
+                logger.error("the attached event source failed and is detached: %r", error)
+                self._event_source = None
+        self._wake.wait(wait_s)
 
     def _cycle(self) -> float | None:
         """One turn of the worker loop, supervised: None after running work (turn again at

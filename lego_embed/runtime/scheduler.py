@@ -111,8 +111,8 @@ class CostModel:
     warm-up or `lego-embed profile`) and replaces it with an EWMA of measured durations as they
     arrive; `predict_ns` adds `deviations` times the EWMA absolute deviation, so a noisy subtask
     is predicted conservatively. Unseen keys fall back to the same kind's nearest bucket, scaled
-    by tokens, then to DEFAULT_SUBTASK_NS. A subtask's prediction is remembered until its own
-    kind is measured again (one predicted from others' until any measurement); whole-pass and
+    by tokens, then to DEFAULT_SUBTASK_NS. A subtask's prediction is remembered until its cost
+    key is measured again (one predicted from others' until any measurement); whole-pass and
     whole-request predictions are recomputed every AGGREGATE_REFRESH_RECORDS measurements.
     """
 

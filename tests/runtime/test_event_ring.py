@@ -70,6 +70,22 @@ def test_a_reader_a_lap_behind_gets_the_newest_events_and_counts_the_rest() -> N
     assert [e.t_ns for e in reader.read_events()] == [25]
 
 
+def test_a_writer_that_dies_leaves_its_events_then_a_closed_ring() -> None:
+    """A render process killed mid-replay never marks the ring closed; its bell's end of file
+    does, once the reader has taken every event it wrote."""
+    path = create_ring_file(64)
+    bell_in, bell_out = multiprocessing.Pipe(duplex=False)
+    writer = EventRingWriter(path, bell_out, PASSES)
+    reader = EventRingReader(path, bell_in, PASSES)
+    writer.send(FRAME_BEGIN, "", 1)
+    writer.send(PASS_END, "shadow", 2)
+    bell_out.close()  # the process is gone: its end of the bell closes, nothing else happens
+    reader.clear_wake()
+    assert not reader.closed
+    assert [e.t_ns for e in reader.read_events()] == [1, 2]
+    assert reader.closed and reader.read_events() == []
+
+
 def test_an_event_outside_the_tables_is_refused() -> None:
     writer, reader, _ = _ring()
     with pytest.raises(ValueError, match="not in this ring's tables"):
@@ -77,9 +93,14 @@ def test_an_event_outside_the_tables_is_refused() -> None:
     assert reader.read_events() == []
 
 
-def test_the_ring_file_goes_with_its_reader() -> None:
+def test_the_ring_file_goes_once_mapped_or_with_its_reader() -> None:
     writer, reader, path = _ring()
+    reader.remove_file()  # both ends have mapped it: the mappings outlive the file
+    assert not path.exists()
+    writer.send(FRAME_END, "", 7)
+    assert [e.t_ns for e in reader.read_events()] == [7]
     writer.close()
+    _, reader, path = _ring()
     assert path.exists()
     del reader
     assert not path.exists()
@@ -87,6 +108,9 @@ def test_the_ring_file_goes_with_its_reader() -> None:
 
 def test_a_rung_doorbell_or_engine_bell_ends_the_wait() -> None:
     bell = Doorbell()
+    started = time.monotonic()
+    bell.wait(0.05)  # not rung: the wait lasts its timeout
+    assert time.monotonic() - started >= 0.04
     bell.ring()
     bell.ring()  # rings add up to one wake-up
     started = time.monotonic()

@@ -376,9 +376,9 @@ def test_cost_model_learns_measured_times() -> None:
 
 
 def test_remembered_predictions_follow_every_measurement_of_what_they_depend_on() -> None:
-    """Predictions are remembered per subtask kind: a measurement refreshes its own kind and
-    every prediction derived from others (a slice from its whole block, a token bucket from the
-    nearest measured one), and leaves the other kinds' as they were."""
+    """Predictions are remembered per cost key (kind, phase, token bucket): a measurement
+    refreshes its own key's and every prediction derived from others (a slice from its whole
+    block, a token bucket from the nearest measured one), and keeps the other keys'."""
     model = CostModel()
     ffn = Subtask(SubtaskKind.FFN, PREFILL, 0, 0, 16, 16)
     attention = Subtask(SubtaskKind.ATTENTION, PREFILL, 0, 0, 16, 16)
@@ -389,10 +389,11 @@ def test_remembered_predictions_follow_every_measurement_of_what_they_depend_on(
     before = {s: (model.predict_ns(s), model.predict_ns(s, 0.0)) for s in (ffn, half, wider)}
     attention_before = model.predict_ns(attention, 0.0)
     model.record(ffn, 800_000)
+    model._estimates.pop(cost_key(attention))  # a kept prediction no longer reads its estimate
+    assert model.predict_ns(attention, 0.0) == attention_before
     for subtask, (predicted, mean) in before.items():
         assert model.predict_ns(subtask) > predicted and model.predict_ns(subtask, 0.0) > mean
     assert model.predict_ns(half, 0.0) == pytest.approx(model.predict_ns(ffn, 0.0) / 2)
-    assert model.predict_ns(attention, 0.0) == attention_before
     model.record(attention, 50_000)
     assert model.predict_ns(attention, 0.0) < attention_before
 
@@ -550,11 +551,13 @@ def test_each_line_token_gets_its_own_deadline_order_and_level(npc_loaded: Loade
     one_token_ms = n + 0.2
     assert scheduler.retarget(stream, round(0.5 * one_token_ms * MS), 2, 0, 1.0)
     assert [r.request_id for r in scheduler.pending] == [1, 2]
+    assert scheduler._head() is stream  # dispatch serves it first now
     assert stream.level == len(scheduler.levels) - 1 and stream.level_changes == 1
     # plenty of time for the token after: the level stays, the order follows the deadline
     assert not scheduler.retarget(stream, round(100 * one_token_ms * MS), 3, 0, 1.0)
     assert stream.level == len(scheduler.levels) - 1
     assert [r.request_id for r in scheduler.pending] == [2, 1]
+    assert scheduler._head() is other
     # a stream that is on time stays at the full model
     calm = new_request(scheduler, 3, 1000.0, tokens=1)
     scheduler.admit(calm, 0, headroom_rate=1.0)
