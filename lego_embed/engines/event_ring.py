@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from lego_embed.runtime.doorbell import drain
 from lego_embed.runtime.events import EVENT_KINDS, PASS_BEGIN, EngineEvent
 
 _HEADER = struct.Struct("<qq")  # events written, writer closed (1)
@@ -53,11 +54,19 @@ def _map(path: Path) -> mmap.mmap:
         return mmap.mmap(file.fileno(), 0)
 
 
-def _capacity(ring: mmap.mmap) -> int:
-    return (len(ring) - _HEADER.size) // _SLOT
+class _RingEnd:
+    """What both ends hold: the ring's mapping, its capacity (events) and their end of the
+    bell pipe (a multiprocessing Connection used as a raw, non-blocking file descriptor)."""
+
+    def __init__(self, path: Path, bell: Connection) -> None:
+        self._ring = _map(path)
+        self._capacity = (len(self._ring) - _HEADER.size) // _SLOT
+        self._bell = bell
+        self._bell_fd = bell.fileno()
+        os.set_blocking(self._bell_fd, False)
 
 
-class EventRingWriter:
+class EventRingWriter(_RingEnd):
     """Stores engine events in a ring file (`create_ring_file`) and rings the bell (the write
     end of a pipe, a multiprocessing Connection used as a raw file descriptor) for every event
     but a pass_begin, or for every event with `bell_every_event` (a reader that wants them all
@@ -66,11 +75,7 @@ class EventRingWriter:
 
     def __init__(self, path: Path, bell: Connection, names: Sequence[str],
                  bell_every_event: bool = False) -> None:
-        self._ring = _map(path)
-        self._capacity = _capacity(self._ring)
-        self._bell = bell
-        self._bell_fd = bell.fileno()
-        os.set_blocking(self._bell_fd, False)
+        super().__init__(path, bell)
         self._names = {name: index for index, name in enumerate(("", *names))}
         self._quiet_kind = None if bell_every_event else PASS_BEGIN
         self._written = 0
@@ -96,7 +101,7 @@ class EventRingWriter:
         self._bell.close()
 
 
-class EventRingReader:
+class EventRingReader(_RingEnd):
     """The runtime's end of an event ring (an `EngineEventSource`): `read_events()` returns the
     events written since the last call, in order, from memory alone; `wake_fileno()` is the
     bell, `clear_wake()` empties it (call it, then `has_unread()`, before sleeping on it).
@@ -105,11 +110,7 @@ class EventRingReader:
     when collected, if `remove_file()` did not already."""
 
     def __init__(self, path: Path, bell: Connection, names: Sequence[str]) -> None:
-        self._ring = _map(path)
-        self._capacity = _capacity(self._ring)
-        self._bell = bell
-        self._bell_fd = bell.fileno()
-        os.set_blocking(self._bell_fd, False)
+        super().__init__(path, bell)
         self._names = ("", *names)
         self._next = 0  # events read so far: the next one's number is this + 1
         self._writer_gone = False  # its bell pipe reached end of file
@@ -130,7 +131,7 @@ class EventRingReader:
         ring, capacity, names = self._ring, self._capacity, self._names
         while not self.closed:
             expected = self._next + 1
-            offset = _HEADER.size + (self._next % capacity) * _SLOT
+            offset = self._slot_offset()
             number_at = offset + _PAYLOAD.size
             if _SEQ.unpack_from(ring, number_at)[0] == expected:
                 t_ns, kind, name = _PAYLOAD.unpack_from(ring, offset)
@@ -162,12 +163,8 @@ class EventRingReader:
         return self._bell_fd
 
     def clear_wake(self) -> None:
-        try:
-            while os.read(self._bell_fd, 4096):
-                pass
-            self._writer_gone = True  # end of file: read_events ends with what it left
-        except BlockingIOError:
-            pass
+        if drain(self._bell_fd):  # end of file: read_events ends with what it left
+            self._writer_gone = True
 
 
 def _remove(path: Path, ring: mmap.mmap) -> None:

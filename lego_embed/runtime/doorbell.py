@@ -28,17 +28,23 @@ class Doorbell:
             os.write(self._write_fd, b"\x01")
 
     def clear(self) -> None:
-        try:
-            while os.read(self._read_fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        drain(self._read_fd)
 
     def wait(self, timeout_s: float, fds: Sequence[int] = ()) -> None:
         waiting = select.poll()  # poll: no limit on descriptor numbers, unlike select
         for fd in (self._read_fd, *fds):
             waiting.register(fd, select.POLLIN)
         waiting.poll(max(timeout_s, 0.0) * 1000.0)
+
+
+def drain(fd: int) -> bool:
+    """Reads a non-blocking pipe empty; True when its writing end is closed (end of file)."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _close_fds(*fds: int) -> None:

@@ -48,7 +48,7 @@ import numbers
 import os
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -425,7 +425,7 @@ class Runtime:
             raise InvalidEngineEventError(
                 f"on_event takes an EngineEvent(kind, name, t_ns), got {event!r}"
             )
-        self._accept_event(event)
+        self._accept_events((event,))
         if event.kind != PASS_BEGIN:
             self._wake.ring()
 
@@ -439,12 +439,14 @@ class Runtime:
         self._event_source = source
         self._wake.ring()
 
-    def _accept_event(self, event: EngineEvent) -> None:
-        if measured_on_gpu(event):
-            self._gpu_events.append(event)
-            return
-        self._events.append(event)
-        self._last_event_ns = self.clock.now_ns()
+    def _accept_events(self, events: Sequence[EngineEvent]) -> None:
+        """Queues events for the worker: GPU-measured ones for `gpu_tracker` only (late, they
+        are no sign of the engine's life), the others for the live tracker."""
+        live = [e for e in events if not measured_on_gpu(e)]
+        self._gpu_events.extend(e for e in events if measured_on_gpu(e))
+        if live:
+            self._events.extend(live)
+            self._last_event_ns = self.clock.now_ns()
 
     def _events_waiting(self) -> bool:
         """Whether engine events came that the worker has not applied: reads the attached
@@ -453,9 +455,7 @@ class Runtime:
         if source is not None:
             events = source.read_events()
             if events:
-                self._events.extend(e for e in events if not measured_on_gpu(e))
-                self._gpu_events.extend(e for e in events if measured_on_gpu(e))
-                self._last_event_ns = self.clock.now_ns()
+                self._accept_events(events)
             if source.closed:
                 self._event_source = None
         return bool(self._events)
