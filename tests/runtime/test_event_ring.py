@@ -1,7 +1,8 @@
 """Engine events through a shared-memory ring that the runtime's worker reads itself
 (Runtime.attach_events): events arrive whole and in order, only gap-opening events ring the
 worker's bell, a reader that fell a lap behind counts what it lost, and a worker woken by the
-ring alone (no on_event call, no game thread) runs a request to its answer."""
+ring alone (no on_event call, no game thread) runs a request to its answer, and a sleeping worker
+is woken by the bell, not by its heartbeat."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from waiting import wait_for
 
 from lego_embed.engines.event_ring import EventRingReader, EventRingWriter, create_ring_file
 from lego_embed.model.loading import LoadedModel
+from lego_embed.runtime import runtime as runtime_module
 from lego_embed.runtime.doorbell import Doorbell
 from lego_embed.runtime.events import FRAME_BEGIN, FRAME_END, PASS_BEGIN, PASS_END, EngineEvent
 from lego_embed.runtime.runtime import DECIDED, Runtime, RuntimeConfig
@@ -150,6 +152,32 @@ def test_a_worker_woken_only_by_the_ring_answers(npc_loaded: LoadedModel) -> Non
         assert [d.status for d in decisions] == [DECIDED]
         stats = runtime.stats()
         assert stats["frames_seen"] >= 1 and stats["subtasks"] > 0
+        writer.close()
+    finally:
+        runtime.stop()
+
+
+def test_the_bell_wakes_a_sleeping_worker(npc_loaded: LoadedModel,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the idle worker's heartbeat pushed past the test's patience, only the ring's bell can
+    wake it: each frame written while it sleeps is read (a worker that missed the bell would
+    sleep for an hour and the frame count would stay behind)."""
+    monkeypatch.setattr(runtime_module, "MAX_WAIT_NS", 3600 * 10**9)
+    runtime = Runtime(npc_loaded, config=RuntimeConfig(warmup=False, policy="lego"))
+    writer, reader, _ = _ring()
+    runtime.start()
+    runtime.attach_events(reader)
+    try:
+        for frame in range(1, 4):
+            t_ns = time.monotonic_ns()
+            writer.send(FRAME_BEGIN, "", t_ns)
+            writer.send(PASS_BEGIN, "shadow", t_ns)
+            writer.send(PASS_END, "shadow", t_ns + 1_000_000)
+            writer.send(FRAME_END, "", t_ns + 1_000_000)
+            give_up = time.monotonic() + 60.0
+            while runtime.stats()["frames_seen"] < frame and time.monotonic() < give_up:
+                time.sleep(0.01)
+            assert runtime.stats()["frames_seen"] == frame
         writer.close()
     finally:
         runtime.stop()
