@@ -79,6 +79,29 @@ def ablation_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def backpressure_table(runs: list[dict]) -> list[str]:
+    """Back-pressure's view at the end of each `lego` run of LEGO's regime against what the run
+    served: demand and the sustainable rate at the largest skip level (decisions/s, mean [min,
+    max] over the repeats), the runs that ended `overloaded`, and the SLO."""
+    regime = [r for r in runs if r.get("section") == "regime" and r["policy"] == "lego"
+              and not r.get("ablation") and (r.get("runtime") or {}).get("backpressure")]
+    out = ["| trace | NPCs | demand / s | sustainable / s (largest level) | runs overloaded | "
+           "SLO |", "| --- | --- | --- | --- | --- | --- |"]
+
+    def cell(values: list[float], digits: int = 1) -> str:
+        mean = sum(values) / len(values)
+        return f"{mean:.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
+
+    for key in sorted({(r["trace"], r["npcs"]) for r in regime}):
+        mine = [r for r in regime if (r["trace"], r["npcs"]) == key]
+        states = [r["runtime"]["backpressure"] for r in mine]
+        rates = [max(s["sustainable_per_s_by_level"] or [0.0]) for s in states]
+        out.append(f"| {key[0]} | {key[1]} | {cell([s['demand_per_s'] for s in states])} | "
+                   f"{cell(rates)} | {sum(s['overloaded'] for s in states)} of {len(mine)} | "
+                   f"{cell([r['slo_attainment'] for r in mine], 2)} |")
+    return out
+
+
 def dialogue_table(runs: list[dict]) -> list[str]:
     """Per NPC count and policy over every dialogue run (traces x repeats): first-token p50
     (mean, and the range of per-run p50s), worst p99, pace attained, tokens/s p50, added frame
@@ -136,6 +159,10 @@ def main() -> None:
     if report.get("mix") == "dialogue":
         print("**dialogue (per run, over traces and repeats)**\n")
         print("\n".join(dialogue_table(report["runs"])) + "\n")
+    pressure = backpressure_table(report["runs"])
+    if len(pressure) > 2:
+        print("**back-pressure at the end of each `lego` regime run**\n")
+        print("\n".join(pressure) + "\n")
     if report.get("skip_regret"):
         print("**skip_regret**\n")
         print("\n".join(regret_table(report["skip_regret"])))
