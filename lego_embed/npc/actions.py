@@ -103,7 +103,7 @@ class ConstrainedActionSampler:
 
     first_answer_tokens: what the level choice plans compute for, the trie's full depth; more
     than decoding takes (`decisive_tokens`: it stops once one action is left), and the
-    difference is the level choice's safety margin (docs/BENCHMARKS.md, 2026-11-30 04:23).
+    difference is the level choice's safety margin (docs/BENCHMARKS.md, 2026-11-30 04:08).
     decisive_tokens: the most tokens a decision really takes, for back-pressure's rate."""
 
     text = None
