@@ -28,9 +28,9 @@ class ActionTrie:
     """Token trie of an allowed action set; `eos_token_id` closes every action.
 
     max_tokens: tokens of the longest action, end-of-sequence included.
-    decisive_tokens: the most tokens constrained decoding generates before one action is left
-    (it stops there): 1 when every action starts with its own token, the whole action and its
-    end-of-sequence for an action that begins another one.
+    decisive_tokens: the most tokens constrained decoding generates, over all actions, until
+    one action is left (it stops there): 1 when every action starts with its own token; an
+    action that begins another one takes all its tokens and its end-of-sequence.
     """
 
     def __init__(self, tokenizer, actions: Sequence[str], eos_token_id: int) -> None:
@@ -61,7 +61,7 @@ class ActionTrie:
         self.decisive_tokens = max(self._decisive_tokens((*ids, eos_token_id)) for ids in seen)
 
     def _decisive_tokens(self, ids: Sequence[int]) -> int:
-        """Tokens of `ids` (an action closed by end-of-sequence) generated when it is the only
+        """Tokens of `ids` (an action closed by end-of-sequence) generated until it is the only
         action left; at least 1 (a prefill always makes one token)."""
         node = self._root
         for count, token in enumerate(ids, start=1):

@@ -958,9 +958,9 @@ class Runtime:
                 pending.request_id, pending.npc_id, state, pending.arrival_ns,
                 pending.deadline_ns, sampler.first_answer_tokens, payload=pending,
             )
-            fresh = replace(request, expected_tokens=sampler.decisive_tokens)
+            as_decoded = replace(request, expected_tokens=sampler.decisive_tokens)
             self.backpressure.note_costs(  # a rate is of what decisions take, not of the plan
-                [self.scheduler.remaining_cost_ns(fresh, level)
+                [self.scheduler.remaining_cost_ns(as_decoded, level)
                  for level in range(len(self.levels))]
             )
             self.scheduler.admit(request, now_ns, self.headroom_rate())

@@ -17,9 +17,10 @@ WORDS = ["heal", "ally", "attack", "heavy", "light", "block", "shoot", "call", "
 
 
 def decode(sampler: ConstrainedActionSampler, logits_for_step) -> tuple[str, int]:
-    """The action decoded and the tokens it took."""
+    """The action decoded and the tokens it took (at least one, as in the executor: a prefill
+    always makes a token)."""
     generated: list[int] = []
-    while not sampler.finished(generated):
+    while not generated or not sampler.finished(generated):
         generated.append(sampler.next_token(logits_for_step(len(generated)), generated))
     return sampler.action(generated), len(generated)
 
@@ -84,11 +85,11 @@ def test_never_returns_an_action_outside_the_set(npc_tokenizer, actions, seed):
     sampler = ConstrainedActionSampler(trie)
     chosen, tokens = decode(sampler, lambda step: torch.randn(vocab, generator=generator) * 5)
     assert chosen in actions
-    assert tokens <= sampler.decisive_tokens <= sampler.first_answer_tokens == trie.max_tokens
+    assert 1 <= tokens <= sampler.decisive_tokens < sampler.first_answer_tokens == trie.max_tokens
 
 
 @pytest.mark.parametrize("actions", [ACTIONS, ["heal", "heal ally", "call for help", "call"],
-                                     ["heavy attack", "heavy block", "dodge"]])
+                                     ["heavy attack", "heavy block", "dodge"], ["heal"]])
 def test_decisive_tokens_is_the_longest_decoding(npc_tokenizer, actions):
     """decisive_tokens, what back-pressure counts a decision's compute by, is exactly the most
     tokens any action of the set takes to decode: never fewer, and not the trie's full depth
@@ -100,7 +101,7 @@ def test_decisive_tokens_is_the_longest_decoding(npc_tokenizer, actions):
         ids = [*npc_tokenizer.encode(ANSWER_PREFIX + action, add_special_tokens=False), eos]
         chosen, taken[action] = decode(sampler, preferring(npc_tokenizer.vocab_size, ids))
         assert chosen == action
-    assert max(taken.values()) == sampler.decisive_tokens
+    assert max(taken.values()) == sampler.decisive_tokens < sampler.first_answer_tokens
 
 
 @pytest.mark.parametrize("bad", [[], "heal", ["heal", "heal"], ["heal", ""], ["heal", 3]])

@@ -20,6 +20,7 @@ from lego_embed.model.loading import LoadedModel
 from lego_embed.runtime import runtime as runtime_module
 from lego_embed.runtime.doorbell import Doorbell
 from lego_embed.runtime.events import FRAME_BEGIN, FRAME_END, PASS_BEGIN, PASS_END, EngineEvent
+from lego_embed.runtime.headroom import INTER_FRAME_SLOT
 from lego_embed.runtime.runtime import DECIDED, Runtime, RuntimeConfig
 from lego_embed.tasks.combat.policy import ACTIONS, random_situation
 from lego_embed.tasks.combat.request import combat_request
@@ -159,25 +160,39 @@ def test_a_worker_woken_only_by_the_ring_answers(npc_loaded: LoadedModel) -> Non
 
 def test_the_bell_wakes_a_sleeping_worker(npc_loaded: LoadedModel,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the idle worker's heartbeat pushed past the test's patience, only the ring's bell can
-    wake it: each frame written while it sleeps is read (a worker that missed the bell would
-    sleep for an hour and the frame count would stay behind)."""
+    """With the idle worker's heartbeat pushed past the test's patience, only the ring's bell
+    can wake it. Each event is written after a pause (the worker back asleep) and must be
+    seen: a frame_begin starts a frame, a pass_end opens that pass's gap, a frame_end the
+    inter-frame gap (a worker that missed a bell would sleep for an hour)."""
     monkeypatch.setattr(runtime_module, "MAX_WAIT_NS", 3600 * 10**9)
     runtime = Runtime(npc_loaded, config=RuntimeConfig(warmup=False, policy="lego"))
     writer, reader, _ = _ring()
     runtime.start()
     runtime.attach_events(reader)
+
+    def seen(check) -> bool:
+        give_up = time.monotonic() + 60.0
+        while not check() and time.monotonic() < give_up:
+            time.sleep(0.01)
+        return check()
+
+    def gap_slot() -> str | None:
+        gap = runtime.tracker.open_gap()
+        return None if gap is None else gap.slot
+
     try:
         for frame in range(1, 4):
             t_ns = time.monotonic_ns()
+            time.sleep(0.05)
             writer.send(FRAME_BEGIN, "", t_ns)
             writer.send(PASS_BEGIN, "shadow", t_ns)
+            assert seen(lambda frame=frame: runtime.stats()["frames_seen"] == frame)
+            time.sleep(0.05)
             writer.send(PASS_END, "shadow", t_ns + 1_000_000)
-            writer.send(FRAME_END, "", t_ns + 1_000_000)
-            give_up = time.monotonic() + 60.0
-            while runtime.stats()["frames_seen"] < frame and time.monotonic() < give_up:
-                time.sleep(0.01)
-            assert runtime.stats()["frames_seen"] == frame
+            assert seen(lambda: gap_slot() == "after:shadow")
+            time.sleep(0.05)
+            writer.send(FRAME_END, "", t_ns + 2_000_000)
+            assert seen(lambda: gap_slot() == INTER_FRAME_SLOT)
         writer.close()
     finally:
         runtime.stop()
