@@ -45,7 +45,6 @@ class ChoiceThenLineSampler:
         self.max_tokens = spec.max_tokens
         action_tokens = self.trie.max_tokens - 1  # the trie counts the closing EOS
         self.first_answer_tokens = action_tokens + len(self.separator_ids) + 1
-        self.decisive_tokens = self.first_answer_tokens  # the whole action comes before the line
         self.max_new_tokens = action_tokens + len(self.separator_ids) + spec.max_tokens
         self.text = LineText(tokenizer, spec.stop)
 

@@ -28,9 +28,6 @@ class ActionTrie:
     """Token trie of an allowed action set; `eos_token_id` closes every action.
 
     max_tokens: tokens of the longest action, end-of-sequence included.
-    decisive_tokens: the most tokens constrained decoding generates, over all actions, until
-    one action is left (it stops there): 1 when every action starts with its own token; an
-    action that begins another one takes all its tokens and its end-of-sequence.
     """
 
     def __init__(self, tokenizer, actions: Sequence[str], eos_token_id: int) -> None:
@@ -58,17 +55,6 @@ class ActionTrie:
                 node.actions.append(action)
         self.actions = tuple(seen.values())
         self.max_tokens = 1 + max(len(ids) for ids in seen)
-        self.decisive_tokens = max(self._decisive_tokens((*ids, eos_token_id)) for ids in seen)
-
-    def _decisive_tokens(self, ids: Sequence[int]) -> int:
-        """Tokens of `ids` (an action closed by end-of-sequence) generated until it is the only
-        action left; at least 1 (a prefill always makes one token)."""
-        node = self._root
-        for count, token in enumerate(ids, start=1):
-            node = node.children[token]
-            if len(node.actions) == 1:
-                return count
-        return len(ids)
 
     def _walk(self, generated: Sequence[int]) -> _Node:
         node = self._root
@@ -99,12 +85,7 @@ class ActionTrie:
 
 class ConstrainedActionSampler:
     """TokenSampler for the executor: greedy decoding restricted to the action trie (the
-    `Choice` output spec). It has no line: `line_ids` is always empty, `text` None.
-
-    first_answer_tokens: what the level choice plans compute for, the trie's full depth; more
-    than decoding takes (`decisive_tokens`: it stops once one action is left), and the
-    difference is the level choice's safety margin (docs/BENCHMARKS.md, 2026-11-30 04:08).
-    decisive_tokens: the most tokens a decision really takes, for back-pressure's rate."""
+    `Choice` output spec). It has no line: `line_ids` is always empty, `text` None."""
 
     text = None
 
@@ -112,7 +93,6 @@ class ConstrainedActionSampler:
         self.trie = trie
         self.max_new_tokens = trie.max_tokens
         self.first_answer_tokens = trie.max_tokens
-        self.decisive_tokens = trie.decisive_tokens
 
     def next_token(self, logits: torch.Tensor, generated: Sequence[int]) -> int:
         allowed = self.trie.allowed_next(generated)

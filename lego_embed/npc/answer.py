@@ -23,7 +23,6 @@ class FreeChoiceSampler(GreedySampler):
         self._tokenizer = tokenizer
         self._actions = spec.actions
         self.first_answer_tokens = max_new_tokens
-        self.decisive_tokens = max_new_tokens
 
     def action(self, generated: Sequence[int]) -> str | None:
         text = self._tokenizer.decode(list(generated), skip_special_tokens=True).strip()

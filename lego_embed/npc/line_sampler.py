@@ -38,7 +38,6 @@ class LineSampler:
         self.max_tokens = spec.max_tokens
         self.max_new_tokens = spec.max_tokens
         self.first_answer_tokens = 1
-        self.decisive_tokens = 1
         self.text = LineText(tokenizer, spec.stop)
 
     def next_token(self, logits: torch.Tensor, generated: Sequence[int]) -> int:

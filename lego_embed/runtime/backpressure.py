@@ -6,10 +6,9 @@ Sustainable rate at skip level l (decisions per second) =
 where the headroom fraction is the mean of the last HEADROOM_WINDOWS execution windows' measured
 headroom over their length (1.0 while no engine reports frames), the usable fraction is the
 scheduler's learned share of headroom that dispatch fills, and the cost is the scheduler's
-prediction for a fresh request of the current shape, for the tokens its answer really takes
-(the sampler's `decisive_tokens`, not the level choice's planned margin; unbatched:
-batching same-shape requests only raises what is really sustainable). Demand is the requests
-asked per second over the last DEMAND_HORIZON_S seconds.
+prediction for a fresh request of the current shape (unbatched: batching same-shape requests
+only raises what is really sustainable). Demand is the requests asked per second over the last
+DEMAND_HORIZON_S seconds.
 
 `BackPressure.on_window` compares them once per execution window: the runtime becomes
 `overloaded` when demand exceeds the rate at the largest skip level (the most it can serve on
@@ -78,8 +77,7 @@ class BackPressure:
             self._first_arrival_ns = t_ns
 
     def note_costs(self, cost_ns_by_level: Sequence[float]) -> None:
-        """The predicted compute (ns) of a fresh request at each level, level 0 first, for the
-        tokens its answer really takes."""
+        """The predicted compute (ns) of a fresh request at each level, level 0 first."""
         if not all(math.isfinite(c) and c > 0 for c in cost_ns_by_level):
             return
         if len(self._cost_ns) != len(cost_ns_by_level):

@@ -958,9 +958,8 @@ class Runtime:
                 pending.request_id, pending.npc_id, state, pending.arrival_ns,
                 pending.deadline_ns, sampler.first_answer_tokens, payload=pending,
             )
-            as_decoded = replace(request, expected_tokens=sampler.decisive_tokens)
-            self.backpressure.note_costs(  # a rate is of what decisions take, not of the plan
-                [self.scheduler.remaining_cost_ns(as_decoded, level)
+            self.backpressure.note_costs(
+                [self.scheduler.remaining_cost_ns(request, level)
                  for level in range(len(self.levels))]
             )
             self.scheduler.admit(request, now_ns, self.headroom_rate())

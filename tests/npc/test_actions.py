@@ -9,29 +9,17 @@ from hypothesis import strategies as st
 
 from lego_embed.errors import InvalidActionSetError
 from lego_embed.npc.actions import ActionTrie, ConstrainedActionSampler
-from lego_embed.npc.output_spec import ANSWER_PREFIX
 from lego_embed.tasks.combat.policy import ACTIONS
 
 WORDS = ["heal", "ally", "attack", "heavy", "light", "block", "shoot", "call", "for", "help",
          "retreat", "zzqx", "dodge"]
 
 
-def decode(sampler: ConstrainedActionSampler, logits_for_step) -> tuple[str, int]:
-    """The action decoded and the tokens it took (at least one, as in the executor: a prefill
-    always makes a token)."""
+def decode(sampler: ConstrainedActionSampler, logits_for_step) -> str:
     generated: list[int] = []
-    while not generated or not sampler.finished(generated):
+    while not sampler.finished(generated):
         generated.append(sampler.next_token(logits_for_step(len(generated)), generated))
-    return sampler.action(generated), len(generated)
-
-
-def preferring(vocab: int, ids: list[int]):
-    """Logits for each step that put one token (the action's next) first."""
-    def logits_for_step(step: int) -> torch.Tensor:
-        logits = torch.zeros(vocab)
-        logits[ids[min(step, len(ids) - 1)]] = 10.0
-        return logits
-    return logits_for_step
+    return sampler.action(generated)
 
 
 def test_prefix_sharing_and_multi_token_actions(npc_tokenizer):
@@ -50,10 +38,9 @@ def test_prefix_sharing_and_multi_token_actions(npc_tokenizer):
     # after "heal", EOS ends the action "heal"; otherwise "ally" continues to "heal ally"
     assert trie.action_of(heal_ids) is None
     assert trie.action_of([*heal_ids, eos]) == "heal"
-    assert decode(sampler, lambda step: prefer(heal_ids[0] if step == 0 else eos))[0] == "heal"
+    assert decode(sampler, lambda step: prefer(heal_ids[0] if step == 0 else eos)) == "heal"
     ally = npc_tokenizer.encode(" ally", add_special_tokens=False)[0]
-    chosen, _ = decode(sampler, lambda step: prefer(heal_ids[0] if step == 0 else ally))
-    assert chosen == "heal ally"
+    assert decode(sampler, lambda step: prefer(heal_ids[0] if step == 0 else ally)) == "heal ally"
     longest = max(len(npc_tokenizer.encode(" " + a, add_special_tokens=False)) for a in actions)
     assert sampler.max_new_tokens == 1 + longest
 
@@ -82,26 +69,9 @@ def test_never_returns_an_action_outside_the_set(npc_tokenizer, actions, seed):
         return
     generator = torch.Generator().manual_seed(seed)
     vocab = npc_tokenizer.vocab_size
-    sampler = ConstrainedActionSampler(trie)
-    chosen, tokens = decode(sampler, lambda step: torch.randn(vocab, generator=generator) * 5)
+    chosen = decode(ConstrainedActionSampler(trie),
+                    lambda step: torch.randn(vocab, generator=generator) * 5)
     assert chosen in actions
-    assert 1 <= tokens <= sampler.decisive_tokens < sampler.first_answer_tokens == trie.max_tokens
-
-
-@pytest.mark.parametrize("actions", [ACTIONS, ["heal", "heal ally", "call for help", "call"],
-                                     ["heavy attack", "heavy block", "dodge"], ["heal"]])
-def test_decisive_tokens_is_the_longest_decoding(npc_tokenizer, actions):
-    """decisive_tokens, what back-pressure counts a decision's compute by, is exactly the most
-    tokens any action of the set takes to decode: never fewer, and not the trie's full depth
-    (an action is known, and decoding stops, once it is the only one left)."""
-    eos = npc_tokenizer.eos_token_id
-    sampler = ConstrainedActionSampler(ActionTrie(npc_tokenizer, actions, eos))
-    taken = {}
-    for action in actions:
-        ids = [*npc_tokenizer.encode(ANSWER_PREFIX + action, add_special_tokens=False), eos]
-        chosen, taken[action] = decode(sampler, preferring(npc_tokenizer.vocab_size, ids))
-        assert chosen == action
-    assert max(taken.values()) == sampler.decisive_tokens < sampler.first_answer_tokens
 
 
 @pytest.mark.parametrize("bad", [[], "heal", ["heal", "heal"], ["heal", ""], ["heal", 3]])

@@ -7,7 +7,6 @@ sent, and assertions are on the timestamps, counts and orders that answers and e
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 
 import pytest
 from runtime_replay import MS, SECOND, Delivery, frames, manual_runtime, replay
@@ -232,24 +231,6 @@ def test_back_pressure_arithmetic() -> None:
     for k in range(120):  # then 120 per s: (50 + 120) / 2 s = 85 per s, above the full model's
         pressure.note_request(9 * SECOND + k * round(SECOND / 120))  # rate, not level 1's
     assert pressure.needs_skipping(10 * SECOND) and pressure.on_window(10 * SECOND) is None
-
-
-def test_the_sustainable_rate_counts_a_decision_by_the_tokens_it_takes(
-    npc_loaded: LoadedModel,
-) -> None:
-    """The combat actions' trie is 4 tokens deep and the level choice plans for that, but a
-    decision is known after 1 token: back-pressure's rate is of 1-token decisions. No window
-    closed yet, so the headroom and usable fractions are 1 and the rate is 1 s / the cost."""
-    runtime, _ = manual_runtime(npc_loaded)
-    runtime.submit(combat_request("guard", random_situation(random.Random(5)), ACTIONS, 200.0))
-    runtime.run_until_idle(max_cycles=1)  # admitted, and its first subtask (the embedding) run
-    request = runtime.scheduler.pending[0]
-    assert request.expected_tokens == 4
-    rate_cost_ns = 1e9 / runtime.backpressure.sustainable_per_s()[0]
-    decoded_ns = runtime.scheduler.remaining_cost_ns(replace(request, expected_tokens=1), 0)
-    planned_ns = runtime.scheduler.remaining_cost_ns(request, 0)
-    assert rate_cost_ns == pytest.approx(decoded_ns, rel=0.1)  # less the embedding run since
-    assert rate_cost_ns < 0.6 * planned_ns
 
 
 def test_overloaded_fires_when_demand_exceeds_the_sustainable_rate_and_again_on_recovery(
