@@ -470,7 +470,9 @@ class Scheduler:
     def can_finish(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> bool:
         """Whether the request could still finish by its deadline in the best case: it and
         every request queued ahead of it at the largest level, filling all of the predicted
-        headroom before its deadline (no usable-fraction discount). False means a miss is
+        headroom before its deadline (no usable-fraction discount), each for its planned tokens
+        (the level choice's margin included: counting only the tokens answers take shed fewer
+        requests and did no better, docs/BENCHMARKS.md 2026-11-30 04:08). False means a miss is
         all but certain, whatever the level choice."""
         largest = len(self.levels) - 1
         time_left_ns = request.deadline_ns - now_ns
