@@ -9,7 +9,9 @@ from __future__ import annotations
 import multiprocessing
 import random
 import select
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -158,23 +160,52 @@ def test_a_worker_woken_only_by_the_ring_answers(npc_loaded: LoadedModel) -> Non
         runtime.stop()
 
 
+class WatchedDoorbell(Doorbell):
+    """The worker's real doorbell, counting the worker's sleeps on it and telling whether it is
+    asleep now."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = threading.Condition()
+        self.sleeps = 0
+        self.asleep = False
+
+    def wait(self, timeout_s: float, fds: Sequence[int] = ()) -> None:
+        with self.changed:
+            self.sleeps += 1
+            self.asleep = True
+            self.changed.notify_all()
+        super().wait(timeout_s, fds)
+        with self.changed:
+            self.asleep = False
+
+    def wait_for(self, condition) -> bool:
+        """Until condition() holds (checked at every change), for at most a minute."""
+        with self.changed:
+            return self.changed.wait_for(condition, timeout=60.0)
+
+
 def test_the_bell_wakes_a_sleeping_worker(npc_loaded: LoadedModel,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the idle worker's heartbeat pushed past the test's patience, only the ring's bell
-    can wake it. Each event is written after a pause (the worker back asleep) and must be
-    seen: a frame_begin starts a frame, a pass_end opens that pass's gap, a frame_end the
-    inter-frame gap (a worker that missed a bell would sleep for an hour)."""
+    """With the idle worker's heartbeat pushed to an hour, only the ring's bell can wake it.
+    Each event is written while the worker sleeps, and the worker must wake, read it and sleep
+    again: a frame_begin starts a frame, a pass_end opens that pass's gap, a frame_end the
+    inter-frame gap. A bell that does not ring leaves the worker asleep, and the next sleep never
+    comes (the wait for it gives up after a minute)."""
     monkeypatch.setattr(runtime_module, "MAX_WAIT_NS", 3600 * 10**9)
+    monkeypatch.setattr(runtime_module, "Doorbell", WatchedDoorbell)
     runtime = Runtime(npc_loaded, config=RuntimeConfig(warmup=False, policy="lego"))
+    doorbell = runtime._wake
     writer, reader, _ = _ring()
     runtime.start()
     runtime.attach_events(reader)
 
-    def seen(check) -> bool:
-        give_up = time.monotonic() + 60.0
-        while not check() and time.monotonic() < give_up:
-            time.sleep(0.01)
-        return check()
+    def write_while_asleep(*events: tuple[str, str, int]) -> None:
+        assert doorbell.wait_for(lambda: doorbell.asleep)
+        sleeps = doorbell.sleeps
+        for kind, name, t_ns in events:
+            writer.send(kind, name, t_ns)
+        assert doorbell.wait_for(lambda: doorbell.sleeps > sleeps)  # woke, read, asleep again
 
     def gap_slot() -> str | None:
         gap = runtime.tracker.open_gap()
@@ -183,16 +214,12 @@ def test_the_bell_wakes_a_sleeping_worker(npc_loaded: LoadedModel,
     try:
         for frame in range(1, 4):
             t_ns = time.monotonic_ns()
-            time.sleep(0.05)
-            writer.send(FRAME_BEGIN, "", t_ns)
-            writer.send(PASS_BEGIN, "shadow", t_ns)
-            assert seen(lambda frame=frame: runtime.stats()["frames_seen"] == frame)
-            time.sleep(0.05)
-            writer.send(PASS_END, "shadow", t_ns + 1_000_000)
-            assert seen(lambda: gap_slot() == "after:shadow")
-            time.sleep(0.05)
-            writer.send(FRAME_END, "", t_ns + 2_000_000)
-            assert seen(lambda: gap_slot() == INTER_FRAME_SLOT)
+            write_while_asleep((FRAME_BEGIN, "", t_ns), (PASS_BEGIN, "shadow", t_ns))
+            assert runtime.stats()["frames_seen"] == frame and gap_slot() is None
+            write_while_asleep((PASS_END, "shadow", t_ns + 1_000_000))
+            assert gap_slot() == "after:shadow"
+            write_while_asleep((FRAME_END, "", t_ns + 2_000_000))
+            assert gap_slot() == INTER_FRAME_SLOT
         writer.close()
     finally:
         runtime.stop()
