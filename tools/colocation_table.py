@@ -92,8 +92,8 @@ def backpressure_table(runs: list[dict]) -> list[str]:
            "| `lego` SLO |", "| --- | --- | --- | --- | --- | --- |"]
 
     def cell(values: list[float], digits: int = 1) -> str:
-        mean = sum(values) / len(values)
-        return f"{mean:.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
+        return spread({"mean": sum(values) / len(values), "min": min(values),
+                       "max": max(values)}, digits)
 
     for key in sorted({(r["trace"], r["npcs"]) for r in regime}):
         mine = [r for r in regime if (r["trace"], r["npcs"]) == key]
