@@ -7,8 +7,17 @@ where the headroom fraction is the mean of the last HEADROOM_WINDOWS execution w
 headroom over their length (1.0 while no engine reports frames), the usable fraction is the
 scheduler's learned share of headroom that dispatch fills, and the cost is the scheduler's
 prediction for a fresh request of the current shape (unbatched: batching same-shape requests
-only raises what is really sustainable). Demand is the requests asked per second over the last
-DEMAND_HORIZON_S seconds.
+only raises what is really sustainable), less the decode steps it plans and does not take.
+Demand is the requests asked per second over the last DEMAND_HORIZON_S seconds.
+
+What decisions take differs from the scheduler's plan: a combat decision plans for the action
+trie's full depth (4 tokens) and stops once one action is left (after 1), the level choice's
+safety margin; a spoken line plans for its first token and generates the whole line. So the
+runtime notes each answer's tokens against the tokens its sampler planned (`note_answer`), and
+the cost the rates count is the planned cost plus the mean difference times a decode step's
+cost at that level (`note_decode_steps`, once per window). `needs_skipping`, which switches the
+scheduler to its scarce-compute mode, compares demand with the planned cost instead: the one
+the level choice works with.
 
 `BackPressure.on_window` compares them once per execution window: the runtime becomes
 `overloaded` when demand exceeds the rate at the largest skip level (the most it can serve on
@@ -28,6 +37,7 @@ from typing import Any
 DEMAND_HORIZON_S = 2.0
 HEADROOM_WINDOWS = 5
 COST_ALPHA = 0.2
+TOKENS_ALPHA = 0.2
 RECOVER_FRACTION = 0.9
 TARGET_FRACTION = 0.85
 
@@ -67,7 +77,10 @@ class BackPressure:
         self._arrivals: deque[int] = deque()
         self._first_arrival_ns: int | None = None
         self._headroom: deque[float] = deque(maxlen=HEADROOM_WINDOWS)
-        self._cost_ns: list[float] = []
+        self._planned_ns: list[float] = []
+        self._step_ns: list[float] = []
+        self._extra_tokens = 0.0
+        self._answered = False
         self._usable_fraction = 1.0
 
     def note_request(self, t_ns: int) -> None:
@@ -77,16 +90,31 @@ class BackPressure:
             self._first_arrival_ns = t_ns
 
     def note_costs(self, cost_ns_by_level: Sequence[float]) -> None:
-        """The predicted compute (ns) of a fresh request at each level, level 0 first."""
-        if not all(math.isfinite(c) and c > 0 for c in cost_ns_by_level):
-            return
-        if len(self._cost_ns) != len(cost_ns_by_level):
-            self._cost_ns = list(cost_ns_by_level)
-            return
-        self._cost_ns = [
-            old + COST_ALPHA * (new - old)
-            for old, new in zip(self._cost_ns, cost_ns_by_level, strict=True)
-        ]
+        """The scheduler's predicted compute (ns) of a fresh request at each level, level 0
+        first, for the tokens it plans."""
+        self._planned_ns = _averaged(self._planned_ns, cost_ns_by_level)
+
+    def note_decode_steps(self, step_ns_by_level: Sequence[float]) -> None:
+        """The predicted compute (ns) of one decode step at each level, level 0 first."""
+        self._step_ns = _averaged(self._step_ns, step_ns_by_level)
+
+    def note_answer(self, planned_tokens: int, tokens: int) -> None:
+        """The model answered a request after generating `tokens`; its sampler planned
+        `planned_tokens` for it."""
+        extra = tokens - planned_tokens
+        if not self._answered:
+            self._extra_tokens, self._answered = extra, True
+        else:
+            self._extra_tokens += TOKENS_ALPHA * (extra - self._extra_tokens)
+
+    def costs_ns(self) -> list[float]:
+        """Predicted compute (ns) of a decision at each level, level 0 first, for the tokens
+        decisions take: the planned cost plus the mean extra tokens' decode steps (the planned
+        cost until the first answer and the first window's step costs)."""
+        if len(self._step_ns) != len(self._planned_ns):
+            return list(self._planned_ns)
+        return [max(planned + self._extra_tokens * step, 1.0)  # at least 1 ns: a finite rate
+                for planned, step in zip(self._planned_ns, self._step_ns, strict=True)]
 
     def note_window(self, headroom_ms: float, usable_fraction: float) -> None:
         """A closed execution window's measured headroom (ms) and the scheduler's usable
@@ -111,15 +139,23 @@ class BackPressure:
         any window: no renderer to share with)."""
         return sum(self._headroom) / len(self._headroom) if self._headroom else 1.0
 
+    def _rates(self, cost_ns_by_level: Sequence[float]) -> list[float]:
+        usable_ns_per_s = self.headroom_fraction() * self._usable_fraction * 1e9
+        return [usable_ns_per_s / cost for cost in cost_ns_by_level]
+
     def sustainable_per_s(self) -> list[float]:
         """Decisions per second at each skip level, level 0 first ([] before any cost)."""
-        usable_ns_per_s = self.headroom_fraction() * self._usable_fraction * 1e9
-        return [usable_ns_per_s / cost for cost in self._cost_ns]
+        return self._rates(self.costs_ns())
+
+    def planned_per_s(self) -> list[float]:
+        """Decisions per second at each skip level as the scheduler plans them."""
+        return self._rates(self._planned_ns)
 
     def needs_skipping(self, now_ns: int) -> bool:
-        """Whether demand is above what the full model can serve (level 0's sustainable rate):
-        compute is scarce and skipping layers, and batching, decide what is on time."""
-        rates = self.sustainable_per_s()
+        """Whether demand is above what the full model can serve as the scheduler plans it
+        (level 0's planned rate): compute is scarce and skipping layers, and batching, decide
+        what is on time."""
+        rates = self.planned_per_s()
         return bool(rates) and self.demand_per_s(now_ns) > rates[0]
 
     def on_window(self, now_ns: int) -> OverloadEvent | None:
@@ -139,12 +175,25 @@ class BackPressure:
                              TARGET_FRACTION * most)
 
     def snapshot(self, now_ns: int) -> dict[str, Any]:
-        """For stats(): state, demand, headroom fraction and the rate at every level."""
+        """For stats(): state, demand, headroom fraction, the rate at every level, the rate as
+        planned (`needs_skipping`'s) and the mean extra tokens decisions took over the plan."""
         rates = self.sustainable_per_s()
         return {
             "overloaded": self.overloaded,
             "demand_per_s": self.demand_per_s(now_ns),
             "headroom_fraction": self.headroom_fraction(),
             "sustainable_per_s_by_level": rates,
+            "planned_per_s_by_level": self.planned_per_s(),
+            "extra_tokens_per_decision": self._extra_tokens,
             "target_per_s": TARGET_FRACTION * max(rates) if rates else None,
         }
+
+
+def _averaged(old: list[float], new: Sequence[float]) -> list[float]:
+    """`old` moved COST_ALPHA of the way to `new` (`new` itself when the number of levels
+    changed); `old` when `new` has a cost that is not a positive number."""
+    if not all(math.isfinite(c) and c > 0 for c in new):
+        return old
+    if len(old) != len(new):
+        return list(new)
+    return [o + COST_ALPHA * (n - o) for o, n in zip(old, new, strict=True)]

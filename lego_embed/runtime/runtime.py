@@ -780,6 +780,8 @@ class Runtime:
     def _window(self, window: WindowHeadroom) -> None:
         window_end_ns = window.start_ns + self.tracker.window_ns
         self.backpressure.note_window(window.total_ms, self.scheduler.usable_fraction)
+        self.backpressure.note_decode_steps(
+            [self.scheduler.decode_step_ns(level) for level in range(len(self.levels))])
         event = self.backpressure.on_window(window_end_ns)
         self._backpressure_state = self.backpressure.snapshot(window_end_ns)
         if event is not None:
@@ -1262,6 +1264,9 @@ class Runtime:
             warnings=pending.request.warnings,
         )
         self._drop(request)
+        if error is None:
+            self.backpressure.note_answer(pending.prepared.sampler.first_answer_tokens,
+                                          len(state.generated))
         rate = self.headroom_rate()
         wall_ns = now_ns - request.arrival_ns
         if (request.alone and error is None and 0.0 < rate < 1.0 and wall_ns > 0

@@ -406,6 +406,10 @@ class Scheduler:
             cost += decode_steps * step
         return cost
 
+    def decode_step_ns(self, level: int) -> float:
+        """Predicted compute (ns) of one decode step at `level`."""
+        return self.cost.pass_cost_ns(self.levels[level].plan, DECODE, 1, 1)
+
     def _prefill_peers(self) -> Counter[tuple[int, int]]:
         """The queued requests that have not started, by (level, prompt tokens left): whose
         prefills dispatch batches (see shared_cost_ns). Counted once per decision, not once

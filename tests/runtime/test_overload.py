@@ -13,6 +13,7 @@ from runtime_replay import MS, SECOND, Delivery, frames, manual_runtime, replay
 
 from lego_embed.errors import InvalidActionSetError, RuntimeConfigError
 from lego_embed.model.loading import LoadedModel
+from lego_embed.npc.actions import ActionTrie
 from lego_embed.runtime.answers import Decision
 from lego_embed.runtime.backpressure import BackPressure, OverloadEvent
 from lego_embed.runtime.events import FRAME_BEGIN, FRAME_END, PASS_BEGIN, PASS_END, EngineEvent
@@ -233,6 +234,29 @@ def test_back_pressure_arithmetic() -> None:
     assert pressure.needs_skipping(10 * SECOND) and pressure.on_window(10 * SECOND) is None
 
 
+def test_rates_count_the_tokens_decisions_take_and_skipping_the_planned_ones() -> None:
+    """Planned: 4 tokens, 8 ms at level 0 and 4 ms at level 1, a decode step 2 and 1 ms.
+    Answers that take 1 token cost 3 steps less; lines that take 11 tokens 10 steps more."""
+    pressure = BackPressure(window_ms=100.0)
+    pressure.note_costs([8 * MS, 4 * MS])
+    pressure.note_window(headroom_ms=50.0, usable_fraction=0.5)  # 250 ms of compute per s
+    pressure.note_answer(planned_tokens=4, tokens=1)
+    assert pressure.costs_ns() == [8 * MS, 4 * MS]  # no step costs yet: the plan
+    pressure.note_decode_steps([2 * MS, 1 * MS])
+    assert pressure.costs_ns() == pytest.approx([2 * MS, 1 * MS])
+    assert pressure.sustainable_per_s() == pytest.approx([125.0, 250.0])
+    assert pressure.planned_per_s() == pytest.approx([31.25, 62.5])
+    for k in range(200):  # 100 requests per s for 2 s
+        pressure.note_request(SECOND + k * 10 * MS)
+    assert pressure.needs_skipping(3 * SECOND)  # above the planned full model's 31.25 per s
+    assert pressure.on_window(3 * SECOND) is None  # below what decisions take at level 1
+    snapshot = pressure.snapshot(3 * SECOND)
+    assert snapshot["sustainable_per_s_by_level"] == pytest.approx([125.0, 250.0])
+    assert snapshot["extra_tokens_per_decision"] == -3
+    pressure.note_answer(planned_tokens=1, tokens=11)  # a line: -3 + 0.2 x (10 + 3) = -0.4
+    assert pressure.costs_ns() == pytest.approx([7.2 * MS, 3.6 * MS])
+
+
 def test_overloaded_fires_when_demand_exceeds_the_sustainable_rate_and_again_on_recovery(
     npc_loaded: LoadedModel,
 ) -> None:
@@ -265,4 +289,28 @@ def test_overloaded_fires_when_demand_exceeds_the_sustainable_rate_and_again_on_
     assert stats["overload_events"] == 2 and not stats["backpressure"]["overloaded"]
     assert len(stats["backpressure"]["sustainable_per_s_by_level"]) == 1
     assert len(result.callback_answers) == len(result.issued)  # every request answered
+
+
+def test_the_sustainable_rate_counts_the_tokens_combat_decisions_take(
+    npc_loaded: LoadedModel,
+) -> None:
+    """Combat decisions are planned for the action trie's full depth, but decoding stops once
+    one action is left: after the first answers, the rate the game is told counts the tokens
+    the answers took, and is above the scheduler's own rate (planned, with its margin)."""
+    runtime, clock = manual_runtime(npc_loaded, window_ms=100.0)
+    stream = frames(SECOND, 120, passes=2, pass_ns=4 * MS, gap_ns=MS)
+    stream += [Delivery(SECOND + k * 100 * MS, None, (500.0,), npc_id=f"npc{k % 2}")
+               for k in range(16)]
+    stream.sort(key=lambda d: d.arrival_ns)
+    result = replay(runtime, clock, stream)
+    answers = result.callback_answers
+    assert len(answers) == 16 and all(d.status == "decided" for d in answers)
+    tokenizer = npc_loaded.tokenizer
+    planned = ActionTrie(tokenizer, ACTIONS, tokenizer.eos_token_id).max_tokens
+    assert max(d.tokens for d in answers) < planned  # decoding stopped early: a margin exists
+    state = runtime.stats()["backpressure"]
+    assert state["extra_tokens_per_decision"] < 0
+    sustainable, as_planned = state["sustainable_per_s_by_level"], state["planned_per_s_by_level"]
+    assert len(sustainable) == len(as_planned) == len(runtime.levels)
+    assert all(s > p for s, p in zip(sustainable, as_planned, strict=True))
 
