@@ -82,7 +82,8 @@ class Decision:
 class RequestProgress:
     """What the worker has made of an open request so far (clock ns): when its action and
     first line token were known, line tokens streamed and how many of them late, characters of
-    the line shown, and whether it prefills a static prompt part the others wait for."""
+    the line shown, whether it prefills a static prompt part the others wait for, and its
+    predicted compute at each level when it was admitted (ns, for back-pressure)."""
 
     action_ns: int | None = None
     first_token_ns: int | None = None
@@ -90,6 +91,7 @@ class RequestProgress:
     late_tokens: int = 0
     shown_chars: int = 0
     static_owner: bool = False
+    planned_cost_ns: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

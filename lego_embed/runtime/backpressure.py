@@ -7,17 +7,18 @@ where the headroom fraction is the mean of the last HEADROOM_WINDOWS execution w
 headroom over their length (1.0 while no engine reports frames), the usable fraction is the
 scheduler's learned share of headroom that dispatch fills, and the cost is the scheduler's
 prediction for a fresh request of the current shape (unbatched: batching same-shape requests
-only raises what is really sustainable), less the decode steps it plans and does not take.
+only raises what is really sustainable), corrected for the tokens decisions really take.
 Demand is the requests asked per second over the last DEMAND_HORIZON_S seconds.
 
 What decisions take differs from the scheduler's plan: a combat decision plans for the action
 trie's full depth (4 tokens) and stops once one action is left (after 1), the level choice's
-safety margin; a spoken line plans for its first token and generates the whole line. So the
-runtime notes each answer's tokens against the tokens its sampler planned (`note_answer`), and
-the cost the rates count is the planned cost plus the mean difference times a decode step's
-cost at that level (`note_decode_steps`, once per window). `needs_skipping`, which switches the
-scheduler to its scarce-compute mode, compares demand with the planned cost instead: the one
-the level choice works with.
+safety margin; a spoken line plans for its first token and generates the whole line. So each
+answer is noted with its own plan (`note_answer`: its predicted cost at each level when it was
+admitted, the tokens its sampler planned and the tokens it generated), and the cost the rates
+count is the mean over answers of that plan plus the difference in tokens times a decode step's
+cost at the level (`note_decode_steps`, once per window); the planned cost until the first
+answer. `needs_skipping`, which switches the scheduler to its scarce-compute mode, compares
+demand with the planned cost instead: the one the level choice works with.
 
 `BackPressure.on_window` compares them once per execution window: the runtime becomes
 `overloaded` when demand exceeds the rate at the largest skip level (the most it can serve on
@@ -37,7 +38,6 @@ from typing import Any
 DEMAND_HORIZON_S = 2.0
 HEADROOM_WINDOWS = 5
 COST_ALPHA = 0.2
-TOKENS_ALPHA = 0.2
 RECOVER_FRACTION = 0.9
 TARGET_FRACTION = 0.85
 
@@ -79,8 +79,7 @@ class BackPressure:
         self._headroom: deque[float] = deque(maxlen=HEADROOM_WINDOWS)
         self._planned_ns: list[float] = []
         self._step_ns: list[float] = []
-        self._extra_tokens = 0.0
-        self._answered = False
+        self._taken_ns: list[float] = []
         self._usable_fraction = 1.0
 
     def note_request(self, t_ns: int) -> None:
@@ -98,23 +97,22 @@ class BackPressure:
         """The predicted compute (ns) of one decode step at each level, level 0 first."""
         self._step_ns = _averaged(self._step_ns, step_ns_by_level)
 
-    def note_answer(self, planned_tokens: int, tokens: int) -> None:
-        """The model answered a request after generating `tokens`; its sampler planned
-        `planned_tokens` for it."""
+    def note_answer(self, planned_ns_by_level: Sequence[float], planned_tokens: int,
+                    tokens: int) -> None:
+        """The model answered a request after generating `tokens`; when admitted, its predicted
+        compute (ns) at each level was `planned_ns_by_level`, for `planned_tokens` tokens.
+        Ignored before the first window's step costs, or without a plan."""
+        if len(self._step_ns) != len(planned_ns_by_level):
+            return
         extra = tokens - planned_tokens
-        if not self._answered:
-            self._extra_tokens, self._answered = extra, True
-        else:
-            self._extra_tokens += TOKENS_ALPHA * (extra - self._extra_tokens)
+        self._taken_ns = _averaged(self._taken_ns, [
+            planned + extra * step
+            for planned, step in zip(planned_ns_by_level, self._step_ns, strict=True)])
 
     def costs_ns(self) -> list[float]:
-        """Predicted compute (ns) of a decision at each level, level 0 first, for the tokens
-        decisions take: the planned cost plus the mean extra tokens' decode steps (the planned
-        cost until the first answer and the first window's step costs)."""
-        if len(self._step_ns) != len(self._planned_ns):
-            return list(self._planned_ns)
-        return [max(planned + self._extra_tokens * step, 1.0)  # at least 1 ns: a finite rate
-                for planned, step in zip(self._planned_ns, self._step_ns, strict=True)]
+        """Compute (ns) of a decision at each level, level 0 first, for the tokens decisions
+        take (the planned cost until an answer was noted)."""
+        return list(self._taken_ns) if self._taken_ns else list(self._planned_ns)
 
     def note_window(self, headroom_ms: float, usable_fraction: float) -> None:
         """A closed execution window's measured headroom (ms) and the scheduler's usable
@@ -175,8 +173,8 @@ class BackPressure:
                              TARGET_FRACTION * most)
 
     def snapshot(self, now_ns: int) -> dict[str, Any]:
-        """For stats(): state, demand, headroom fraction, the rate at every level, the rate as
-        planned (`needs_skipping`'s) and the mean extra tokens decisions took over the plan."""
+        """For stats(): state, demand, headroom fraction, the rate at every level and the rate
+        as planned (`needs_skipping`'s)."""
         rates = self.sustainable_per_s()
         return {
             "overloaded": self.overloaded,
@@ -184,7 +182,6 @@ class BackPressure:
             "headroom_fraction": self.headroom_fraction(),
             "sustainable_per_s_by_level": rates,
             "planned_per_s_by_level": self.planned_per_s(),
-            "extra_tokens_per_decision": self._extra_tokens,
             "target_per_s": TARGET_FRACTION * max(rates) if rates else None,
         }
 

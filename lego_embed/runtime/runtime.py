@@ -960,10 +960,11 @@ class Runtime:
                 pending.request_id, pending.npc_id, state, pending.arrival_ns,
                 pending.deadline_ns, sampler.first_answer_tokens, payload=pending,
             )
-            self.backpressure.note_costs(
-                [self.scheduler.remaining_cost_ns(request, level)
-                 for level in range(len(self.levels))]
+            pending.progress.planned_cost_ns = tuple(
+                self.scheduler.remaining_cost_ns(request, level)
+                for level in range(len(self.levels))
             )
+            self.backpressure.note_costs(pending.progress.planned_cost_ns)
             self.scheduler.admit(request, now_ns, self.headroom_rate())
             if pending.fallback is not None:
                 self._shed_if_hopeless(request, now_ns)
@@ -1264,9 +1265,10 @@ class Runtime:
             warnings=pending.request.warnings,
         )
         self._drop(request)
-        if error is None:
-            self.backpressure.note_answer(pending.prepared.sampler.first_answer_tokens,
-                                          len(state.generated))
+        if state.finished:
+            self.backpressure.note_answer(
+                progress.planned_cost_ns, pending.prepared.sampler.first_answer_tokens,
+                len(state.generated))
         rate = self.headroom_rate()
         wall_ns = now_ns - request.arrival_ns
         if (request.alone and error is None and 0.0 < rate < 1.0 and wall_ns > 0

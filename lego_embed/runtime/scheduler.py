@@ -407,7 +407,8 @@ class Scheduler:
         return cost
 
     def decode_step_ns(self, level: int) -> float:
-        """Predicted compute (ns) of one decode step at `level`."""
+        """Predicted compute (ns) of one decode step at `level` (the cost model's estimates
+        do not depend on the context length)."""
         return self.cost.pass_cost_ns(self.levels[level].plan, DECODE, 1, 1)
 
     def _prefill_peers(self) -> Counter[tuple[int, int]]:

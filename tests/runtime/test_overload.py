@@ -235,14 +235,17 @@ def test_back_pressure_arithmetic() -> None:
 
 
 def test_rates_count_the_tokens_decisions_take_and_skipping_the_planned_ones() -> None:
-    """Planned: 4 tokens, 8 ms at level 0 and 4 ms at level 1, a decode step 2 and 1 ms.
-    Answers that take 1 token cost 3 steps less; lines that take 11 tokens 10 steps more."""
+    """A combat decision planned for 4 tokens costs 8 ms at level 0 and 4 ms at level 1, a
+    decode step 2 and 1 ms: answered after 1 token, it cost 3 steps less. A line planned for 1
+    token (3 and 1.5 ms) and answered after 11 cost 10 steps more."""
     pressure = BackPressure(window_ms=100.0)
-    pressure.note_costs([8 * MS, 4 * MS])
+    combat = [8 * MS, 4 * MS]
+    pressure.note_costs(combat)
     pressure.note_window(headroom_ms=50.0, usable_fraction=0.5)  # 250 ms of compute per s
-    pressure.note_answer(planned_tokens=4, tokens=1)
-    assert pressure.costs_ns() == [8 * MS, 4 * MS]  # no step costs yet: the plan
+    pressure.note_answer(combat, planned_tokens=4, tokens=1)  # no step costs yet: ignored
+    assert pressure.costs_ns() == combat
     pressure.note_decode_steps([2 * MS, 1 * MS])
+    pressure.note_answer(combat, planned_tokens=4, tokens=1)
     assert pressure.costs_ns() == pytest.approx([2 * MS, 1 * MS])
     assert pressure.sustainable_per_s() == pytest.approx([125.0, 250.0])
     assert pressure.planned_per_s() == pytest.approx([31.25, 62.5])
@@ -252,9 +255,11 @@ def test_rates_count_the_tokens_decisions_take_and_skipping_the_planned_ones() -
     assert pressure.on_window(3 * SECOND) is None  # below what decisions take at level 1
     snapshot = pressure.snapshot(3 * SECOND)
     assert snapshot["sustainable_per_s_by_level"] == pytest.approx([125.0, 250.0])
-    assert snapshot["extra_tokens_per_decision"] == -3
-    pressure.note_answer(planned_tokens=1, tokens=11)  # a line: -3 + 0.2 x (10 + 3) = -0.4
-    assert pressure.costs_ns() == pytest.approx([7.2 * MS, 3.6 * MS])
+    assert snapshot["planned_per_s_by_level"] == pytest.approx([31.25, 62.5])
+    pressure.note_answer([3 * MS, 1.5 * MS], planned_tokens=1, tokens=11)  # 23 and 11.5 ms
+    assert pressure.costs_ns() == pytest.approx([6.2 * MS, 3.1 * MS])  # moved 0.2 of the way
+    pressure.note_answer([MS, MS], planned_tokens=4, tokens=1)  # a plan shorter than its steps
+    assert pressure.costs_ns() == pytest.approx([6.2 * MS, 3.1 * MS])  # is not a cost
 
 
 def test_overloaded_fires_when_demand_exceeds_the_sustainable_rate_and_again_on_recovery(
@@ -308,8 +313,7 @@ def test_the_sustainable_rate_counts_the_tokens_combat_decisions_take(
     tokenizer = npc_loaded.tokenizer
     planned = ActionTrie(tokenizer, ACTIONS, tokenizer.eos_token_id).max_tokens
     assert max(d.tokens for d in answers) < planned  # decoding stopped early: a margin exists
-    state = runtime.stats()["backpressure"]
-    assert state["extra_tokens_per_decision"] < 0
+    state = runtime.backpressure.snapshot(clock.peek_ns())
     sustainable, as_planned = state["sustainable_per_s_by_level"], state["planned_per_s_by_level"]
     assert len(sustainable) == len(as_planned) == len(runtime.levels)
     assert all(s > p for s, p in zip(sustainable, as_planned, strict=True))
