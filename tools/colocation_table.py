@@ -82,14 +82,15 @@ def ablation_table(rows: list[dict]) -> list[str]:
 def backpressure_table(runs: list[dict]) -> list[str]:
     """Back-pressure's view at the end of each `lego` run of LEGO's regime against what the run
     served: demand and the sustainable rate at the largest skip level (decisions/s, mean [min,
-    max] over the repeats), the runs that ended `overloaded`, and the SLO. Runs that measured
-    no cost yet (no rate) are left out."""
+    max] over the repeats), that rate as the scheduler plans decisions (runs from before
+    2026-11-30 07:11 have none: "-"), the runs that ended `overloaded`, and the SLO. Runs that
+    measured no cost yet (no rate) are left out."""
     regime = [r for r in runs if r.get("section") == "regime" and r["policy"] == "lego"
               and not r.get("ablation")
               and ((r.get("runtime") or {}).get("backpressure") or {}).get(
                   "sustainable_per_s_by_level")]
-    out = ["| trace | NPCs | demand / s | sustainable / s, largest level | runs ending overloaded "
-           "| `lego` SLO |", "| --- | --- | --- | --- | --- | --- |"]
+    out = ["| trace | NPCs | demand / s | sustainable / s, largest level | as planned / s "
+           "| runs ending overloaded | `lego` SLO |", "| --- | --- | --- | --- | --- | --- | --- |"]
 
     def cell(values: list[float], digits: int = 1) -> str:
         return spread({"mean": sum(values) / len(values), "min": min(values),
@@ -99,8 +100,11 @@ def backpressure_table(runs: list[dict]) -> list[str]:
         mine = [r for r in regime if (r["trace"], r["npcs"]) == key]
         states = [r["runtime"]["backpressure"] for r in mine]
         rates = [max(s["sustainable_per_s_by_level"]) for s in states]
+        planned = [max(s["planned_per_s_by_level"]) for s in states
+                   if s.get("planned_per_s_by_level")]
         out.append(f"| {key[0]} | {key[1]} | {cell([s['demand_per_s'] for s in states])} | "
-                   f"{cell(rates)} | {sum(s['overloaded'] for s in states)} of {len(mine)} | "
+                   f"{cell(rates)} | {cell(planned) if planned else '-'} | "
+                   f"{sum(s['overloaded'] for s in states)} of {len(mine)} | "
                    f"{cell([r['slo_attainment'] for r in mine], 2)} |")
     return out
 
