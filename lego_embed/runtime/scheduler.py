@@ -402,8 +402,7 @@ class Scheduler:
         generated = len(state.generated) + (1 if in_prefill else 0)
         decode_steps = max(request.expected_tokens - max(generated, 1), 0)
         if decode_steps:
-            step = self.cost.pass_cost_ns(plan, DECODE, 1, state.position + 1)
-            cost += decode_steps * step
+            cost += decode_steps * self.decode_step_ns(level)
         return cost
 
     def decode_step_ns(self, level: int) -> float:
