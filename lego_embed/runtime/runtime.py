@@ -124,6 +124,7 @@ SILENCE_CHECK_SLACK_NS = 1_000_000  # wake just after the engine-silence thresho
 MAX_WAIT_NS = 500_000_000  # the idle worker re-checks silence and overdue requests this often
 ADMISSION_ALPHA = 0.2  # weight of the newest admission's duration in its moving average
 OVERDUE_CHECK_NS = 10_000_000  # overdue requests are looked for at most every 10 ms
+WAKE_LAGS_KEPT = 4096  # the newest wake-up lags kept for stats()
 
 
 @dataclass
@@ -249,6 +250,15 @@ def _finite_number(value: Any) -> bool:
     )
 
 
+def _percentiles_us(values_ns: Sequence[int]) -> dict[str, Any]:
+    """p50 / p99 / max in us of a list of durations in ns (None when empty), and its length."""
+    if not values_ns:
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    values = np.asarray(values_ns, dtype=np.float64) / 1e3
+    return {"n": len(values), "p50": float(np.percentile(values, 50)),
+            "p99": float(np.percentile(values, 99)), "max": float(values.max())}
+
+
 def _finite_or_none(value: float | None) -> float | None:
     """A measured quantity for stats(): None rather than NaN or infinity."""
     return float(value) if value is not None and math.isfinite(value) else None
@@ -316,6 +326,9 @@ class Runtime:
         self._ledger = AnswerLedger()
         self._wake = Doorbell()
         self._event_source: EngineEventSource | None = None
+        # ns from each gap-opening event's timestamp until the worker, woken, applied it
+        self._wake_lags_ns: deque[int] = deque(maxlen=WAKE_LAGS_KEPT)
+        self._slept = False
         self._stopping = threading.Event()
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
@@ -589,6 +602,7 @@ class Runtime:
             "static_prefixes_kept": len(self._prefixes),
             "token_level_changes": self._counters["token_level_changes"],
             "llm_busy_ms": self._counters["llm_busy_ns"] / 1e6,
+            "wake_lag_us": _percentiles_us(tuple(self._wake_lags_ns)),
             "frames_seen": self.tracker.frames,
             "windows": len(windows),
             "last_window_headroom_ms": (
@@ -836,11 +850,13 @@ class Runtime:
                 if source.has_unread():
                     return
                 self._wake.wait(wait_s, (source.wake_fileno(),))
+                self._slept = True
                 return
             except Exception as error:  # supervision: a broken engine channel is no crash
                 logger.error("the attached event source failed and is detached: %r", error)
                 self._event_source = None
         self._wake.wait(wait_s)
+        self._slept = True
 
     def _cycle(self) -> float | None:
         """One turn of the worker loop, supervised: None after running work (turn again at
@@ -893,8 +909,13 @@ class Runtime:
 
     def _drain_events(self) -> None:
         self._events_waiting()
+        woken, self._slept = self._slept, False
+        now_ns = self.clock.now_ns() if woken and self._events else 0
         while self._events:
-            self.tracker.on_event(self._events.popleft())
+            event = self._events.popleft()
+            if woken and event.kind != PASS_BEGIN:
+                self._wake_lags_ns.append(now_ns - event.t_ns)
+            self.tracker.on_event(event)
         while self._gpu_events:
             self.gpu_tracker.on_event(self._gpu_events.popleft())
 

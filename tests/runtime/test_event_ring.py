@@ -2,7 +2,7 @@
 (Runtime.attach_events): events arrive whole and in order, only gap-opening events ring the
 worker's bell, a reader that fell a lap behind counts what it lost, and a worker woken by the
 ring alone (no on_event call, no game thread) runs a request to its answer, and a sleeping worker
-is woken by the bell, not by its heartbeat."""
+is woken by the bell, not by its heartbeat, and reports how late it saw each event."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from lego_embed.tasks.combat.policy import ACTIONS, random_situation
 from lego_embed.tasks.combat.request import combat_request
 
 PASSES = ("shadow", "gbuffer")
+STAMPED_EARLIER_NS = 50_000_000  # the bell test's events are sent this long after their stamps
 
 
 def _ring(capacity: int = 64) -> tuple[EventRingWriter, EventRingReader, Path]:
@@ -190,7 +191,8 @@ def test_the_bell_wakes_a_sleeping_worker(npc_loaded: LoadedModel,
     """With the idle worker's heartbeat pushed to an hour, only the ring's bell can wake it.
     Each event is written while the worker sleeps, and the worker must wake, read it and sleep
     again: a frame_begin starts a frame, a pass_end opens that pass's gap, a frame_end the
-    inter-frame gap. A bell that does not ring leaves the worker asleep with the event unread,
+    inter-frame gap. Each of those is a wake-up whose lag (stamp to reading) stats() reports;
+    a pass_begin is not. A bell that does not ring leaves the worker asleep with the event unread,
     and the sleep after reading it never comes (the wait for it gives up after a minute)."""
     monkeypatch.setattr(runtime_module, "MAX_WAIT_NS", 3600 * 10**9)
     monkeypatch.setattr(runtime_module, "Doorbell", WatchedDoorbell)
@@ -215,13 +217,17 @@ def test_the_bell_wakes_a_sleeping_worker(npc_loaded: LoadedModel,
 
     try:
         for frame in range(1, 4):
-            t_ns = time.monotonic_ns()
+            t_ns = time.monotonic_ns() - STAMPED_EARLIER_NS
             write_while_asleep((FRAME_BEGIN, "", t_ns), (PASS_BEGIN, "shadow", t_ns))
             assert runtime.stats()["frames_seen"] == frame and gap_slot() is None
             write_while_asleep((PASS_END, "shadow", t_ns + 1_000_000))
             assert gap_slot() == "after:shadow"
             write_while_asleep((FRAME_END, "", t_ns + 2_000_000))
             assert gap_slot() == INTER_FRAME_SLOT
+        # every gap-opening event was read by a worker just woken, and stamped earlier than sent
+        lags = runtime.stats()["wake_lag_us"]
+        assert lags["n"] == 9
+        assert lags["p50"] >= (STAMPED_EARLIER_NS - 2_000_000) / 1e3
         writer.close()
     finally:
         runtime.stop()
