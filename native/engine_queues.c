@@ -1,10 +1,14 @@
 #include "engine_queues.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct {
 	text_message *head;
@@ -20,7 +24,43 @@ static text_queue request_queue = { NULL, NULL, 0 }; /* engine -> Python */
 static text_queue gpu_queue = { NULL, NULL, 0 };     /* engine -> Python */
 static text_queue result_queue = { NULL, NULL, 0 };  /* Python -> engine */
 static int64_t next_request_id = 1;
-static queue_counters counters = { 0, 0, 0, 0, 0 };
+static queue_counters counters = { 0, 0, 0, 0, 0, 0, 0 };
+
+/* The bells: eventfds, made once by make_bells(). The engine writes the event bell for an event
+ * that can open a gap only while the worker is asleep on it (events_bell_armed, set when the
+ * worker clears the bell before sleeping): a busy worker costs the engine no system call. The
+ * inbox bell rings for every request and GPU frame (tens per second). */
+static pthread_once_t bells_once = PTHREAD_ONCE_INIT;
+static int events_bell = -1;
+static int inbox_bell = -1;
+static int events_bell_armed = 0;
+
+static void make_bells(void) {
+	events_bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	inbox_bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+}
+
+static void ring(int bell) {
+	uint64_t one = 1;
+	ssize_t written = write(bell, &one, sizeof(one));
+	(void)written; /* a bell past its counter's maximum is rung already */
+}
+
+static void clear(int bell) {
+	uint64_t count;
+	ssize_t got = read(bell, &count, sizeof(count));
+	(void)got; /* EAGAIN: it was not rung */
+}
+
+static int is_kind(const char *kind) {
+	static const char *const kinds[] = { "frame_begin", "pass_begin", "pass_end", "frame_end" };
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		if (strcmp(kind, kinds[i]) == 0) {
+			return 1;
+		}
+	}
+	return 0;
+}
 
 int64_t monotonic_ns(void) {
 	struct timespec ts;
@@ -55,6 +95,11 @@ static text_message *new_message(int64_t id, char *text) {
 }
 
 void queues_push_event(const char *kind, const char *name, int64_t t_ns) {
+	if (!is_kind(kind)) {
+		__atomic_add_fetch(&counters.events_refused, 1, __ATOMIC_RELAXED);
+		return;
+	}
+	pthread_once(&bells_once, make_bells);
 	pthread_mutex_lock(&queue_mutex);
 	if (ring_count == EVENT_RING_CAPACITY) {
 		/* Nobody drains (Python stopped or stalled): keep the newest events. */
@@ -66,28 +111,37 @@ void queues_push_event(const char *kind, const char *name, int64_t t_ns) {
 	snprintf(slot->kind, sizeof(slot->kind), "%s", kind);
 	snprintf(slot->name, sizeof(slot->name), "%s", name);
 	slot->t_ns = t_ns;
-	__atomic_store_n(&ring_count, ring_count + 1, __ATOMIC_RELEASE);
+	__atomic_store_n(&ring_count, ring_count + 1, __ATOMIC_SEQ_CST);
 	counters.events_pushed++;
 	pthread_mutex_unlock(&queue_mutex);
+	/* After the count is stored: a worker that armed the bell and then saw no event is woken. */
+	if (strcmp(kind, "pass_begin") != 0 && __atomic_exchange_n(&events_bell_armed, 0, __ATOMIC_SEQ_CST)) {
+		ring(events_bell);
+		__atomic_add_fetch(&counters.event_bell_rings, 1, __ATOMIC_RELAXED);
+	}
 }
 
 int64_t queues_push_request(char *json) {
 	text_message *message = new_message(0, json);
+	pthread_once(&bells_once, make_bells);
 	pthread_mutex_lock(&queue_mutex);
 	message->id = next_request_id++;
 	counters.requests++;
 	queue_append(&request_queue, message);
 	int64_t id = message->id;
 	pthread_mutex_unlock(&queue_mutex);
+	ring(inbox_bell);
 	return id;
 }
 
 void queues_push_gpu_frame(char *json) {
 	text_message *message = new_message(0, json);
+	pthread_once(&bells_once, make_bells);
 	pthread_mutex_lock(&queue_mutex);
 	counters.gpu_frames++;
 	queue_append(&gpu_queue, message);
 	pthread_mutex_unlock(&queue_mutex);
+	ring(inbox_bell);
 }
 
 text_message *queues_take_results(void) {
@@ -104,19 +158,7 @@ void queues_add_engine_time(int64_t since_ns) {
 	__atomic_add_fetch(&counters.engine_call_ns, monotonic_ns() - since_ns, __ATOMIC_RELAXED);
 }
 
-size_t queues_wait_and_take(int64_t give_up_ns, int64_t poll_ns, engine_event *batch,
-		text_message **requests, text_message **gpu_frames) {
-	for (;;) {
-		/* Poll rather than wait on a condition variable: signalling a waiter would put a futex
-		 * wake-up (and often a preemption) on the engine's main thread. */
-		if (__atomic_load_n(&ring_count, __ATOMIC_ACQUIRE) > 0 ||
-				__atomic_load_n(&request_queue.length, __ATOMIC_ACQUIRE) > 0 ||
-				__atomic_load_n(&gpu_queue.length, __ATOMIC_ACQUIRE) > 0 || monotonic_ns() >= give_up_ns) {
-			break;
-		}
-		struct timespec nap = { 0, poll_ns };
-		nanosleep(&nap, NULL);
-	}
+size_t queues_take_events(engine_event *batch) {
 	size_t n = 0;
 	pthread_mutex_lock(&queue_mutex);
 	while (ring_count > 0) {
@@ -124,10 +166,48 @@ size_t queues_wait_and_take(int64_t give_up_ns, int64_t poll_ns, engine_event *b
 		ring_head = (ring_head + 1) % EVENT_RING_CAPACITY;
 		__atomic_store_n(&ring_count, ring_count - 1, __ATOMIC_RELEASE);
 	}
+	pthread_mutex_unlock(&queue_mutex);
+	return n;
+}
+
+int queues_has_events(void) {
+	return __atomic_load_n(&ring_count, __ATOMIC_SEQ_CST) > 0;
+}
+
+int queues_events_bell(void) {
+	pthread_once(&bells_once, make_bells);
+	return events_bell;
+}
+
+void queues_arm_events_bell(void) {
+	pthread_once(&bells_once, make_bells);
+	clear(events_bell);
+	__atomic_store_n(&events_bell_armed, 1, __ATOMIC_SEQ_CST);
+}
+
+void queues_wait_inbox(int64_t give_up_ns, text_message **requests, text_message **gpu_frames) {
+	pthread_once(&bells_once, make_bells);
+	for (;;) {
+		if (__atomic_load_n(&request_queue.length, __ATOMIC_ACQUIRE) > 0 ||
+				__atomic_load_n(&gpu_queue.length, __ATOMIC_ACQUIRE) > 0) {
+			break;
+		}
+		int64_t left_ns = give_up_ns - monotonic_ns();
+		if (left_ns <= 0) {
+			break;
+		}
+		struct pollfd bell = { inbox_bell, POLLIN, 0 };
+		int ready = poll(&bell, 1, (int)((left_ns + 999999) / 1000000));
+		if (ready > 0) {
+			clear(inbox_bell);
+		} else if (ready < 0 && errno != EINTR) {
+			break;
+		}
+	}
+	pthread_mutex_lock(&queue_mutex);
 	*requests = queue_take_all(&request_queue);
 	*gpu_frames = queue_take_all(&gpu_queue);
 	pthread_mutex_unlock(&queue_mutex);
-	return n;
 }
 
 void queues_push_result(const char *text) {

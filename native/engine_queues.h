@@ -1,12 +1,15 @@
 /*
  * engine_queues: what crosses between the engine's main thread and Python, without the GIL.
- *  - an event ring (kind, name, CLOCK_MONOTONIC ns) the main thread appends to;
+ *  - an event ring (kind, name, CLOCK_MONOTONIC ns) the main thread appends to and the runtime's
+ *    worker reads itself (an EngineEventSource), with a bell (an eventfd) the main thread rings
+ *    for an event that can open a gap (not a pass_begin) while the worker sleeps on it;
  *  - a request queue (JSON texts with ids) the main thread appends to;
  *  - a GPU-timestamp queue (JSON texts, one per captured frame; Godot 4 only);
+ *    both ring an inbox bell that Python's pump thread sleeps on;
  *  - a result queue (JSON texts) Python appends to and the main thread empties in poll().
- * One mutex guards all of them; the main thread holds it for a few hundred ns per call. Python's
- * pump thread polls the lengths (atomics) instead of waiting on a condition variable, so the
- * main thread never makes a wake-up syscall. Shared by the Godot 3 and Godot 4 bridges.
+ * One mutex guards the ring and the queues; the main thread holds it for a few hundred ns per
+ * call. The main thread makes a system call (an eventfd write) only to wake a sleeping worker
+ * for a gap, and once per request and GPU frame. Shared by the Godot 3 and Godot 4 bridges.
  */
 #ifndef LEGO_ENGINE_QUEUES_H
 #define LEGO_ENGINE_QUEUES_H
@@ -33,6 +36,8 @@ typedef struct text_message {
 typedef struct {
 	uint64_t events_pushed;
 	uint64_t events_dropped; /* oldest events overwritten because nobody drained the ring */
+	uint64_t events_refused; /* events whose kind is not one of the four (never queued) */
+	uint64_t event_bell_rings; /* gap-opening events that found the worker asleep and woke it */
 	uint64_t requests;
 	uint64_t gpu_frames;
 	int64_t engine_call_ns; /* main-thread time inside the bridge's per-frame calls */
@@ -48,11 +53,18 @@ void queues_push_gpu_frame(char *json);  /* takes ownership of json */
 text_message *queues_take_results(void); /* the results queued since the last call, oldest first */
 void queues_add_engine_time(int64_t since_ns);
 
-/* Python side. Waits (polling every poll_ns) until an event, a request or a GPU frame is queued
- * or give_up_ns passes, then takes everything: events into batch (room for
- * EVENT_RING_CAPACITY), returns their count. Call without the GIL. */
-size_t queues_wait_and_take(int64_t give_up_ns, int64_t poll_ns, engine_event *batch,
-		text_message **requests, text_message **gpu_frames);
+/* Python side, called without the GIL where they may wait.
+ * The worker: queues_take_events moves every queued event into batch (room for
+ * EVENT_RING_CAPACITY) and returns their count; queues_has_events says whether any is queued;
+ * before sleeping on the bell (queues_events_bell, a file descriptor for poll) the worker calls
+ * queues_arm_events_bell (clears it; the next gap-opening event rings it), then
+ * queues_has_events. The pump: queues_wait_inbox waits until a request or a GPU frame is queued
+ * or give_up_ns passes, then takes both. */
+size_t queues_take_events(engine_event *batch);
+int queues_has_events(void);
+int queues_events_bell(void);
+void queues_arm_events_bell(void);
+void queues_wait_inbox(int64_t give_up_ns, text_message **requests, text_message **gpu_frames);
 void queues_push_result(const char *text);
 queue_counters queues_counters(void);
 

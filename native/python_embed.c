@@ -18,8 +18,6 @@
 #error "LEGO_FALLBACK_PYTHON must name the interpreter found by python3-config (set by build.sh)"
 #endif
 
-#define PUMP_POLL_NS 1000000 /* the pump looks at the queues every 1 ms */
-
 static PyObject *engine_module = NULL;
 static int exit_requested = 0;
 
@@ -60,38 +58,61 @@ static PyObject *texts_as_list(text_message *messages, int with_ids) {
 	return list;
 }
 
-static PyObject *bridge_wait_engine(PyObject *self, PyObject *args) {
+static PyObject *bridge_take_events(PyObject *self, PyObject *args) {
+	(void)self;
+	(void)args;
+	static engine_event batch[EVENT_RING_CAPACITY]; /* only the runtime's worker calls this */
+	size_t n = queues_take_events(batch);
+	PyObject *events = PyList_New((Py_ssize_t)n);
+	for (size_t i = 0; events != NULL && i < n; i++) {
+		PyObject *item = Py_BuildValue("(ssL)", batch[i].kind, batch[i].name, (long long)batch[i].t_ns);
+		if (item == NULL) {
+			Py_CLEAR(events);
+			break;
+		}
+		PyList_SET_ITEM(events, (Py_ssize_t)i, item);
+	}
+	return events;
+}
+
+static PyObject *bridge_has_events(PyObject *self, PyObject *args) {
+	(void)self;
+	(void)args;
+	return PyBool_FromLong(queues_has_events());
+}
+
+static PyObject *bridge_events_bell(PyObject *self, PyObject *args) {
+	(void)self;
+	(void)args;
+	return PyLong_FromLong(queues_events_bell());
+}
+
+static PyObject *bridge_arm_events_bell(PyObject *self, PyObject *args) {
+	(void)self;
+	(void)args;
+	queues_arm_events_bell();
+	Py_RETURN_NONE;
+}
+
+static PyObject *bridge_wait_inbox(PyObject *self, PyObject *args) {
 	double timeout_s;
 	(void)self;
 	if (!PyArg_ParseTuple(args, "d", &timeout_s)) {
 		return NULL;
 	}
-	static engine_event batch[EVENT_RING_CAPACITY];
 	text_message *requests = NULL, *gpu_frames = NULL;
-	size_t n;
 	int64_t give_up_ns = monotonic_ns() + (int64_t)(timeout_s * 1e9);
 	Py_BEGIN_ALLOW_THREADS;
-	n = queues_wait_and_take(give_up_ns, PUMP_POLL_NS, batch, &requests, &gpu_frames);
+	queues_wait_inbox(give_up_ns, &requests, &gpu_frames);
 	Py_END_ALLOW_THREADS;
-
-	PyObject *events = PyList_New((Py_ssize_t)n);
-	int ok = events != NULL;
-	for (size_t i = 0; ok && i < n; i++) {
-		PyObject *item = Py_BuildValue("(ssL)", batch[i].kind, batch[i].name, (long long)batch[i].t_ns);
-		ok = item != NULL;
-		if (ok) {
-			PyList_SET_ITEM(events, (Py_ssize_t)i, item);
-		}
-	}
 	PyObject *request_list = texts_as_list(requests, 1);
 	PyObject *gpu_list = texts_as_list(gpu_frames, 0);
-	if (!ok || request_list == NULL || gpu_list == NULL) {
-		Py_XDECREF(events);
+	if (request_list == NULL || gpu_list == NULL) {
 		Py_XDECREF(request_list);
 		Py_XDECREF(gpu_list);
 		return NULL;
 	}
-	return Py_BuildValue("(NNN)", events, request_list, gpu_list);
+	return Py_BuildValue("(NN)", request_list, gpu_list);
 }
 
 static PyObject *bridge_push_result(PyObject *self, PyObject *args) {
@@ -108,8 +129,10 @@ static PyObject *bridge_counters(PyObject *self, PyObject *args) {
 	(void)self;
 	(void)args;
 	queue_counters c = queues_counters();
-	return Py_BuildValue("{sKsKsKsKsL}", "events_pushed", (unsigned long long)c.events_pushed,
-			"events_dropped", (unsigned long long)c.events_dropped, "requests",
+	return Py_BuildValue("{sKsKsKsKsKsKsL}", "events_pushed", (unsigned long long)c.events_pushed,
+			"events_dropped", (unsigned long long)c.events_dropped, "events_refused",
+			(unsigned long long)c.events_refused, "event_bell_rings",
+			(unsigned long long)c.event_bell_rings, "requests",
 			(unsigned long long)c.requests, "gpu_frames", (unsigned long long)c.gpu_frames,
 			"engine_call_ns", (long long)c.engine_call_ns);
 }
@@ -122,16 +145,28 @@ static PyObject *bridge_exit_without_destructors(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef bridge_methods[] = {
-	{ "wait_engine", bridge_wait_engine, METH_VARARGS,
-			"wait_engine(timeout_s) -> (events, requests, gpu_frames): engine events "
-			"[(kind, name, t_ns)], requests [(request_id, json_text)] and captured GPU timestamps "
-			"[json_text] since the last call; waits up to timeout_s seconds (GIL released, polling "
-			"every 1 ms) while all are empty." },
+	{ "take_events", bridge_take_events, METH_NOARGS,
+			"take_events() -> [(kind, name, t_ns)]: the engine events queued since the last call, "
+			"oldest first; never waits (the runtime's worker calls it between subtasks)." },
+	{ "has_events", bridge_has_events, METH_NOARGS,
+			"has_events() -> bool: whether engine events are queued (one atomic read)." },
+	{ "events_bell", bridge_events_bell, METH_NOARGS,
+			"events_bell() -> int: a file descriptor that becomes readable when an event that can "
+			"open a gap is queued after arm_events_bell()." },
+	{ "arm_events_bell", bridge_arm_events_bell, METH_NOARGS,
+			"arm_events_bell(): clears the bell and asks the engine to ring it for the next "
+			"gap-opening event; call it, then has_events(), before sleeping on the bell." },
+	{ "wait_inbox", bridge_wait_inbox, METH_VARARGS,
+			"wait_inbox(timeout_s) -> (requests, gpu_frames): requests [(request_id, json_text)] "
+			"and captured GPU timestamps [json_text] since the last call; sleeps up to timeout_s "
+			"seconds (GIL released) on the inbox bell while both are empty." },
 	{ "push_result", bridge_push_result, METH_VARARGS,
 			"push_result(json_text): queue one result (a JSON object) for the engine's next poll()." },
 	{ "counters", bridge_counters, METH_NOARGS,
-			"{'events_pushed', 'events_dropped', 'requests', 'gpu_frames', 'engine_call_ns'}: engine "
-			"events pushed and dropped on ring overflow, requests and GPU-timestamp frames queued, "
+			"{'events_pushed', 'events_dropped', 'events_refused', 'event_bell_rings', 'requests', "
+			"'gpu_frames', 'engine_call_ns'}: engine events pushed, dropped on ring overflow and "
+			"refused (an unknown kind), the events that woke the sleeping worker, requests and "
+			"GPU-timestamp frames queued, "
 			"and the engine thread's total time inside the bridge's per-frame calls in ns." },
 	{ "exit_without_destructors", bridge_exit_without_destructors, METH_NOARGS,
 			"A Python thread cannot be stopped (e.g. the model is still loading): when the engine "

@@ -2,10 +2,13 @@
 
 The engine's main thread never runs Python after start(): the C bridge stamps engine events
 and serialises decision requests to JSON into queues, and hands the engine the JSON results
-that this module queues. Here, one pump thread (``GodotSession``):
+that this module queues. The runtime's worker reads the engine events itself
+(``BridgeEvents``, attached with ``Runtime.attach_events``): it sleeps on an eventfd the engine
+rings for a gap-opening event, so a gap wakes it with one OS wake-up and no Python thread in
+between. Here, one pump thread (``GodotSession``):
 
-- drains the C queues (``_lego_bridge.wait_engine``, which waits with the GIL released),
-- turns each event into an ``EngineEvent`` for ``Runtime.on_event``,
+- sleeps on the C inbox (``_lego_bridge.wait_inbox``, GIL released) until a request or a GPU
+  frame is queued, or 50 ms passed,
 - turns each request into a runtime ``Request`` and submits it with ``Runtime.submit``: an NPC
   with a prompt template gets its own prompt (static part + filled template) and output spec;
   one without uses the bundled model's combat task (the state is the fields). A malformed
@@ -58,7 +61,7 @@ NO_IDLE_FRACTION = 0.05  # headroom per frame below this share of the frame budg
 STOP_JOIN_S = 5.0
 LOADER_JOIN_S = 1.0
 
-EngineBatch = tuple[list[tuple[str, str, int]], list[tuple[int, str]], list[str]]
+InboxBatch = tuple[list[tuple[int, str]], list[str]]  # requests (id, JSON), GPU frames (JSON)
 
 
 @dataclass(frozen=True)
@@ -297,28 +300,70 @@ def failed_result(bridge_request_id: int, npc_id: str, error: BaseException) -> 
     }
 
 
+class BridgeEvents:
+    """The engine's events as the C bridge queues them, for the runtime's worker to read itself
+    (an ``EngineEventSource`` for ``Runtime.attach_events``). ``bridge`` is the C module
+    (``_lego_bridge``): its ``take_events``, ``has_events``, ``events_bell`` and
+    ``arm_events_bell``. The C side refuses unknown kinds, so every event read is valid.
+    ``received`` counts by kind every event taken from the C ring, ``delivered`` those the
+    runtime read; ``discard()`` takes the queued events without delivering them (before the
+    model is ready, after it stopped)."""
+
+    closed = False  # the C ring lives as long as the game
+
+    def __init__(self, bridge: Any) -> None:
+        self._take = bridge.take_events
+        self._has = bridge.has_events
+        self._arm = bridge.arm_events_bell
+        self._bell = bridge.events_bell()
+        self.received = dict.fromkeys(EVENT_KINDS, 0)
+        self.delivered = dict.fromkeys(EVENT_KINDS, 0)
+
+    def read_events(self) -> list[EngineEvent]:
+        events = [EngineEvent(kind, name, t_ns) for kind, name, t_ns in self._take()]
+        for event in events:
+            self.received[event.kind] += 1
+            self.delivered[event.kind] += 1
+        return events
+
+    def has_unread(self) -> bool:
+        return self._has()
+
+    def wake_fileno(self) -> int:
+        return self._bell
+
+    def clear_wake(self) -> None:
+        self._arm()
+
+    def discard(self) -> None:
+        for kind, _, _ in self._take():
+            self.received[kind] += 1
+
+
 class GodotSession:
-    """One running game: loads the model, then pumps events and requests into the Runtime and
-    results back. ``wait_engine(timeout_s)`` returns (events, requests) from the engine;
-    ``push_result(json_text)`` queues one result for the engine's next poll();
+    """One running game: loads the model, attaches the engine's events to the Runtime, then
+    pumps requests into it and results back. ``events`` is the C bridge's event ring
+    (``BridgeEvents``); ``wait_inbox(timeout_s)`` returns (requests, GPU frames) from the
+    engine; ``push_result(json_text)`` queues one result for the engine's next poll();
     ``on_unstoppable()`` is called by stop() when the loading thread cannot be joined."""
 
     def __init__(
         self,
         config: BridgeConfig,
-        wait_engine: Callable[[float], EngineBatch],
+        events: BridgeEvents,
+        wait_inbox: Callable[[float], InboxBatch],
         push_result: Callable[[str], None],
         on_unstoppable: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self._on_unstoppable = on_unstoppable
-        self._wait_engine = wait_engine
+        self._events = events
+        self._events_attached = False
+        self._wait_inbox = wait_inbox
         self._push_text = push_result
         self._runtime: Any = None
         self._load_error: str | None = None
         self._stopping = threading.Event()
-        self._event_counts = dict.fromkeys(EVENT_KINDS, 0)
-        self._forwarded_counts = dict.fromkeys(EVENT_KINDS, 0)
         self._gpu = GpuTimeline()
         self._requests = 0
         self._health_reported: Any = None
@@ -350,18 +395,15 @@ class GodotSession:
         self._runtime = runtime
         self._push({"kind": "ready", **info})
 
-    def _forward_events(self, events: list[tuple[str, str, int]]) -> None:
-        runtime = self._runtime
-        for kind, name, t_ns in events:
-            try:
-                event = EngineEvent(kind=kind, name=name, t_ns=int(t_ns))
-            except Exception as exc:  # a bad event must not stop the pump
-                self._push({"kind": "error", "reason": f"{type(exc).__name__}: {exc}"})
-                continue
-            self._event_counts[event.kind] += 1
-            if runtime is not None:
-                runtime.on_event(event)
-                self._forwarded_counts[event.kind] += 1
+    def _attach_events(self) -> None:
+        """Until the model is ready the engine's events are dropped (a runtime that starts
+        later begins with the frames it sees); then the worker reads them itself."""
+        if self._events_attached:
+            return
+        self._events.discard()
+        if self._runtime is not None:
+            self._runtime.attach_events(self._events)
+            self._events_attached = True
 
     def _forward_gpu_frame(self, text: str) -> None:
         events = self._gpu.events(GpuTimestampFrame.from_json(text))
@@ -414,8 +456,8 @@ class GodotSession:
                     "npc_id": bridge.npc_id, "error": error, "fields": fields})
 
     def _pump_once(self, timeout_s: float) -> None:
-        events, requests, gpu_frames = self._wait_engine(timeout_s)
-        self._forward_events(events)
+        requests, gpu_frames = self._wait_inbox(timeout_s)
+        self._attach_events()
         for text in gpu_frames:
             self._forward_gpu_frame(text)
         for bridge_request_id, text in requests:
@@ -463,12 +505,12 @@ class GodotSession:
                 self._push({"kind": "error", "reason": f"{type(exc).__name__}: {exc}"})
 
     def stats(self) -> dict[str, Any]:
-        """Counters of the bridge (events received from the engine and forwarded to the
-        Runtime, by kind; requests, decisions, failures), the GPU timeline's (Godot 4) and the
+        """Counters of the bridge (events received from the engine and read by the Runtime,
+        by kind; requests, decisions, failures), the GPU timeline's (Godot 4) and the
         Runtime's stats()."""
         result: dict[str, Any] = {
-            "events": dict(self._event_counts),
-            "events_forwarded": dict(self._forwarded_counts),
+            "events": dict(self._events.received),
+            "events_forwarded": dict(self._events.delivered),
             "requests": self._requests,
             "decisions": self._decisions,
             "failed_requests": self._failed,
@@ -481,14 +523,16 @@ class GodotSession:
         return result
 
     def stop(self) -> dict[str, Any]:
-        """Stop the pump (after it forwarded everything the engine queued) and the Runtime;
-        waits at most a few seconds for each thread. Returns the final stats()."""
+        """Stop the pump (after it submitted every request the engine queued) and the Runtime;
+        waits at most a few seconds for each thread. Returns the final stats(), with the
+        events still queued counted as received."""
         self._stopping.set()
         self._pump.join(STOP_JOIN_S)
         self._pump_once(0.0)
-        final = self.stats()
         if self._runtime is not None:
             self._runtime.stop()
+        self._events.discard()
+        final = self.stats()
         self._loader.join(LOADER_JOIN_S)
         if self._loader.is_alive() and self._on_unstoppable is not None:
             self._on_unstoppable()  # the model is still loading: exit must not wait for it
@@ -552,7 +596,7 @@ def start(config_json: str) -> str:
     if _session is not None:
         _session.stop()
     _session = GodotSession(
-        config, _lego_bridge.wait_engine, _lego_bridge.push_result,
+        config, BridgeEvents(_lego_bridge), _lego_bridge.wait_inbox, _lego_bridge.push_result,
         _lego_bridge.exit_without_destructors,
     )
     return to_json({"ok": True, "python": sys.version.split()[0], "prefix": sys.prefix})
