@@ -158,8 +158,15 @@ void queues_add_engine_time(int64_t since_ns) {
 	__atomic_add_fetch(&counters.engine_call_ns, monotonic_ns() - since_ns, __ATOMIC_RELAXED);
 }
 
+int queues_has_events(void) {
+	return __atomic_load_n(&ring_count, __ATOMIC_SEQ_CST) > 0;
+}
+
 size_t queues_take_events(engine_event *batch) {
 	size_t n = 0;
+	if (!queues_has_events()) {
+		return 0; /* the worker looks between every two subtasks: no lock when nothing came */
+	}
 	pthread_mutex_lock(&queue_mutex);
 	while (ring_count > 0) {
 		batch[n++] = event_ring[ring_head];
@@ -168,10 +175,6 @@ size_t queues_take_events(engine_event *batch) {
 	}
 	pthread_mutex_unlock(&queue_mutex);
 	return n;
-}
-
-int queues_has_events(void) {
-	return __atomic_load_n(&ring_count, __ATOMIC_SEQ_CST) > 0;
 }
 
 int queues_events_bell(void) {

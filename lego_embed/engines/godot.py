@@ -8,7 +8,8 @@ rings for a gap-opening event, so a gap wakes it with one OS wake-up and no Pyth
 between. Here, one pump thread (``GodotSession``):
 
 - sleeps on the C inbox (``_lego_bridge.wait_inbox``, GIL released) until a request or a GPU
-  frame is queued, or 50 ms passed,
+  frame is queued, or 50 ms passed; it runs under SCHED_BATCH, like the runtime's worker
+  (``RuntimeConfig.worker_yields``), so a main thread that wakes either keeps its core,
 - turns each request into a runtime ``Request`` and submits it with ``Runtime.submit``: an NPC
   with a prompt template gets its own prompt (static part + filled template) and output spec;
   one without uses the bundled model's combat task (the state is the fields). A malformed
@@ -54,6 +55,7 @@ from lego_embed.engines.gpu_timestamps import GpuTimeline, GpuTimestampFrame
 from lego_embed.errors import EngineBridgeError, SkipBundleError
 from lego_embed.runtime.events import EVENT_KINDS, EngineEvent
 from lego_embed.runtime.request import DEFAULT_PACE_TOKENS_PER_S
+from lego_embed.runtime.thread_priority import yield_to_engine_threads
 
 ENGINE_WAIT_S = 0.05
 IDLE_CHECK_FRAMES = 120  # frames the runtime must have seen before the idle-time check
@@ -71,8 +73,9 @@ class BridgeConfig:
     model: "bundled" or a model folder. device: torch device ("cpu", "cuda").
     torch_threads: intra-op threads for the LLM (1 leaves the other cores to the game).
     switch_interval_ms: Python's GIL switch interval; a short one keeps the pump thread (which
-    forwards engine events) from waiting long behind the runtime's worker.
-    runtime_options: keyword arguments for the Runtime's RuntimeConfig.
+    submits requests) from waiting long behind the runtime's worker.
+    runtime_options: keyword arguments for the Runtime's RuntimeConfig (`worker_yields` is
+    on unless they turn it off).
     """
 
     model: str = "bundled"
@@ -497,6 +500,7 @@ class GodotSession:
                 "give the frame less work")})
 
     def _run_pump(self) -> None:
+        yield_to_engine_threads()  # a request() that wakes the pump keeps the main thread's core
         while not self._stopping.is_set():
             try:
                 self._check_idle_time()
@@ -561,7 +565,8 @@ def build_runtime(config: BridgeConfig) -> tuple[Any, dict[str, Any]]:
             bundle = SkipBundle.load(bundle_dir, loaded)
         except SkipBundleError as exc:  # decide with the full model rather than not at all
             bundle_error = f"{type(exc).__name__}: {exc}; running without layer skipping"
-    runtime = Runtime(loaded, bundle=bundle, config=RuntimeConfig(**config.runtime_options))
+    options = {"worker_yields": True, **config.runtime_options}  # the game's threads first
+    runtime = Runtime(loaded, bundle=bundle, config=RuntimeConfig(**options))
     runtime.start()
     info = {
         "model": str(loaded.path),

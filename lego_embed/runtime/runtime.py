@@ -115,6 +115,7 @@ from lego_embed.runtime.supervision import (
     RestartBudget,
     WorkerHealth,
 )
+from lego_embed.runtime.thread_priority import yield_to_engine_threads
 
 logger = logging.getLogger("lego_embed.runtime")
 
@@ -166,7 +167,9 @@ class RuntimeConfig:
     frame can start late and still end by its vsync (off by default; see the scheduler).
     warmup_prompt_tokens: length of the warm-up prompt (tokens). chat_template: apply the model
     folder's chat template to prompts when it has one. max_static_prefixes: static prompt
-    parts whose KV is kept (least recently used dropped first).
+    parts whose KV is kept (least recently used dropped first). worker_yields: run the worker
+    thread under SCHED_BATCH (Linux; `thread_priority`), so that waking it never preempts a
+    running game thread (the Godot bridge turns it on).
     """
 
     policy: str = "lego"
@@ -198,6 +201,7 @@ class RuntimeConfig:
     warmup_prompt_tokens: int = 32
     chat_template: bool = True
     max_static_prefixes: int = 64
+    worker_yields: bool = False
 
     def validate(self) -> RuntimeConfig:
         if self.policy not in POLICIES:
@@ -833,6 +837,8 @@ class Runtime:
     def _work(self) -> None:
         if self.config.cpu_core is not None:
             os.sched_setaffinity(0, {self.config.cpu_core})
+        if self.config.worker_yields:
+            yield_to_engine_threads()
         while not self._stopping.is_set() and self._health.state == RUNNING:
             self._wake.clear()
             wait_s = self._cycle()
@@ -840,11 +846,14 @@ class Runtime:
                 self._sleep(wait_s)
 
     def _sleep(self, wait_s: float) -> None:
-        """Waits up to wait_s (s) for the doorbell or, with an attached event source, for its
-        wake-up; not at all when the source got events since the cycle read it. A source that
-        fails here is detached (logged once): the worker goes on with `on_event` alone."""
+        """Waits up to wait_s (s) for the doorbell or, with an attached event source and work
+        waiting for a gap, also for the source's wake-up; then not at all when the source got
+        events since the cycle read it. With no work waiting the source's events are read at
+        the next wake-up (a request or the heartbeat), so an idle model costs the engine no
+        wake-up. A source that fails here is detached (logged once): the worker goes on with
+        `on_event` alone."""
         source = self._event_source
-        if source is not None:
+        if source is not None and (len(self.scheduler) or self._arrived):
             try:
                 source.clear_wake()
                 if source.has_unread():
@@ -856,7 +865,7 @@ class Runtime:
                 logger.error("the attached event source failed and is detached: %r", error)
                 self._event_source = None
         self._wake.wait(wait_s)
-        self._slept = True
+        self._slept = source is None  # idle beside a source: its events are not wake-ups
 
     def _cycle(self) -> float | None:
         """One turn of the worker loop, supervised: None after running work (turn again at

@@ -22,7 +22,7 @@ from lego_embed.model.loading import LoadedModel
 from lego_embed.runtime import runtime as runtime_module
 from lego_embed.runtime.doorbell import Doorbell
 from lego_embed.runtime.events import FRAME_BEGIN, FRAME_END, PASS_BEGIN, PASS_END, EngineEvent
-from lego_embed.runtime.headroom import INTER_FRAME_SLOT
+from lego_embed.runtime.headroom import FRAME_START_SLOT, INTER_FRAME_SLOT
 from lego_embed.runtime.runtime import DECIDED, Runtime, RuntimeConfig
 from lego_embed.tasks.combat.policy import ACTIONS, random_situation
 from lego_embed.tasks.combat.request import combat_request
@@ -170,11 +170,13 @@ class WatchedDoorbell(Doorbell):
         self.changed = threading.Condition()
         self.sleeps = 0
         self.asleep = False
+        self.fds: tuple[int, ...] = ()  # what else the current or last sleep waits on
 
     def wait(self, timeout_s: float, fds: Sequence[int] = ()) -> None:
         with self.changed:
             self.sleeps += 1
             self.asleep = True
+            self.fds = tuple(fds)
             self.changed.notify_all()
         super().wait(timeout_s, fds)
         with self.changed:
@@ -186,46 +188,72 @@ class WatchedDoorbell(Doorbell):
             return self.changed.wait_for(condition, timeout=60.0)
 
 
-def test_the_bell_wakes_a_sleeping_worker(npc_loaded: LoadedModel,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the idle worker's heartbeat pushed to an hour, only the ring's bell can wake it.
-    Each event is written while the worker sleeps, and the worker must wake, read it and sleep
-    again: a frame_begin starts a frame, a pass_end opens that pass's gap, a frame_end the
-    inter-frame gap. Each of those is a wake-up whose lag (stamp to reading) stats() reports;
-    a pass_begin is not. A bell that does not ring leaves the worker asleep with the event unread,
-    and the sleep after reading it never comes (the wait for it gives up after a minute)."""
+def test_the_bell_wakes_a_worker_waiting_for_gaps(npc_loaded: LoadedModel,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle worker sleeps on its doorbell alone: the engine's events wait in the ring, and
+    no event costs the engine a wake-up. A request makes it wait for gaps on the ring's bell
+    too. With the heartbeat and the engine-silence check pushed to an hour and events stamped
+    50 ms before they are sent (so every gap is over when it is read and the request never
+    runs), only the bell can wake it. Each event is written while the worker sleeps, and the
+    worker must wake, read it and sleep again: a frame_begin starts a frame (and its
+    frame_start gap), a pass_end opens that pass's gap, a frame_end the inter-frame gap. Each
+    of those is a wake-up whose lag (stamp to reading) stats() reports; a pass_begin is not.
+    A bell that does not ring leaves the worker asleep with the event unread, and the sleep
+    after reading it never comes (the wait for it gives up after a minute)."""
     monkeypatch.setattr(runtime_module, "MAX_WAIT_NS", 3600 * 10**9)
+    monkeypatch.setattr(runtime_module, "SILENCE_CHECK_SLACK_NS", 3600 * 10**9)
     monkeypatch.setattr(runtime_module, "Doorbell", WatchedDoorbell)
     runtime = Runtime(npc_loaded, config=RuntimeConfig(warmup=False, policy="lego"))
     doorbell = runtime._wake
     writer, reader, _ = _ring()
     runtime.start()
-    runtime.attach_events(reader)
+
+    def asleep_having_read(sleeps: int) -> bool:
+        return doorbell.sleeps > sleeps and doorbell.asleep and not reader.has_unread()
+
+    assert doorbell.wait_for(lambda: doorbell.asleep)
+    sleeps = doorbell.sleeps
+    runtime.attach_events(reader)  # rings the doorbell: the worker turns once
+    assert doorbell.wait_for(lambda: asleep_having_read(sleeps))
 
     def write_while_asleep(*events: tuple[str, str, int]) -> None:
+        """Each batch ends with an event that rings the bell, so the worker cannot sleep
+        again with part of it unread."""
         assert doorbell.wait_for(lambda: doorbell.asleep)
         sleeps = doorbell.sleeps
         for kind, name, t_ns in events:
             writer.send(kind, name, t_ns)
-        # woke, read every event and asleep again (it may wake between two of the events)
-        assert doorbell.wait_for(
-            lambda: doorbell.sleeps > sleeps and doorbell.asleep and not reader.has_unread())
+        assert doorbell.wait_for(lambda: asleep_having_read(sleeps))
 
     def gap_slot() -> str | None:
         gap = runtime.tracker.open_gap()
         return None if gap is None else gap.slot
 
     try:
-        for frame in range(1, 4):
+        assert doorbell.fds == ()  # idle: the ring's bell is not listened to
+        t_ns = time.monotonic_ns() - STAMPED_EARLIER_NS
+        writer.send(FRAME_BEGIN, "", t_ns)
+        writer.send(PASS_BEGIN, "shadow", t_ns)
+        sleeps = doorbell.sleeps
+        runtime.submit(combat_request("guard", random_situation(random.Random(5)), ACTIONS,
+                                      60_000.0))
+        assert doorbell.wait_for(lambda: asleep_having_read(sleeps))
+        assert doorbell.fds == (reader.wake_fileno(),)  # a request waits: the bell is
+        assert runtime.stats()["frames_seen"] == 1
+        for frame in range(2, 5):
             t_ns = time.monotonic_ns() - STAMPED_EARLIER_NS
-            write_while_asleep((FRAME_BEGIN, "", t_ns), (PASS_BEGIN, "shadow", t_ns))
-            assert runtime.stats()["frames_seen"] == frame and gap_slot() is None
-            write_while_asleep((PASS_END, "shadow", t_ns + 1_000_000))
+            write_while_asleep((FRAME_BEGIN, "", t_ns))
+            assert runtime.stats()["frames_seen"] == frame and gap_slot() == FRAME_START_SLOT
+            # a pass_begin rings nothing: it is read with the pass_end that follows it
+            write_while_asleep((PASS_BEGIN, "shadow", t_ns), (PASS_END, "shadow", t_ns + 1_000_000))
             assert gap_slot() == "after:shadow"
             write_while_asleep((FRAME_END, "", t_ns + 2_000_000))
             assert gap_slot() == INTER_FRAME_SLOT
-        # every gap-opening event was read by a worker just woken, and stamped earlier than sent
-        lags = runtime.stats()["wake_lag_us"]
+        stats = runtime.stats()
+        assert stats["subtasks"] == 0 and stats["queue_length"] == 1
+        # every gap-opening event the bell announced was read by a worker just woken, and
+        # stamped earlier than sent; the first frame's, read when the request came, was not
+        lags = stats["wake_lag_us"]
         assert lags["n"] == 9
         assert lags["p50"] >= (STAMPED_EARLIER_NS - 2_000_000) / 1e3
         writer.close()
