@@ -9,11 +9,12 @@ Three sections, all against the same `off` run of their block:
   of the replay segment's inter-frame headroom per second (contention-free; the intra-frame
   gaps are shorter than the wake-up, a subtask and the margin on this CPU, so they are not
   usable headroom). Every policy runs there, and `oracle` (lego told the true future headroom),
-  and three variants of lego (`REGIME_ABLATIONS`): its batches split to fit gaps (what keeping
+  and four variants of lego (`REGIME_ABLATIONS`): its batches split to fit gaps (what keeping
   them whole buys where batching matters most), borrowing the next frame's slack (the
   runtime option `borrow_frame_slack`, off by default: what it buys where compute is scarce),
-  and its worker reading the render's events itself (`events="direct"`: what the wake-up a
-  game thread adds costs).
+  its worker reading the render's events itself (`events="direct"`: what the wake-up a
+  game thread adds costs), and its worker under SCHED_BATCH (`worker_yields`, on in the Godot
+  bridge: what yielding to the render's wake-ups costs or buys).
 - `ablations`: lego with one feature off, on one trace at 300 APM with 4 NPCs.
 
 The plan's `mix` is what every NPC asks for in the main and regime sections: `decisions` (an
@@ -67,6 +68,7 @@ REGIME_ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("split_batches", {"runtime_options": {"whole_batches": False}}),
     ("borrow_frame_slack", {"runtime_options": {"borrow_frame_slack": True}}),
     ("direct_events", {"events": "direct"}),
+    ("worker_yields", {"runtime_options": {"worker_yields": True}}),
 )
 ABLATION_APM, ABLATION_NPCS = 300, 4
 ABLATIONS: tuple[tuple[str, dict[str, Any], dict[str, Any] | None], ...] = (
