@@ -26,18 +26,23 @@ static text_queue result_queue = { NULL, NULL, 0 };  /* Python -> engine */
 static int64_t next_request_id = 1;
 static queue_counters counters = { 0, 0, 0, 0, 0, 0, 0 };
 
-/* The bells: eventfds, made once by make_bells(). The engine writes the event bell for an event
- * that can open a gap only while the worker is asleep on it (events_bell_armed, set when the
- * worker clears the bell before sleeping): a busy worker costs the engine no system call. The
- * inbox bell rings for every request and GPU frame (tens per second). */
+/* The bells: eventfds, made once by make_bells(). The engine writes the event bell for the first
+ * event that can open a gap after the worker armed it (events_bell_armed, set when the worker
+ * clears the bell just before sleeping on it, cleared by that write): a worker busy in a gap
+ * costs the engine no system call, one woken by something else at most one. The inbox bell
+ * rings for every request and GPU frame (tens per second). */
 static pthread_once_t bells_once = PTHREAD_ONCE_INIT;
 static int events_bell = -1;
 static int inbox_bell = -1;
+static int bells_errno = 0; /* why make_bells failed */
 static int events_bell_armed = 0;
 
 static void make_bells(void) {
 	events_bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	inbox_bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (events_bell < 0 || inbox_bell < 0) {
+		bells_errno = errno;
+	}
 }
 
 static void ring(int bell) {
@@ -104,7 +109,7 @@ void queues_push_event(const char *kind, const char *name, int64_t t_ns) {
 	if (ring_count == EVENT_RING_CAPACITY) {
 		/* Nobody drains (Python stopped or stalled): keep the newest events. */
 		ring_head = (ring_head + 1) % EVENT_RING_CAPACITY;
-		ring_count--;
+		__atomic_store_n(&ring_count, ring_count - 1, __ATOMIC_RELAXED); /* read without the lock */
 		counters.events_dropped++;
 	}
 	engine_event *slot = &event_ring[(ring_head + ring_count) % EVENT_RING_CAPACITY];
@@ -179,7 +184,11 @@ size_t queues_take_events(engine_event *batch) {
 
 int queues_events_bell(void) {
 	pthread_once(&bells_once, make_bells);
-	return events_bell;
+	return events_bell < 0 || inbox_bell < 0 ? -1 : events_bell;
+}
+
+int queues_bells_error(void) {
+	return bells_errno;
 }
 
 void queues_arm_events_bell(void) {

@@ -8,8 +8,9 @@
  *    both ring an inbox bell that Python's pump thread sleeps on;
  *  - a result queue (JSON texts) Python appends to and the main thread empties in poll().
  * One mutex guards the ring and the queues; the main thread holds it for a few hundred ns per
- * call. The main thread makes a system call (an eventfd write) only to wake a sleeping worker
- * for a gap, and once per request and GPU frame. Shared by the Godot 3 and Godot 4 bridges.
+ * call. The main thread makes a system call (an eventfd write) only for the first gap-opening
+ * event after the worker armed the bell, and once per request and GPU frame. Shared by the
+ * Godot 3 and Godot 4 bridges.
  */
 #ifndef LEGO_ENGINE_QUEUES_H
 #define LEGO_ENGINE_QUEUES_H
@@ -37,7 +38,7 @@ typedef struct {
 	uint64_t events_pushed;
 	uint64_t events_dropped; /* oldest events overwritten because nobody drained the ring */
 	uint64_t events_refused; /* events whose kind is not one of the four (never queued) */
-	uint64_t event_bell_rings; /* gap-opening events that found the worker asleep and woke it */
+	uint64_t event_bell_rings; /* gap-opening events that found the bell armed and rang it */
 	uint64_t requests;
 	uint64_t gpu_frames;
 	int64_t engine_call_ns; /* main-thread time inside the bridge's per-frame calls */
@@ -62,7 +63,8 @@ void queues_add_engine_time(int64_t since_ns);
  * or give_up_ns passes, then takes both. */
 size_t queues_take_events(engine_event *batch);
 int queues_has_events(void);
-int queues_events_bell(void);
+int queues_events_bell(void); /* -1 when the eventfds could not be made (queues_bells_error) */
+int queues_bells_error(void);  /* the errno of that failure */
 void queues_arm_events_bell(void);
 void queues_wait_inbox(int64_t give_up_ns, text_message **requests, text_message **gpu_frames);
 void queues_push_result(const char *text);

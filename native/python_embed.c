@@ -61,11 +61,13 @@ static PyObject *texts_as_list(text_message *messages, int with_ids) {
 static PyObject *bridge_take_events(PyObject *self, PyObject *args) {
 	(void)self;
 	(void)args;
-	static engine_event batch[EVENT_RING_CAPACITY]; /* only the runtime's worker calls this */
+	static engine_event batch[EVENT_RING_CAPACITY]; /* callers hold the GIL: never two at once */
 	size_t n = queues_take_events(batch);
 	PyObject *events = PyList_New((Py_ssize_t)n);
 	for (size_t i = 0; events != NULL && i < n; i++) {
-		PyObject *item = Py_BuildValue("(ssL)", batch[i].kind, batch[i].name, (long long)batch[i].t_ns);
+		/* a pass name cut at EVENT_NAME_BYTES may end inside a UTF-8 character: replace it */
+		PyObject *name = PyUnicode_DecodeUTF8(batch[i].name, (Py_ssize_t)strlen(batch[i].name), "replace");
+		PyObject *item = name ? Py_BuildValue("(sNL)", batch[i].kind, name, (long long)batch[i].t_ns) : NULL;
 		if (item == NULL) {
 			Py_CLEAR(events);
 			break;
@@ -84,7 +86,12 @@ static PyObject *bridge_has_events(PyObject *self, PyObject *args) {
 static PyObject *bridge_events_bell(PyObject *self, PyObject *args) {
 	(void)self;
 	(void)args;
-	return PyLong_FromLong(queues_events_bell());
+	int fd = queues_events_bell();
+	if (fd < 0) {
+		return PyErr_Format(PyExc_OSError, "the bridge could not make its eventfds (%s); the "
+				"NPC model cannot follow the engine's frames", strerror(queues_bells_error()));
+	}
+	return PyLong_FromLong(fd);
 }
 
 static PyObject *bridge_arm_events_bell(PyObject *self, PyObject *args) {
@@ -165,7 +172,7 @@ static PyMethodDef bridge_methods[] = {
 	{ "counters", bridge_counters, METH_NOARGS,
 			"{'events_pushed', 'events_dropped', 'events_refused', 'event_bell_rings', 'requests', "
 			"'gpu_frames', 'engine_call_ns'}: engine events pushed, dropped on ring overflow and "
-			"refused (an unknown kind), the events that woke the sleeping worker, requests and "
+			"refused (an unknown kind), the events that rang the worker's armed bell, requests and "
 			"GPU-timestamp frames queued, "
 			"and the engine thread's total time inside the bridge's per-frame calls in ns." },
 	{ "exit_without_destructors", bridge_exit_without_destructors, METH_NOARGS,

@@ -312,7 +312,7 @@ class BridgeEvents:
     runtime read; ``discard()`` takes the queued events without delivering them (before the
     model is ready, after it stopped)."""
 
-    closed = False  # the C ring lives as long as the game
+    closed: bool = False  # the C ring lives as long as the game
 
     def __init__(self, bridge: Any) -> None:
         self._take = bridge.take_events
@@ -348,7 +348,8 @@ class GodotSession:
     pumps requests into it and results back. ``events`` is the C bridge's event ring
     (``BridgeEvents``); ``wait_inbox(timeout_s)`` returns (requests, GPU frames) from the
     engine; ``push_result(json_text)`` queues one result for the engine's next poll();
-    ``on_unstoppable()`` is called by stop() when the loading thread cannot be joined."""
+    ``on_unstoppable()`` is called by stop() when the loading thread cannot be joined;
+    ``counters()`` is the C side's counters (its refused events become an error result)."""
 
     def __init__(
         self,
@@ -357,8 +358,11 @@ class GodotSession:
         wait_inbox: Callable[[float], InboxBatch],
         push_result: Callable[[str], None],
         on_unstoppable: Callable[[], None] | None = None,
+        counters: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.config = config
+        self._counters = counters
+        self._refused_reported = 0
         self._on_unstoppable = on_unstoppable
         self._events = events
         self._events_attached = False
@@ -467,6 +471,19 @@ class GodotSession:
             self._submit(bridge_request_id, text)
         self._report_health()
         self._report_overload()
+        self._report_refused_events()
+
+    def _report_refused_events(self) -> None:
+        """Tells the game when the engine sent events of an unknown kind (refused in C)."""
+        if self._counters is None:
+            return
+        refused = self._counters().get("events_refused", 0)
+        if refused > self._refused_reported:
+            self._push({"kind": "error", "reason": (
+                f"EngineBridgeError: {refused - self._refused_reported} engine event(s) of an "
+                f"unknown kind were refused; LegoBridge.event takes one of "
+                f"{', '.join(EVENT_KINDS)}")})
+            self._refused_reported = refused
 
     def _report_overload(self) -> None:
         """Tells the game when the runtime became overloaded or recovered."""
@@ -602,7 +619,7 @@ def start(config_json: str) -> str:
         _session.stop()
     _session = GodotSession(
         config, BridgeEvents(_lego_bridge), _lego_bridge.wait_inbox, _lego_bridge.push_result,
-        _lego_bridge.exit_without_destructors,
+        _lego_bridge.exit_without_destructors, _lego_bridge.counters,
     )
     return to_json({"ok": True, "python": sys.version.split()[0], "prefix": sys.prefix})
 

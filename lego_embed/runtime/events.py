@@ -56,7 +56,9 @@ class EngineEventSource(Protocol):
     subtasks); `has_unread()` says whether there are any. `wake_fileno()` becomes readable
     when an event that can open a gap was sent (never for a pass_begin: that would take the
     device from the pass it begins) and stays so until `clear_wake()`, or for good once the
-    engine's side is gone. `closed` is True once the engine's side is gone and everything was
+    engine's side is gone. The worker calls `clear_wake()` just before it sleeps on the bell
+    (only while work waits for a gap), so a source may ring only after that call (the Godot
+    bridge does). `closed` is True once the engine's side is gone and everything was
     read (the runtime then detaches the source)."""
 
     closed: bool

@@ -332,7 +332,7 @@ class Runtime:
         self._event_source: EngineEventSource | None = None
         # ns from each gap-opening event's timestamp until the worker, woken, applied it
         self._wake_lags_ns: deque[int] = deque(maxlen=WAKE_LAGS_KEPT)
-        self._slept = False
+        self._slept = False  # the worker's last sleep could be ended by a gap-opening event
         self._stopping = threading.Event()
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
@@ -443,7 +443,7 @@ class Runtime:
                 f"on_event takes an EngineEvent(kind, name, t_ns), got {event!r}"
             )
         self._accept_events((event,))
-        if event.kind != PASS_BEGIN:
+        if event.kind != PASS_BEGIN and not measured_on_gpu(event):
             self._wake.ring()
 
     def attach_events(self, source: EngineEventSource) -> None:
@@ -844,6 +844,11 @@ class Runtime:
             wait_s = self._cycle()
             if wait_s is not None:
                 self._sleep(wait_s)
+        if self._health.state == RUNNING:
+            try:  # what was read between subtasks counts in the final stats
+                self._drain_events()
+            except Exception as error:  # supervision: stopping must not raise
+                logger.error("applying the last engine events at stop failed: %r", error)
 
     def _sleep(self, wait_s: float) -> None:
         """Waits up to wait_s (s) for the doorbell or, with an attached event source and work
@@ -852,6 +857,8 @@ class Runtime:
         the next wake-up (a request or the heartbeat), so an idle model costs the engine no
         wake-up. A source that fails here is detached (logged once): the worker goes on with
         `on_event` alone."""
+        if self._events:  # read during the cycle (between subtasks), not applied yet
+            return
         source = self._event_source
         if source is not None and (len(self.scheduler) or self._arrived):
             try:

@@ -8,13 +8,22 @@ its core, instead of losing it to the thread it woke for the rest of that thread
 
 from __future__ import annotations
 
+import logging
 import os
+
+logger = logging.getLogger(__name__)
 
 
 def yield_to_engine_threads() -> bool:
     """Puts the calling thread under SCHED_BATCH (Linux; a per-thread setting). Returns whether
-    it did: False where the OS has no such policy."""
+    it did: False where the OS has no such policy or refuses it (logged; the thread goes on
+    under its policy)."""
     if not hasattr(os, "SCHED_BATCH"):
         return False
-    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError as error:
+        logger.warning("the thread stays under its scheduling policy: SCHED_BATCH refused (%s)",
+                       error)
+        return False
     return True

@@ -259,3 +259,25 @@ def test_the_bell_wakes_a_worker_waiting_for_gaps(npc_loaded: LoadedModel,
         writer.close()
     finally:
         runtime.stop()
+
+
+def test_a_worker_holding_events_it_has_not_applied_does_not_sleep(
+        npc_loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between subtasks the worker reads the ring into its queue; a gap-opening event read
+    there and not applied yet has rung the bell already, so the worker must turn again rather
+    than sleep (it would miss that gap until the next bell)."""
+    monkeypatch.setattr(runtime_module, "Doorbell", WatchedDoorbell)
+    runtime = Runtime(npc_loaded, config=RuntimeConfig(warmup=False, policy="lego"))
+    writer, reader, _ = _ring()
+    runtime.start(thread=False)
+    runtime.attach_events(reader)  # rings the doorbell: a sleep now would end at once
+    try:
+        writer.send(PASS_END, "shadow", time.monotonic_ns())
+        assert runtime._events_waiting()  # read, as between two subtasks
+        runtime._sleep(3600.0)
+        assert runtime._wake.sleeps == 0
+        runtime.run_until_idle()
+        assert runtime.tracker.open_gap() is not None  # applied at the next turn
+    finally:
+        writer.close()
+        runtime.stop()
