@@ -8,8 +8,9 @@ rings for a gap-opening event, so a gap wakes it with one OS wake-up and no Pyth
 between. Here, one pump thread (``GodotSession``):
 
 - sleeps on the C inbox (``_lego_bridge.wait_inbox``, GIL released) until a request or a GPU
-  frame is queued, or 50 ms passed; it runs under SCHED_BATCH, like the runtime's worker
-  (``RuntimeConfig.worker_yields``), so a main thread that wakes either keeps its core,
+  frame is queued, or 50 ms passed; it runs under SCHED_BATCH, so a main thread that wakes it
+  keeps its core (the worker does not: ``RuntimeConfig.worker_yields`` stays off, since a
+  worker that waits for a free core misses the gaps of a game that keeps every core busy),
 - turns each request into a runtime ``Request`` and submits it with ``Runtime.submit``: an NPC
   with a prompt template gets its own prompt (static part + filled template) and output spec;
   one without uses the bundled model's combat task (the state is the fields). A malformed
@@ -74,8 +75,7 @@ class BridgeConfig:
     torch_threads: intra-op threads for the LLM (1 leaves the other cores to the game).
     switch_interval_ms: Python's GIL switch interval; a short one keeps the pump thread (which
     submits requests) from waiting long behind the runtime's worker.
-    runtime_options: keyword arguments for the Runtime's RuntimeConfig (`worker_yields` is
-    on unless they turn it off).
+    runtime_options: keyword arguments for the Runtime's RuntimeConfig.
     """
 
     model: str = "bundled"
@@ -582,8 +582,7 @@ def build_runtime(config: BridgeConfig) -> tuple[Any, dict[str, Any]]:
             bundle = SkipBundle.load(bundle_dir, loaded)
         except SkipBundleError as exc:  # decide with the full model rather than not at all
             bundle_error = f"{type(exc).__name__}: {exc}; running without layer skipping"
-    options = {"worker_yields": True, **config.runtime_options}  # the game's threads first
-    runtime = Runtime(loaded, bundle=bundle, config=RuntimeConfig(**options))
+    runtime = Runtime(loaded, bundle=bundle, config=RuntimeConfig(**config.runtime_options))
     runtime.start()
     info = {
         "model": str(loaded.path),

@@ -169,7 +169,8 @@ class RuntimeConfig:
     folder's chat template to prompts when it has one. max_static_prefixes: static prompt
     parts whose KV is kept (least recently used dropped first). worker_yields: run the worker
     thread under SCHED_BATCH (Linux; `thread_priority`), so that waking it never preempts a
-    running game thread (the Godot bridge turns it on).
+    running game thread; it then waits for a free core or the scheduler's tick, and a game that
+    keeps every core busy leaves it few gaps (off by default).
     """
 
     policy: str = "lego"
