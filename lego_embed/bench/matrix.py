@@ -13,8 +13,8 @@ Three sections, all against the same `off` run of their block:
   them whole buys where batching matters most), borrowing the next frame's slack (the
   runtime option `borrow_frame_slack`, off by default: what it buys where compute is scarce),
   its worker reading the render's events itself (`events="direct"`: what the wake-up a
-  game thread adds costs), and its worker under SCHED_BATCH (`worker_yields`, on in the Godot
-  bridge: what yielding to the render's wake-ups costs or buys).
+  game thread adds costs), and its worker under SCHED_BATCH (`worker_yields`: what yielding
+  to the render's wake-ups costs or buys).
 - `ablations`: lego with one feature off, on one trace at 300 APM with 4 NPCs.
 
 The plan's `mix` is what every NPC asks for in the main and regime sections: `decisions` (an
