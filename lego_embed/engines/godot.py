@@ -308,9 +308,9 @@ class BridgeEvents:
     (an ``EngineEventSource`` for ``Runtime.attach_events``). ``bridge`` is the C module
     (``_lego_bridge``): its ``take_events``, ``has_events``, ``events_bell`` and
     ``arm_events_bell``. The C side refuses unknown kinds, so every event read is valid.
-    ``received`` counts by kind every event taken from the C ring, ``delivered`` those the
-    runtime read; ``discard()`` takes the queued events without delivering them (before the
-    model is ready, after it stopped)."""
+    ``delivered`` counts by kind the events the runtime read, ``discarded`` those
+    ``discard()`` took without delivering them (before the model is ready, after it stopped);
+    ``received()`` is both."""
 
     closed: bool = False  # the C ring lives as long as the game
 
@@ -319,13 +319,16 @@ class BridgeEvents:
         self._has = bridge.has_events
         self._arm = bridge.arm_events_bell
         self._bell = bridge.events_bell()
-        self.received = dict.fromkeys(EVENT_KINDS, 0)
         self.delivered = dict.fromkeys(EVENT_KINDS, 0)
+        self.discarded = dict.fromkeys(EVENT_KINDS, 0)
+
+    def received(self) -> dict[str, int]:
+        """Every event taken from the C ring, by kind."""
+        return {kind: self.delivered[kind] + self.discarded[kind] for kind in EVENT_KINDS}
 
     def read_events(self) -> list[EngineEvent]:
         events = [EngineEvent(kind, name, t_ns) for kind, name, t_ns in self._take()]
         for event in events:
-            self.received[event.kind] += 1
             self.delivered[event.kind] += 1
         return events
 
@@ -340,7 +343,7 @@ class BridgeEvents:
 
     def discard(self) -> None:
         for kind, _, _ in self._take():
-            self.received[kind] += 1
+            self.discarded[kind] += 1
 
 
 class GodotSession:
@@ -530,7 +533,7 @@ class GodotSession:
         by kind; requests, decisions, failures), the GPU timeline's (Godot 4) and the
         Runtime's stats()."""
         result: dict[str, Any] = {
-            "events": dict(self._events.received),
+            "events": self._events.received(),
             "events_forwarded": dict(self._events.delivered),
             "requests": self._requests,
             "decisions": self._decisions,
