@@ -9,12 +9,13 @@ Three sections, all against the same `off` run of their block:
   of the replay segment's inter-frame headroom per second (contention-free; the intra-frame
   gaps are shorter than the wake-up, a subtask and the margin on this CPU, so they are not
   usable headroom). Every policy runs there, and `oracle` (lego told the true future headroom),
-  and four variants of lego (`REGIME_ABLATIONS`): its batches split to fit gaps (what keeping
+  and five variants of lego (`REGIME_ABLATIONS`): its batches split to fit gaps (what keeping
   them whole buys where batching matters most), borrowing the next frame's slack (the
   runtime option `borrow_frame_slack`, off by default: what it buys where compute is scarce),
   its worker reading the render's events itself (`events="direct"`: what the wake-up a
-  game thread adds costs), and its worker under SCHED_BATCH (`worker_yields`: what yielding
-  to the render's wake-ups costs or buys).
+  game thread adds costs), its worker under SCHED_BATCH (`worker_yields`: what yielding
+  to the render's wake-ups costs or buys), and without the window's level floor
+  (`window_level_floor` off: each request's level chosen against the queued work alone).
 - `ablations`: lego with one feature off, on one trace at 300 APM with 4 NPCs.
 
 The plan's `mix` is what every NPC asks for in the main and regime sections: `decisions` (an
@@ -69,6 +70,7 @@ REGIME_ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("borrow_frame_slack", {"runtime_options": {"borrow_frame_slack": True}}),
     ("direct_events", {"events": "direct"}),
     ("worker_yields", {"runtime_options": {"worker_yields": True}}),
+    ("no_level_floor", {"runtime_options": {"window_level_floor": False}}),
 )
 ABLATION_APM, ABLATION_NPCS = 300, 4
 ABLATIONS: tuple[tuple[str, dict[str, Any], dict[str, Any] | None], ...] = (

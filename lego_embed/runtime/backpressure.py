@@ -40,6 +40,7 @@ HEADROOM_WINDOWS = 5
 COST_ALPHA = 0.2
 RECOVER_FRACTION = 0.9
 TARGET_FRACTION = 0.85
+FLOOR_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,16 @@ class BackPressure:
     def planned_per_s(self) -> list[float]:
         """Decisions per second at each skip level as the scheduler plans them."""
         return self._rates(self._planned_ns)
+
+    def sustaining_level(self, now_ns: int) -> int:
+        """The smallest skip level whose sustainable rate is at least demand x (1 +
+        FLOOR_MARGIN); the largest level when none is; 0 before any cost is known."""
+        rates = self.sustainable_per_s()
+        if not rates:
+            return 0
+        needed = self.demand_per_s(now_ns) * (1.0 + FLOOR_MARGIN)
+        return next((level for level, rate in enumerate(rates) if rate >= needed),
+                    len(rates) - 1)
 
     def needs_skipping(self, now_ns: int) -> bool:
         """Whether demand is above what the full model can serve as the scheduler plans it

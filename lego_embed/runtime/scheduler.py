@@ -8,7 +8,10 @@ time back with `record`. Policies:
   inter-frame gap a slice of consecutive subtasks (coarse), in intra-frame gaps one subtask (the
   executor's finest unit: attention / FFN block in prefill, one layer in decode); the skip level
   is the smallest whose predicted cost fits the predicted headroom before the deadline,
-  re-checked and escalated at every decode step. A streamed line is a sequence of deadlines,
+  re-checked and escalated at every decode step, and never below `level_floor`: the
+  runtime's window-level choice, the smallest level whose sustainable rate covers the demand
+  (a request's own choice sees the work queued now, not the requests that will arrive before
+  its deadline). A streamed line is a sequence of deadlines,
   one per token (`retarget`): after each line token the request's deadline moves to the next
   token's, EDF re-orders, and the level is escalated if that token would be late. When the
   next subtask is a whole FFN block that does not fit the rest of the gap, a slice of it (1/2
@@ -332,6 +335,7 @@ class Scheduler:
         self._static_used_ns = 0
         self._static_gap_start_ns: int | None = None
         self.compute_scarce = False  # demand above the full model's sustainable rate (runtime)
+        self.level_floor = 0  # `lego`: the smallest level a request may take now (runtime)
 
     @property
     def keeps_batches_whole(self) -> bool:
@@ -449,8 +453,10 @@ class Scheduler:
         return sum(self.shared_cost_ns(r, level, peers) for r in self._ahead(request))
 
     def _fit_level(self, request: ScheduledRequest, available_ns: float, start: int) -> int:
+        """The smallest level from `start` (and the window's `level_floor`) at which the
+        request's shared cost fits `available_ns`; the largest level if none does."""
         peers = self._prefill_peers()
-        for level in range(start, len(self.levels)):
+        for level in range(max(start, self.level_floor), len(self.levels)):
             if self.shared_cost_ns(request, level, peers) <= available_ns:
                 return level
         return len(self.levels) - 1
@@ -486,8 +492,9 @@ class Scheduler:
 
     def choose_level(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> int:
         """The level a new request starts at: the policy's fixed level, or for `lego` the
-        smallest whose predicted cost fits the usable predicted headroom before its deadline
-        after the work queued ahead of it (the largest level if none fits)."""
+        smallest, from the window's `level_floor` up, whose predicted cost fits the usable
+        predicted headroom before its deadline after the work queued ahead of it (the largest
+        level if none fits)."""
         policy = self.config.policy
         if policy == "static_skip":
             return self.static_level
@@ -569,7 +576,7 @@ class Scheduler:
         of their own levels when no level fits them all (overload: batching is what helps)."""
         own = [member.level for member in members]
         chosen = max(own)
-        for level in range(len(self.levels)):
+        for level in range(min(self.level_floor, len(self.levels) - 1), len(self.levels)):
             for member in members:
                 member.level = level
             peers = self._prefill_peers()

@@ -9,7 +9,15 @@ from __future__ import annotations
 import random
 
 import pytest
-from runtime_replay import MS, SECOND, Delivery, frames, manual_runtime, replay
+from runtime_replay import (
+    MS,
+    SECOND,
+    Delivery,
+    frames,
+    identity_bundle,
+    manual_runtime,
+    replay,
+)
 
 from lego_embed.errors import InvalidActionSetError, RuntimeConfigError
 from lego_embed.model.loading import LoadedModel
@@ -260,6 +268,54 @@ def test_rates_count_the_tokens_decisions_take_and_skipping_the_planned_ones() -
     assert pressure.costs_ns() == pytest.approx([6.2 * MS, 3.1 * MS])  # moved 0.2 of the way
     pressure.note_answer([MS, MS], planned_tokens=4, tokens=1)  # a plan shorter than its steps
     assert pressure.costs_ns() == pytest.approx([6.2 * MS, 3.1 * MS])  # is not a cost
+
+
+def test_the_window_level_floor_is_the_smallest_level_that_sustains_the_demand() -> None:
+    """Decisions cost 4 / 2 / 1 ms at levels 0 / 1 / 2 and 250 ms of compute a second is
+    usable: 62.5 / 125 / 250 decisions a second. The floor is the first level whose rate covers
+    the demand with 10% to spare, the largest when none does, and 0 before any cost is known."""
+
+    def floor_at(per_s: int) -> int:
+        pressure = BackPressure(window_ms=100.0)
+        if per_s:
+            pressure.note_costs([4 * MS, 2 * MS, MS])
+            pressure.note_window(headroom_ms=50.0, usable_fraction=0.5)
+        for k in range(2 * per_s):
+            pressure.note_request(SECOND + k * round(SECOND / per_s))
+        return pressure.sustaining_level(3 * SECOND)
+
+    assert floor_at(0) == 0
+    assert [floor_at(per_s) for per_s in (50, 60, 110, 120, 220, 240)] == [0, 1, 1, 2, 2, 2]
+    assert floor_at(1000) == 2
+
+
+def test_the_runtime_raises_its_level_floor_under_overload_and_lowers_it_on_recovery(
+    npc_loaded: LoadedModel,
+) -> None:
+    """The overload of the test below, with three skip levels: while 50 requests a second ask
+    for more than any level sustains, no request may take a level below the largest; once the
+    demand is gone the floor is back at the full model, and the light renderer's decisions run
+    there. With the option off the floor never moves."""
+    bundle = identity_bundle(npc_loaded, [(1, 2), (1, 4), (1, 6)])
+    heavy = frames(SECOND, 180, passes=1, pass_ns=16_500_000, gap_ns=50_000)  # 3 s
+    light_start = 4 * SECOND
+    light = frames(light_start, 180, passes=2, pass_ns=4 * MS, gap_ns=MS)  # 3 s
+    asks = [Delivery(SECOND + k * 20 * MS, None, (100.0,), npc_id=f"npc{k % 5}",
+                     options={"fallback": "block"}) for k in range(100)]  # 50/s for 2 s
+    late = [Delivery(light_start + SECOND + k * 500 * MS, None, (500.0,), npc_id="npc0")
+            for k in range(3)]
+    floors = {}
+    for option in (True, False):
+        runtime, clock = manual_runtime(npc_loaded, bundle, window_ms=100.0,
+                                        window_level_floor=option)
+        replay(runtime, clock, sorted(heavy + asks, key=lambda d: d.arrival_ns), settle_ns=())
+        under_load = runtime.stats()["level_floor"]
+        result = replay(runtime, clock, light + late, settle_ns=())
+        floors[option] = (under_load, runtime.stats()["level_floor"])
+        if option:
+            decided = [d for d in result.callback_answers if d.request_id >= 100]
+            assert len(decided) == 3 and all(d.skip_level == 0 for d in decided)
+    assert floors == {True: (3, 0), False: (0, 0)}
 
 
 def test_overloaded_fires_when_demand_exceeds_the_sustainable_rate_and_again_on_recovery(

@@ -347,6 +347,27 @@ def test_a_group_level_is_chosen_afresh_not_kept_from_its_most_urgent_member(
     assert early.level == later.level == 0
 
 
+def test_no_request_takes_a_level_below_the_window_floor(npc_loaded: LoadedModel) -> None:
+    """A request with time for the full model starts at the floor; one that fits no level
+    still takes the largest; batched prompts share a level at or above it; with the floor
+    lowered, a request that has not started is re-chosen below its old level."""
+    scheduler, full_ms = scarce_with_full_ms(npc_loaded)
+    scheduler.level_floor = 2
+    roomy = new_request(scheduler, 1, 10 * full_ms)
+    scheduler.admit(roomy, 0, headroom_rate=1.0)
+    assert roomy.level == 2 and roomy.state.plan is scheduler.levels[2].plan
+    same_prompt = new_request(scheduler, 2, 10 * full_ms)
+    scheduler.admit(same_prompt, 0, headroom_rate=1.0)
+    assert same_prompt.level == roomy.level == 2
+    hopeless = new_request(scheduler, 3, 1.0)
+    scheduler.admit(hopeless, 0, headroom_rate=1.0)
+    assert hopeless.level == 3
+    scheduler.finish(hopeless)
+    scheduler.level_floor = 0
+    scheduler.relevel_waiting(0, headroom_rate=1.0)
+    assert roomy.level == same_prompt.level == 0
+
+
 def test_same_level_decode_steps_are_batched(npc_loaded: LoadedModel) -> None:
     scheduler = make(npc_loaded, policy="free")
     first, second = new_request(scheduler, 1, 500.0), new_request(scheduler, 2, 600.0)
