@@ -8,7 +8,8 @@ Three sections, all against the same `off` run of their block:
   model's cost per decision, measured by the runtime's warm-up on this machine) that multiple
   of the replay segment's inter-frame headroom per second (contention-free; the intra-frame
   gaps are shorter than the wake-up, a subtask and the margin on this CPU, so they are not
-  usable headroom). Every policy runs there, and `oracle` (lego told the true future headroom),
+  usable headroom). Every policy runs there, and `oracle` (lego told the true future headroom;
+  its window level floor, like lego's, comes from the measured headroom),
   and five variants of lego (`REGIME_ABLATIONS`): its batches split to fit gaps (what keeping
   them whole buys where batching matters most), borrowing the next frame's slack (the
   runtime option `borrow_frame_slack`, off by default: what it buys where compute is scarce),

@@ -40,7 +40,7 @@ HEADROOM_WINDOWS = 5
 COST_ALPHA = 0.2
 RECOVER_FRACTION = 0.9
 TARGET_FRACTION = 0.85
-FLOOR_MARGIN = 0.1
+FLOOR_MARGIN = 0.1  # spare rate the level floor keeps, as a fraction of demand (0.1: 10%)
 
 
 @dataclass(frozen=True)

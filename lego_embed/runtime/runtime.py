@@ -808,7 +808,7 @@ class Runtime:
         self.backpressure.note_decode_steps(
             [self.scheduler.decode_step_ns(level) for level in range(len(self.levels))])
         event = self.backpressure.on_window(window_end_ns)
-        if self.config.window_level_floor:
+        if self.config.window_level_floor and self.config.policy == "lego":
             self.scheduler.level_floor = self.backpressure.sustaining_level(window_end_ns)
         self._backpressure_state = self.backpressure.snapshot(window_end_ns)
         if event is not None:

@@ -6,26 +6,27 @@ and runs the returned requests' next subtask through the executor, then reports 
 time back with `record`. Policies:
 - `lego`: subtasks start only in a gap their predicted duration (plus a margin) fits; in the
   inter-frame gap a slice of consecutive subtasks (coarse), in intra-frame gaps one subtask (the
-  executor's finest unit: attention / FFN block in prefill, one layer in decode); the skip level
-  is the smallest whose predicted cost fits the predicted headroom before the deadline,
-  re-checked and escalated at every decode step, and never below `level_floor`: the
-  runtime's window-level choice, the smallest level whose sustainable rate covers the demand
-  (a request's own choice sees the work queued now, not the requests that will arrive before
-  its deadline). A streamed line is a sequence of deadlines,
-  one per token (`retarget`): after each line token the request's deadline moves to the next
-  token's, EDF re-orders, and the level is escalated if that token would be late. When the
-  next subtask is a whole FFN block that does not fit the rest of the gap, a slice of it (1/2
-  or 1/4 of its intermediate dimension) that does fit runs instead (`split_ffn`), so the gap's
-  tail is not wasted. Requests at the same point of a pass run as one batched subtask. While
-  compute is scarce (`compute_scarce`: demand above the full model's sustainable rate, set by the
-  runtime each window) batches are kept whole: a batch that does not fit the rest of a gap waits
-  rather than split (its members would never batch again in that pass), and waiting requests
-  whose prompts would batch share one level (the smallest at which they all fit, batched). With
-  compute to spare, the most urgent part of a batch that fits runs at once, at each request's
-  own level (waiting for a batch would only cost latency and, through the backlog, accuracy).
-  With `borrow_frame_slack` (off by default), while compute is scarce, an inter-frame gap's end
-  is moved out by the next frame's slack (`OpenGap.slack_ns`), so its last subtask may run into
-  the next frame's first pass as far as that frame can start late and still end by its vsync.
+  executor's finest unit: attention / FFN block in prefill, one layer in decode); the skip level is
+  the smallest whose predicted cost fits the predicted headroom before the deadline, re-checked and
+  escalated at every decode step. A level chosen afresh (at admission, for a request that has not
+  started, or by an escalation) is never below `level_floor`: the runtime's window-level choice, the
+  smallest level whose sustainable rate covers the demand (a request's own choice sees the work
+  queued now, not the requests that will arrive before its deadline); a started request on time
+  keeps its level. A streamed line is a sequence of deadlines, one per token (`retarget`): after
+  each line token the request's deadline moves to the next token's, EDF re-orders, and the level is
+  escalated if that token would be late. When the next subtask is a whole FFN block that does not
+  fit the rest of the gap, a slice of it (1/2 or 1/4 of its intermediate dimension) that does fit
+  runs instead (`split_ffn`), so the gap's tail is not wasted. Requests at the same point of a pass
+  run as one batched subtask. While compute is scarce (`compute_scarce`: demand above the full
+  model's sustainable rate, set by the runtime each window) batches are kept whole: a batch that
+  does not fit the rest of a gap waits rather than split (its members would never batch again in
+  that pass), and waiting requests whose prompts would batch share one level (the smallest at which
+  they all fit, batched). With compute to spare, the most urgent part of a batch that fits runs at
+  once, at each request's own level (waiting for a batch would only cost latency and, through the
+  backlog, accuracy). With `borrow_frame_slack` (off by default), while compute is scarce, an
+  inter-frame gap's end is moved out by the next frame's slack (`OpenGap.slack_ns`), so its last
+  subtask may run into the next frame's first pass as far as that frame can start late and still end
+  by its vsync.
 - `free`: start whenever there is work (plain co-location); full model.
 - `inter_frame`: start only between frame_end and the next frame_begin (Pilotfish-style),
   without a fit check; full model.
@@ -453,10 +454,10 @@ class Scheduler:
         return sum(self.shared_cost_ns(r, level, peers) for r in self._ahead(request))
 
     def _fit_level(self, request: ScheduledRequest, available_ns: float, start: int) -> int:
-        """The smallest level from `start` (and the window's `level_floor`) at which the
-        request's shared cost fits `available_ns`; the largest level if none does."""
+        """The smallest level from `start` at which the request's shared cost fits
+        `available_ns`; the largest level if none does."""
         peers = self._prefill_peers()
-        for level in range(max(start, self.level_floor), len(self.levels)):
+        for level in range(start, len(self.levels)):
             if self.shared_cost_ns(request, level, peers) <= available_ns:
                 return level
         return len(self.levels) - 1
@@ -500,7 +501,8 @@ class Scheduler:
             return self.static_level
         if policy != "lego":
             return 0
-        return self._fit_level(request, self._available_ns(request, now_ns, headroom_rate), 0)
+        available_ns = self._available_ns(request, now_ns, headroom_rate)
+        return self._fit_level(request, available_ns, self.level_floor)
 
     @property
     def static_level(self) -> int:
@@ -508,7 +510,8 @@ class Scheduler:
         return len(self.levels) - 1 if configured is None else min(configured, len(self.levels) - 1)
 
     def recheck(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> bool:
-        """Between decode steps: escalates the level when the deadline is at risk (True if so)."""
+        """Between decode steps: escalates the level when the deadline is at risk (True if so),
+        to a level at or above the window's floor."""
         if self.config.policy != "lego" or request.level == len(self.levels) - 1:
             return False
         if not request.state.at_pass_start or request.state.pending_ids:
@@ -516,7 +519,7 @@ class Scheduler:
         available_ns = self._available_ns(request, now_ns, headroom_rate)
         if self.remaining_cost_ns(request) <= available_ns:
             return False
-        level = self._fit_level(request, available_ns, request.level + 1)
+        level = self._fit_level(request, available_ns, max(request.level + 1, self.level_floor))
         if level == request.level:
             return False
         request.level = level
@@ -576,7 +579,7 @@ class Scheduler:
         of their own levels when no level fits them all (overload: batching is what helps)."""
         own = [member.level for member in members]
         chosen = max(own)
-        for level in range(min(self.level_floor, len(self.levels) - 1), len(self.levels)):
+        for level in range(self.level_floor, len(self.levels)):
             for member in members:
                 member.level = level
             peers = self._prefill_peers()
@@ -595,7 +598,8 @@ class Scheduler:
         """A line token was made: the request's next deadline is the next token's. Re-orders the
         queue and, for `lego`, checks the level against that token's deadline: raised when the
         token would be late at the current one, never lowered within a request (the spans nest,
-        so a layer skipped for earlier tokens is never run again over positions it lacks).
+        so a layer skipped for earlier tokens is never run again over positions it lacks); the
+        window's floor does not raise a token that is on time.
         True if the level changed."""
         request.deadline_ns = deadline_ns
         request.expected_tokens = expected_tokens

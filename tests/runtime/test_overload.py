@@ -293,9 +293,10 @@ def test_the_runtime_raises_its_level_floor_under_overload_and_lowers_it_on_reco
     npc_loaded: LoadedModel,
 ) -> None:
     """The overload of the test below, with three skip levels: while 50 requests a second ask
-    for more than any level sustains, no request may take a level below the largest; once the
-    demand is gone the floor is back at the full model, and the light renderer's decisions run
-    there. With the option off the floor never moves."""
+    for more than any level sustains, the runtime sets the scheduler's floor to the largest
+    level (the scheduler's tests check that no level is chosen below it); once the demand is
+    gone the floor is back at the full model, and the light renderer's decisions run there.
+    With the option off the floor never moves."""
     bundle = identity_bundle(npc_loaded, [(1, 2), (1, 4), (1, 6)])
     heavy = frames(SECOND, 180, passes=1, pass_ns=16_500_000, gap_ns=50_000)  # 3 s
     light_start = 4 * SECOND

@@ -368,6 +368,26 @@ def test_no_request_takes_a_level_below_the_window_floor(npc_loaded: LoadedModel
     assert roomy.level == same_prompt.level == 0
 
 
+def test_the_window_floor_raises_no_started_line_that_is_on_time(npc_loaded: LoadedModel) -> None:
+    """A streamed line that started at the full model keeps it while its tokens are on time,
+    whatever the floor; when a token would be late, the escalation goes to the floor or above."""
+    scheduler = make(npc_loaded, usable_fraction=1.0)
+    one_token_ms = npc_loaded.num_layers + 0.2
+    line = new_request(scheduler, 1, 1000.0, tokens=1)
+    scheduler.admit(line, 0, headroom_rate=1.0)
+    while not line.state.generated:
+        scheduler.executor.step(line.state)
+    assert line.level == 0
+    scheduler.level_floor = 2
+    assert not scheduler.retarget(line, round(100 * one_token_ms * MS), 2, 0, 1.0)
+    assert line.level == 0 and line.state.plan is scheduler.levels[0].plan
+    assert not scheduler.recheck(line, 0, headroom_rate=1.0)
+    assert line.level == 0
+    line.deadline_ns = round(0.9 * one_token_ms * MS)  # the next token would be late at level 0
+    assert scheduler.recheck(line, 0, headroom_rate=1.0)
+    assert line.level >= 2
+
+
 def test_same_level_decode_steps_are_batched(npc_loaded: LoadedModel) -> None:
     scheduler = make(npc_loaded, policy="free")
     first, second = new_request(scheduler, 1, 500.0), new_request(scheduler, 2, 600.0)
