@@ -828,10 +828,11 @@ class Runtime:
         self._shed_predicted_misses(window_end_ns)
         self.scheduler.compute_scarce = self.backpressure.needs_skipping(window_end_ns)
 
-    def headroom_rate(self) -> float:
-        """Predicted fraction of wall time that is headroom, 0..1 (1.0 with no renderer
-        reporting)."""
-        if self._last_event_ns is None:
+    def headroom_rate(self, now_ns: int | None = None) -> float:
+        """Predicted fraction of wall time that is headroom, 0..1: 1.0 with no renderer
+        reporting, and at `now_ns` while the engine is silent in a gap (`_engine_silent`:
+        dispatch runs freely then, so the level choice counts on all of the time)."""
+        if self._last_event_ns is None or (now_ns is not None and self._engine_silent(now_ns)):
             return 1.0
         predicted = self.predictor.predict()
         if predicted is not None and math.isfinite(predicted):
@@ -842,6 +843,13 @@ class Runtime:
         if not math.isfinite(per_frame):
             return 1.0
         return min(1.0, max(0.0, per_frame / self.config.frame_budget_ms))
+
+    def _engine_silent(self, now_ns: int) -> bool:
+        """Whether the engine has sent no event for engine_silence_ms while in a gap (window
+        minimised, rendering paused): no renderer to protect, as the scheduler's dispatch
+        judges it."""
+        return (self._last_event_ns is not None and self.tracker.open_gap() is not None
+                and now_ns - self._last_event_ns > self.scheduler.config.engine_silence_ns)
 
     def _work(self) -> None:
         if self.config.cpu_core is not None:
@@ -889,6 +897,8 @@ class Runtime:
         try:
             self._drain_events()
             now_ns = self.clock.now_ns()
+            if self._engine_silent(now_ns):  # the floor's demand and headroom are stale then
+                self.scheduler.level_floor = 0  # (the next window end sets it again)
             self._answer_due_fallbacks(now_ns)  # a request due at its deadline is not superseded
             self._arm_incoming(now_ns)
             self._admit()
@@ -1011,7 +1021,7 @@ class Runtime:
                 for level in range(len(self.levels))
             )
             self.backpressure.note_costs(pending.progress.planned_cost_ns)
-            self.scheduler.admit(request, now_ns, self.headroom_rate())
+            self.scheduler.admit(request, now_ns, self.headroom_rate(now_ns))
             if pending.fallback is not None:
                 self._shed_if_hopeless(request, now_ns)
             if not self._events_waiting():  # a pass that began meanwhile lengthened it
@@ -1075,7 +1085,7 @@ class Runtime:
         if (self.config.policy != "lego" or pending.fallback is None or pending.corrections
                 or pending.progress.action_ns is not None  # a line after its action: no stand-in
                 or not self.tracker.windows  # no measured headroom yet: nothing to predict from
-                or self.scheduler.can_finish(request, now_ns, self.headroom_rate())):
+                or self.scheduler.can_finish(request, now_ns, self.headroom_rate(now_ns))):
             return False
         self._drop(request)
         self._predicted_misses.add(pending.request_id)
@@ -1181,7 +1191,7 @@ class Runtime:
                 self._complete(request, None)
                 continue
             self.scheduler.pass_boundary(request)
-            escalated = self.scheduler.recheck(request, end_ns, self.headroom_rate())
+            escalated = self.scheduler.recheck(request, end_ns, self.headroom_rate(end_ns))
             self._counters["escalations"] += escalated
         if not keep_going:  # after the whole batch: shedding must not take one of its members
             self._shed_predicted_misses(self.clock.now_ns())
@@ -1261,7 +1271,7 @@ class Runtime:
             next_deadline_ns = pending.arrival_ns + round(
                 spec_request.token_deadline_ms(count + 1) * 1e6)
             changed = self.scheduler.retarget(
-                request, next_deadline_ns, len(generated) + 1, now_ns, self.headroom_rate()
+                request, next_deadline_ns, len(generated) + 1, now_ns, self.headroom_rate(now_ns)
             )
             self._counters["token_level_changes"] += changed
 
@@ -1315,14 +1325,15 @@ class Runtime:
             self.backpressure.note_answer(
                 progress.planned_cost_ns, pending.prepared.sampler.first_answer_tokens,
                 len(state.generated))
-        rate = self.headroom_rate()
+        rate = self.headroom_rate(now_ns)
         wall_ns = now_ns - request.arrival_ns
         if (request.alone and error is None and 0.0 < rate < 1.0 and wall_ns > 0
                 and spec.kind == Choice.kind):  # a line waits for its reading pace, not compute
             # a request that never waited behind another shows which share of the predicted
             # headroom dispatch really gets: its compute over (its wall time x headroom rate)
             self.scheduler.observe_usable_fraction(compute_ns / (wall_ns * rate))
-        self._counters["relevels"] += self.scheduler.relevel_waiting(now_ns, self.headroom_rate())
+        self._counters["relevels"] += self.scheduler.relevel_waiting(
+            now_ns, self.headroom_rate(now_ns))
         if self._ledger.awaits_correction(request.request_id):
             self._ledger.correct(decision)
         else:

@@ -311,12 +311,35 @@ def test_the_runtime_raises_its_level_floor_under_overload_and_lowers_it_on_reco
                                         window_level_floor=option)
         replay(runtime, clock, sorted(heavy + asks, key=lambda d: d.arrival_ns), settle_ns=())
         under_load = runtime.stats()["level_floor"]
-        result = replay(runtime, clock, light + late, settle_ns=())
+        result = replay(runtime, clock, sorted(light + late, key=lambda d: d.arrival_ns),
+                        settle_ns=())
         floors[option] = (under_load, runtime.stats()["level_floor"])
         if option:
-            decided = [d for d in result.callback_answers if d.request_id >= 100]
-            assert len(decided) == 3 and all(d.skip_level == 0 for d in decided)
+            answers = [d for d in result.callback_answers if d.request_id > len(asks)]
+            assert [(d.status, d.skip_level) for d in answers] == [("decided", 0)] * 3
     assert floors == {True: (3, 0), False: (0, 0)}
+
+
+def test_a_request_made_while_the_engine_is_silent_runs_at_the_full_model(
+    npc_loaded: LoadedModel,
+) -> None:
+    """After the overload above has raised the floor to the largest level and the predicted
+    headroom to almost nothing, the engine stops sending events in a gap (window minimised):
+    there is no renderer to protect, so a request asked a second later is neither held at the
+    stale floor nor judged against the stale headroom; it runs at the full model."""
+    bundle = identity_bundle(npc_loaded, [(1, 2), (1, 4), (1, 6)])
+    heavy = frames(SECOND, 180, passes=1, pass_ns=16_500_000, gap_ns=50_000)  # 3 s
+    asks = [Delivery(SECOND + k * 20 * MS, None, (100.0,), npc_id=f"npc{k % 5}",
+                     options={"fallback": "block"}) for k in range(100)]  # 50/s for 2 s
+    runtime, clock = manual_runtime(npc_loaded, bundle, window_ms=100.0)
+    replay(runtime, clock, sorted(heavy + asks, key=lambda d: d.arrival_ns), settle_ns=())
+    assert runtime.stats()["level_floor"] == 3
+    quiet_ask = Delivery(heavy[-1].arrival_ns + SECOND, None, (500.0,), npc_id="npc0",
+                         options={"fallback": "block"})
+    result = replay(runtime, clock, [quiet_ask])
+    (answer,) = result.callback_answers
+    assert answer.status == "decided" and answer.skip_level == 0
+    assert runtime.stats()["level_floor"] == 0
 
 
 def test_overloaded_fires_when_demand_exceeds_the_sustainable_rate_and_again_on_recovery(
