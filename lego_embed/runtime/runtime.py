@@ -173,8 +173,8 @@ class RuntimeConfig:
     keeps every core busy leaves it few gaps (off by default). window_level_floor: `lego`
     takes no level below the smallest whose sustainable rate (back-pressure's) covers the
     demand, set once per execution window (see `BackPressure.sustaining_level`; on by
-    default: side by side it raised SLO attainment in 39 of the 57 paired runs that differed,
-    at 0.01-0.03 lower expected accuracy, docs/BENCHMARKS.md).
+    default: side by side it raised SLO attainment in 60 of the 92 paired runs that differed,
+    at about 0.025 lower expected accuracy, docs/BENCHMARKS.md).
     """
 
     policy: str = "lego"
