@@ -845,11 +845,9 @@ class Runtime:
         return min(1.0, max(0.0, per_frame / self.config.frame_budget_ms))
 
     def _engine_silent(self, now_ns: int) -> bool:
-        """Whether the engine has sent no event for engine_silence_ms while in a gap (window
-        minimised, rendering paused): no renderer to protect, as the scheduler's dispatch
-        judges it."""
-        return (self._last_event_ns is not None and self.tracker.open_gap() is not None
-                and now_ns - self._last_event_ns > self.scheduler.config.engine_silence_ns)
+        """Whether there is no renderer to protect now (window minimised, rendering paused),
+        as the scheduler's dispatch judges it (`Scheduler.engine_silent`)."""
+        return self.scheduler.engine_silent(now_ns, self.tracker.open_gap(), self._last_event_ns)
 
     def _work(self) -> None:
         if self.config.cpu_core is not None:

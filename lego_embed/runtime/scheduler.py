@@ -690,6 +690,14 @@ class Scheduler:
         needed = predicted_ns * (1.0 + self.config.margin_fraction) + self.config.margin_ns
         return now_ns + needed <= gap_end_ns
 
+    def engine_silent(self, now_ns: int, gap: OpenGap | None, last_event_ns: int | None) -> bool:
+        """Whether there is no renderer to protect now: the engine never reported, or has sent
+        no event for `engine_silence_ns` while in a gap (inside a pass it is busy, however
+        long it stays silent)."""
+        return last_event_ns is None or (
+            gap is not None and now_ns - last_event_ns > self.config.engine_silence_ns
+        )
+
     def next_dispatch(
         self, now_ns: int, gap: OpenGap | None, last_event_ns: int | None
     ) -> Dispatch | None:
@@ -703,10 +711,7 @@ class Scheduler:
         batch = self._batch(head, keys)
         predicted_ns = self.predicted_ns(batch)
         policy = self.config.policy
-        engine_silent = last_event_ns is None or (
-            gap is not None and now_ns - last_event_ns > self.config.engine_silence_ns
-        )
-        if policy == "free" or engine_silent:
+        if policy == "free" or self.engine_silent(now_ns, gap, last_event_ns):
             return Dispatch(batch, predicted_ns, None, 1)
         if gap is None:
             return None
