@@ -41,7 +41,9 @@ from lego_embed.engines.trace_replay import (
 )
 from lego_embed.errors import BenchmarkConfigError
 from lego_embed.model.loading import LoadedModel
+from lego_embed.model.timing import DeviceTimer
 from lego_embed.runtime.answers import CORRECTION, DECIDED, FAILED, FALLBACK, SUPERSEDED
+from lego_embed.runtime.clock import Clock
 from lego_embed.runtime.request import Request, TokenEvent
 from lego_embed.runtime.runtime import Decision, Runtime, RuntimeConfig
 from lego_embed.tasks.combat.policy import ACTIONS, PERSONAS, random_situation
@@ -129,6 +131,81 @@ def representative_start(trace: RenderTrace, frames: int) -> int:
     return skip + int(np.argmin(np.abs(means[skip:] - render.mean())))
 
 
+def replay_segment(setting: ColocationSetting) -> list[float]:
+    """The render time (ms) of each frame a setting replays: `seconds` of its trace from
+    `start_frame` (None: `representative_start`), with its hitches injected."""
+    frames = round(setting.seconds * 1000.0 / FRAME_BUDGET_60FPS_MS)
+    trace = setting.trace
+    start = setting.start_frame
+    if start is None:
+        start = representative_start(trace, frames)
+    start = min(start, max(0, trace.frames - frames))
+    render_ms = list(trace.render_ms[start:start + frames])
+    for hitch in setting.hitches:
+        if hitch.frame_index >= len(render_ms):
+            raise BenchmarkConfigError(
+                f"hitch at {hitch.at_s} s is past the {len(render_ms)}-frame replay; put it "
+                f"before {len(render_ms) * FRAME_BUDGET_60FPS_MS / 1000:.1f} s"
+            )
+        render_ms[hitch.frame_index] = hitch.ms
+    return render_ms
+
+
+def setting_runtime(
+    loaded: LoadedModel | None,
+    setting: ColocationSetting,
+    render_ms: list[float],
+    bundle: Any = None,
+    accuracy_by_level: dict[int, float] | None = None,
+    core: int | None = None,
+    pass_model: PassModel | None = None,
+    clock: Clock | None = None,
+    timer: DeviceTimer | None = None,
+) -> Runtime:
+    """The Runtime a setting's policy runs (not started): `oracle` is `lego` told the true
+    headroom of the replayed segment `render_ms`."""
+    if loaded is None:
+        raise ValueError("a policy other than off needs a loaded model")
+    oracle = setting.policy == "oracle"
+    config = RuntimeConfig(
+        policy="lego" if oracle else setting.policy, window_ms=setting.slo_ms, cpu_core=core,
+        record_timeline=True, **setting.runtime_options,
+    )
+    predictor = oracle_factory(render_ms, setting.slo_ms, pass_model) if oracle else None
+    return Runtime(loaded, bundle, config, accuracy_by_level, clock=clock, predictor=predictor,
+                   timer=timer)
+
+
+def request_arrivals(setting: ColocationSetting, origin_ns: int) -> list[tuple[int, int]]:
+    """(time ns, NPC) of every request of a run whose first frame begins at origin_ns, in
+    time order: each NPC asks once per period from FIRST_REQUEST_DELAY_MS on, the NPCs spread
+    evenly over the period, and only requests whose deadline falls inside the replay."""
+    end_ns = origin_ns + round(setting.seconds * 1e9)
+    slo_ns = round(setting.slo_ms * 1e6)
+    first_ns = origin_ns + round(FIRST_REQUEST_DELAY_MS * 1e6)
+    arrivals = []
+    for npc in range(setting.npcs):
+        t_ns = first_ns + npc * slo_ns // setting.npcs
+        while t_ns + slo_ns <= end_ns:
+            arrivals.append((t_ns, npc))
+            t_ns += slo_ns
+    return sorted(arrivals)
+
+
+def npc_request(
+    setting: ColocationSetting, npc: int, rng: random.Random, tokens: list[TokenEvent]
+) -> Request:
+    """What NPC `npc` asks for in a setting: a combat request of its mix (persona by NPC, a
+    random situation), its line tokens streamed into `tokens`."""
+    output = "choice_then_line" if setting.mix == "dialogue" else "choice"
+    state = {**random_situation(rng), "persona": PERSONAS[npc % len(PERSONAS)]}
+    return combat_request(
+        f"npc{npc}", state, ACTIONS, setting.slo_ms, output=output,
+        pace_tokens_per_s=setting.pace_tokens_per_s, on_token=tokens.append,
+        **setting.request_options,
+    )
+
+
 def run_colocation(
     loaded: LoadedModel | None,
     setting: ColocationSetting,
@@ -153,33 +230,14 @@ def run_colocation(
         raise BenchmarkConfigError(
             f"events {setting.events!r} is not one of {', '.join(EVENT_DELIVERIES)}"
         )
-    frames = round(setting.seconds * 1000.0 / FRAME_BUDGET_60FPS_MS)
+    render_ms = replay_segment(setting)
     trace = setting.trace
-    start = setting.start_frame
-    if start is None:
-        start = representative_start(trace, frames)
-    start = min(start, max(0, trace.frames - frames))
-    render_ms = list(trace.render_ms[start:start + frames])
-    for hitch in setting.hitches:
-        if hitch.frame_index >= len(render_ms):
-            raise BenchmarkConfigError(
-                f"hitch at {hitch.at_s} s is past the {len(render_ms)}-frame replay; put it "
-                f"before {len(render_ms) * FRAME_BUDGET_60FPS_MS / 1000:.1f} s"
-            )
-        render_ms[hitch.frame_index] = hitch.ms
     segment = RenderTrace(trace.name, trace.path, trace.column, tuple(render_ms),
                           trace.dropped_rows)
     runtime = None
     if setting.policy != "off":
-        if loaded is None:
-            raise ValueError("a policy other than off needs a loaded model")
-        oracle = setting.policy == "oracle"
-        config = RuntimeConfig(
-            policy="lego" if oracle else setting.policy, window_ms=setting.slo_ms, cpu_core=core,
-            record_timeline=True, **setting.runtime_options,
-        )
-        predictor = oracle_factory(render_ms, setting.slo_ms, pass_model) if oracle else None
-        runtime = Runtime(loaded, bundle, config, accuracy_by_level, predictor=predictor)
+        runtime = setting_runtime(loaded, setting, render_ms, bundle, accuracy_by_level, core,
+                                  pass_model)
         runtime.start()
     render = RenderProcess(segment, pass_model=pass_model, core=core, start_delay_ms=100.0,
                            device=render_device, placement=setting.placement)
@@ -193,21 +251,10 @@ def run_colocation(
     issued: list[tuple[int, int]] = []
     rng = random.Random(seed)
     tokens: list[TokenEvent] = []
-    output = "choice_then_line" if setting.mix == "dialogue" else "choice"
     try:
         while render.origin_ns == 0 and not render.done:
             render.poll_event(1.0)
-        end_ns = render.origin_ns + round(setting.seconds * 1e9)
-        arrivals = []
-        if runtime is not None:
-            slo_ns = round(setting.slo_ms * 1e6)
-            first_ns = render.origin_ns + round(FIRST_REQUEST_DELAY_MS * 1e6)
-            for npc in range(setting.npcs):
-                t_ns = first_ns + npc * slo_ns // setting.npcs
-                while t_ns + slo_ns <= end_ns:
-                    arrivals.append((t_ns, npc))
-                    t_ns += slo_ns
-            arrivals.sort()
+        arrivals = request_arrivals(setting, render.origin_ns) if runtime is not None else []
         next_arrival = 0
         while not render.done:
             now_ns = time.monotonic_ns()
@@ -216,12 +263,7 @@ def run_colocation(
                 if request_factory is not None:
                     request = request_factory(npc, rng, setting)
                 else:
-                    state = {**random_situation(rng), "persona": PERSONAS[npc % len(PERSONAS)]}
-                    request = combat_request(
-                        f"npc{npc}", state, ACTIONS, setting.slo_ms, output=output,
-                        pace_tokens_per_s=setting.pace_tokens_per_s, on_token=tokens.append,
-                        **setting.request_options,
-                    )
+                    request = npc_request(setting, npc, rng, tokens)
                 request_id = runtime.submit(request)
                 issued.append((request_id, now_ns))
                 requests += 1

@@ -55,7 +55,10 @@ from lego_embed.engines.trace_replay import (
     RenderTrace,
     simulate_frames,
 )
+from lego_embed.model.executor import Executor
 from lego_embed.model.loading import LoadedModel
+from lego_embed.model.timing import DeviceTimer
+from lego_embed.npc.decider import NpcDecider
 from lego_embed.tasks.combat.decide import CombatDecider
 from lego_embed.tasks.combat.policy import ACTIONS, random_situation
 
@@ -92,6 +95,10 @@ DIALOGUE_METRICS = (
     "p50_first_token_ms", "p99_first_token_ms", "pace_attained", "p50_tokens_per_s",
     "mean_skipped_layers_per_token",
 )
+
+
+# runs one setting of a repeat: (model, or None for `off`; setting; repeat) -> the run
+Runner = Callable[[LoadedModel | None, ColocationSetting, int], ColocationRun]
 
 
 @dataclass(frozen=True)
@@ -164,12 +171,14 @@ def usable_headroom_ms_per_s(
     return gap_ns / 1e6 / ((records[-1].begin_ns - records[0].begin_ns) / 1e9)
 
 
-def decision_cost_ms(loaded: LoadedModel, samples: int = 31, unmeasured: int = 4) -> float:
+def decision_cost_ms(loaded: LoadedModel, samples: int = 31, unmeasured: int = 4,
+                     timer: DeviceTimer | None = None) -> float:
     """The full model's compute per decision on this machine (ms): the median over `samples`
     combat decisions run to completion (a quarter of a second on the project's CPU machine),
     after `unmeasured` ones: long enough that a shared VM's slow spell of a few hundred ms
-    does not set the regime's NPC counts."""
-    decider = CombatDecider(loaded)
+    does not set the regime's NPC counts. `timer`: what times the subtasks (default measured;
+    a simulated device gives the simulated cost)."""
+    decider = CombatDecider(loaded, NpcDecider(loaded, Executor(loaded, timer=timer)))
     rng = random.Random(0)
     costs = []
     for k in range(samples + unmeasured):
@@ -227,9 +236,15 @@ def run_matrix(
     bundle: Any = None,
     accuracy_by_level: dict[int, float] | None = None,
     progress: Callable[[str], None] = print,
+    runner: Runner | None = None,
 ) -> MatrixResult:
     """Runs the plan (see the module docstring); `decision_cost_ms` is the full model's
-    compute per decision that sizes the regime."""
+    compute per decision that sizes the regime. `runner` runs one setting in a repeat
+    (default: `run_colocation` for real on `core`; `bench.simulated` runs it on a simulated
+    clock)."""
+    if runner is None:
+        def runner(model: LoadedModel | None, setting: ColocationSetting, _: int) -> ColocationRun:
+            return run_colocation(model, setting, bundle, accuracy_by_level, core)
     regime = {t.name: regime_settings(t, plan, decision_cost_ms)
               for t in traces if t.name in plan.regime_traces}
     rows: list[dict[str, Any]] = []
@@ -244,8 +259,7 @@ def run_matrix(
             finished: list[tuple[int, Job, ColocationRun, float]] = []
             for position, job in enumerate(jobs):
                 llm = job.section != "off"
-                run = run_colocation(loaded if llm else None, job.setting, bundle,
-                                     accuracy_by_level, core)
+                run = runner(loaded if llm else None, job.setting, repeat)
                 finished.append((position, job, run, round(os.getloadavg()[0], 2)))
                 done += 1
                 if (job.section == "regime" and job.setting.policy == "lego"

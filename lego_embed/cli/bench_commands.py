@@ -7,6 +7,7 @@ import argparse
 import json
 import shlex
 import sys
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def _run_colocation(args: argparse.Namespace) -> int:
     from lego_embed.bench.hitch import Hitch
     from lego_embed.bench.machine import core_priority, machine_state, machine_summary
     from lego_embed.bench.matrix import MatrixPlan, decision_cost_ms, run_matrix
+    from lego_embed.bench.simulated import simulated_decision_ms, simulated_runner
 
     if not args.all and not (args.trace and args.apm and args.policy):
         print("lego-embed bench colocation: give --trace, --apm and --policy, or --all")
@@ -98,16 +100,21 @@ def _run_colocation(args: argparse.Namespace) -> int:
         return 2
     loaded, bundle, accuracy = _load_model_and_bundle(args)
     core = _core(args)
+    costs = _simulated_costs(args, loaded, bundle) if args.simulated else None
+    if costs is None:
+        def runner(model, setting, _repeat):
+            return run_colocation(model, setting, bundle, accuracy, core)
+    else:
+        runner = simulated_runner(costs, bundle, accuracy)
     if not args.all:
         with core_priority(None if args.no_priority else args.priority_nice):
             trace = load_trace(args.trace)
             hitches = tuple(Hitch.parse(spec) for spec in args.hitch)
-            off = summarize(run_colocation(None, ColocationSetting(
-                trace, args.apm, "off", 0, args.seconds, hitches=hitches), core=core), None)
+            off = summarize(runner(None, ColocationSetting(
+                trace, args.apm, "off", 0, args.seconds, hitches=hitches), 0), None)
             setting = ColocationSetting(trace, args.apm, args.policy, args.npcs, args.seconds,
                                         hitches=hitches, mix=args.mix)
-            run = run_colocation(loaded if args.policy != "off" else None, setting, bundle,
-                                 accuracy, core)
+            run = runner(loaded if args.policy != "off" else None, setting, 0)
         print(json.dumps(summarize(run, off["frame_miss_rate"]), indent=2))
         return 0
     traces = all_shared_traces()
@@ -124,18 +131,27 @@ def _run_colocation(args: argparse.Namespace) -> int:
     started = datetime.now(timezone.utc)
     before = machine_state()
     with core_priority(None if args.no_priority else args.priority_nice) as priority:
-        measured_ms = decision_cost_ms(loaded)
+        measured_ms = (decision_cost_ms(loaded) if costs is None
+                       else simulated_decision_ms(loaded, costs))
         cost_ms = args.decision_cost_ms or measured_ms
+        where = "on this machine" if costs is None else "on the simulated device"
         print(f"{plan.runs(traces)} runs of {plan.seconds:g} s; full-model decision "
-              f"{measured_ms:.1f} ms on this machine, regime set for {cost_ms:.2f} ms")
-        result = run_matrix(loaded, traces, plan, core, cost_ms, bundle, accuracy)
+              f"{measured_ms:.1f} ms {where}, regime set for {cost_ms:.2f} ms")
+        result = run_matrix(loaded, traces, plan, core, cost_ms, bundle, accuracy,
+                            runner=runner)
     after = machine_state()
+    machine = (f"{machine_summary(before, after)}; render process and LLM worker pinned to "
+               f"core {core}; {priority}")
+    if costs is not None:
+        machine = ("simulated clock and device (bench.simulated; outcomes do not depend on "
+                   f"the machine's load); the machine that ran it: "
+                   f"{machine_summary(before, after)}")
     report = {
         "command": _command_line(),
         "date_utc": started.strftime("%Y-%m-%d %H:%M"),
         "duration_s": round((datetime.now(timezone.utc) - started).total_seconds()),
-        "machine": f"{machine_summary(before, after)}; render process and LLM worker pinned to "
-                   f"core {core}; {priority}",
+        "clock": "real" if costs is None else "simulated",
+        "machine": machine,
         "machine_state": {"before": before, "after": after},
         "model": str(loaded.path),
         "skip_levels": 0 if bundle is None else bundle.max_level,
@@ -152,6 +168,8 @@ def _run_colocation(args: argparse.Namespace) -> int:
         "skip_regret": result.skip_regret,
         "runs": result.runs,
     }
+    if costs is not None:
+        report["simulated_costs"] = costs.to_json()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -165,6 +183,16 @@ def _run_colocation(args: argparse.Namespace) -> int:
         plot_regime(result.rows, out.with_name(out.stem + "_regime.png"))
     print(f"wrote {out}")
     return 0
+
+
+def _simulated_costs(args: argparse.Namespace, loaded, bundle):
+    """The simulated device's costs: from --costs, or measured now; --jitter overrides."""
+    from lego_embed.bench.simulated import SubtaskCosts, calibrate_costs
+
+    costs = SubtaskCosts.load(args.costs) if args.costs else calibrate_costs(loaded, bundle)
+    if args.jitter is not None:
+        costs = replace(costs, jitter=args.jitter)
+    return costs
 
 
 def _run_hitch(args: argparse.Namespace) -> int:
@@ -289,6 +317,15 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                                  "streamed bark per period")
     colocation.add_argument("--npcs-list", type=int, nargs="+", default=[1, 4],
                             help="with --all: the main section's NPC counts")
+    colocation.add_argument(
+        "--simulated", action="store_true",
+        help="run on a simulated clock: the real model and runtime, subtask costs modelled "
+             "(reproducible, independent of the machine's load; see bench.simulated)")
+    colocation.add_argument("--costs", help="with --simulated: the subtask costs to charge, "
+                            "from an earlier --simulated result (default: measured now)")
+    colocation.add_argument("--jitter", type=float,
+                            help="with --simulated: sigma of the log of each subtask's cost "
+                                 "noise (default 0.1, or the --costs file's)")
     colocation.add_argument("--out", default="docs/benchmarks/colocation_cpu.json")
     colocation.set_defaults(run=_run_colocation)
 

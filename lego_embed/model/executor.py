@@ -24,7 +24,7 @@ from lego_embed.model.layer_plan import AdaptorStep, LayerPlan, LayerStep, as_la
 from lego_embed.model.loading import LoadedModel
 from lego_embed.model.sampling import GreedySampler, TokenSampler
 from lego_embed.model.subtask import DECODE, PREFILL, Subtask, SubtaskKind, SubtaskTiming
-from lego_embed.model.timing import SubtaskTimer
+from lego_embed.model.timing import DeviceTimer, SubtaskTimer
 
 __all__ = [
     "AdaptorStep",
@@ -112,10 +112,12 @@ class Executor:
     """Runs requests on a LoadedModel subtask by subtask (see the module docstring).
 
     `prefill_chunk_tokens` splits the prompt into chunks of at most that many tokens; each
-    chunk runs through every layer before the next one starts.
+    chunk runs through every layer before the next one starts. `timer` runs and times each
+    subtask (default `SubtaskTimer`: measured on the model's device).
     """
 
-    def __init__(self, loaded: LoadedModel, prefill_chunk_tokens: int | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, prefill_chunk_tokens: int | None = None,
+                 timer: DeviceTimer | None = None) -> None:
         if prefill_chunk_tokens is not None and prefill_chunk_tokens < 1:
             raise ExecutorUsageError(
                 f"prefill_chunk_tokens={prefill_chunk_tokens}; pass a positive number or None"
@@ -127,7 +129,7 @@ class Executor:
         self.layers = self.model.layers
         self.num_layers = len(self.layers)
         self.vocab_size = self.model.args.vocab_size
-        self.timer = SubtaskTimer(self.device)
+        self.timer = timer or SubtaskTimer(self.device)
         self._no_kv = LayerKV.empty(self.device)  # immutable: every new request shares it
         self._positions_cache: tuple | None = None
 
@@ -262,7 +264,7 @@ class Executor:
     def step(self, state: RequestState) -> SubtaskTiming:
         """Runs exactly one subtask of the request."""
         planned = self._next(state)
-        duration_ns = self.timer.run(lambda: self._run(planned, [state]))
+        duration_ns = self.timer.run(lambda: self._run(planned, [state]), planned.subtask)
         timing = SubtaskTiming(planned.subtask, duration_ns)
         state.timings.append(timing)
         self._advance(state)
@@ -290,10 +292,6 @@ class Executor:
                 )
             if p.adaptor is not None and p.adaptor.module is not first.adaptor.module:
                 raise ExecutorUsageError("batched ADAPTOR subtasks must share one adaptor module")
-        duration_ns = self.timer.run(lambda: self._run(first, list(states)))
-        for state, p in zip(states, planned, strict=True):
-            state.timings.append(SubtaskTiming(p.subtask, duration_ns))
-            self._advance(state)
         batch = Subtask(
             first.subtask.kind,
             first.subtask.phase,
@@ -302,6 +300,10 @@ class Executor:
             sum(p.subtask.tokens for p in planned),
             max(p.subtask.context_tokens for p in planned),
         )
+        duration_ns = self.timer.run(lambda: self._run(first, list(states)), batch)
+        for state, p in zip(states, planned, strict=True):
+            state.timings.append(SubtaskTiming(p.subtask, duration_ns))
+            self._advance(state)
         return SubtaskTiming(batch, duration_ns)
 
     def run_to_completion(self, state: RequestState) -> list[SubtaskTiming]:

@@ -1,11 +1,25 @@
-"""Measuring how long one subtask takes: CUDA events on a low-priority stream, or the CPU clock."""
+"""Measuring how long one subtask takes: CUDA events on a low-priority stream, or the CPU clock.
+
+`SubtaskTimer` measures; anything with the same `run(work, subtask)` (`DeviceTimer`) can stand
+in for it, as the co-location benchmark's simulated device does (`bench.simulated`: it runs the
+work and charges the subtask a modelled duration on a simulated clock).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
+
+from lego_embed.model.subtask import Subtask
+
+
+class DeviceTimer(Protocol):
+    """Runs one subtask's work and returns how long the subtask took (ns)."""
+
+    def run(self, work: Callable[[], None], subtask: Subtask) -> int: ...
 
 
 class SubtaskTimer:
@@ -25,7 +39,8 @@ class SubtaskTimer:
             lowest_priority = max(torch.cuda.Stream.priority_range())
             self.stream = torch.cuda.Stream(device=device, priority=lowest_priority)
 
-    def run(self, work: Callable[[], None]) -> int:
+    def run(self, work: Callable[[], None], subtask: Subtask | None = None) -> int:
+        """Runs work (the subtask `subtask`, unused here) and returns its duration (ns)."""
         if self.stream is None:
             start_ns = time.perf_counter_ns()
             work()

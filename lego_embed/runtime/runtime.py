@@ -67,6 +67,7 @@ from lego_embed.model.kv_cache import PrefixCache
 from lego_embed.model.layer_plan import LayerPlan
 from lego_embed.model.loading import LoadedModel
 from lego_embed.model.profile import CostProfile
+from lego_embed.model.timing import DeviceTimer
 from lego_embed.npc.answer import FreeChoiceSampler, make_sampler, read_answer
 from lego_embed.npc.chat_template import ChatTemplate
 from lego_embed.npc.decider import PreparedRequest
@@ -282,7 +283,9 @@ class Runtime:
     `clock` is where the runtime reads the time (default: `time.monotonic_ns()`); a
     `ManualClock` with `start(thread=False)` and `run_until_idle()` replays deterministically.
     `predictor` makes the headroom predictor (default `HeadroomPredictor`; the benchmark's
-    oracle knows the replayed trace's future).
+    oracle knows the replayed trace's future). `timer` runs and times each subtask (default:
+    measured on the model's device; the benchmark's simulated device charges modelled costs
+    on a ManualClock, `bench.simulated`).
     """
 
     def __init__(
@@ -293,6 +296,7 @@ class Runtime:
         accuracy_by_level: Mapping[int, float] | None = None,
         clock: Clock | None = None,
         predictor: Callable[[], WindowPredictor] | None = None,
+        timer: DeviceTimer | None = None,
     ) -> None:
         self.loaded = loaded
         self.config = (config or RuntimeConfig()).validate()
@@ -302,7 +306,7 @@ class Runtime:
             ChatTemplate.from_folder(loaded.path, loaded.tokenizer.special_tokens)
             if self.config.chat_template else None
         )
-        self.executor = Executor(loaded, self.config.prefill_chunk_tokens)
+        self.executor = Executor(loaded, self.config.prefill_chunk_tokens, timer)
         self.levels = self._levels(loaded, bundle, accuracy_by_level or {})
         cfg = self.config
         self._scheduler_config = SchedulerConfig(
