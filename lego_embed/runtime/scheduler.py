@@ -375,22 +375,25 @@ class Scheduler:
         return self._queue[: self._queue.index(request)] if request in self._queue else self._queue
 
     # ------------------------------------------------------------------ cost
-    def remaining_cost_ns(self, request: ScheduledRequest, level: int | None = None) -> float:
-        """Predicted compute left for the request at `level` (default: its current level).
-        Remembered in the cost model's `request_cache` (emptied with its other caches at every
-        measurement) under the request's progress: level choices ask it for every request
-        queued ahead of every waiting one, many times per admission."""
+    def remaining_cost_ns(self, request: ScheduledRequest, level: int | None = None,
+                          tokens: int | None = None) -> float:
+        """Predicted compute left for the request at `level` (default: its current level)
+        until it has generated `tokens` (default: its `expected_tokens`). Remembered in the
+        cost model's `request_cache` (emptied with its other caches at every measurement) under
+        the request's progress: level choices ask it for every request queued ahead of every
+        waiting one, many times per admission."""
         level = request.level if level is None else level
+        tokens = request.expected_tokens if tokens is None else tokens
         state = request.state
         key = (request.request_id, level, id(state.plan), state.cursor,
                -1 if state.program is None else len(state.program), len(state.pending_ids),
-               state.position, len(state.generated), request.expected_tokens)
+               state.position, len(state.generated), tokens)
         cost = self.cost.request_cache.get(key)
         if cost is None:
-            cost = self.cost.request_cache[key] = self._remaining_cost_ns(request, level)
+            cost = self.cost.request_cache[key] = self._remaining_cost_ns(request, level, tokens)
         return cost
 
-    def _remaining_cost_ns(self, request: ScheduledRequest, level: int) -> float:
+    def _remaining_cost_ns(self, request: ScheduledRequest, level: int, answer_tokens: int) -> float:
         state = request.state
         plan = self.levels[level].plan
         cost = 0.0
@@ -405,7 +408,7 @@ class Scheduler:
                 tokens = len(state.pending_ids)
                 cost += self.cost.pass_cost_ns(plan, PREFILL, tokens, state.position + tokens)
         generated = len(state.generated) + (1 if in_prefill else 0)
-        decode_steps = max(request.expected_tokens - max(generated, 1), 0)
+        decode_steps = max(answer_tokens - max(generated, 1), 0)
         if decode_steps:
             cost += decode_steps * self.decode_step_ns(level)
         return cost
@@ -423,15 +426,16 @@ class Scheduler:
                        if not r.state.timings and r.state.pending_ids)
 
     def shared_cost_ns(self, request: ScheduledRequest, level: int | None = None,
-                       peers: Counter[tuple[int, int]] | None = None) -> float:
+                       peers: Counter[tuple[int, int]] | None = None,
+                       tokens: int | None = None) -> float:
         """The request's remaining compute at `level` (default: its own) when its prefill is
         batched with the other not-yet-started requests queued at that level with prompts of
         the same length (as dispatch will run them, up to max_batch): its share of the batched
         prefill's predicted cost, plus its decode steps. Requests that started, and runs
         without batching, pay their whole remaining cost. `peers`: `_prefill_peers()` when the
-        caller has it."""
+        caller has it. `tokens`: as in `remaining_cost_ns`."""
         level = request.level if level is None else level
-        cost = self.remaining_cost_ns(request, level)
+        cost = self.remaining_cost_ns(request, level, tokens)
         state = request.state
         if not self.config.batching or state.timings or not state.pending_ids:
             return cost
@@ -447,11 +451,13 @@ class Scheduler:
         together = self.cost.pass_cost_ns(plan, PREFILL, tokens * batch, context) / batch
         return cost - alone + min(alone, together)
 
-    def _work_ahead_ns(self, request: ScheduledRequest, level: int | None = None) -> float:
+    def _work_ahead_ns(self, request: ScheduledRequest, level: int | None = None,
+                       tokens: int | None = None) -> float:
         """Compute queued ahead of the request: each one's shared cost at its own level, or at
-        `level` when given (the best case of everyone at the largest level)."""
+        `level` when given, until each has `tokens` (default its own expected tokens; with
+        both, the best case of everyone at the largest level answering at its first token)."""
         peers = self._prefill_peers()
-        return sum(self.shared_cost_ns(r, level, peers) for r in self._ahead(request))
+        return sum(self.shared_cost_ns(r, level, peers, tokens) for r in self._ahead(request))
 
     def _fit_level(self, request: ScheduledRequest, available_ns: float, start: int) -> int:
         """The smallest level from `start` at which the request's shared cost fits
@@ -481,15 +487,16 @@ class Scheduler:
     def can_finish(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> bool:
         """Whether the request could still finish by its deadline in the best case: it and
         every request queued ahead of it at the largest level, filling all of the predicted
-        headroom before its deadline (no usable-fraction discount), each for its planned tokens
-        (the level choice's margin included: counting only the tokens answers take shed fewer
-        requests and did no better, docs/BENCHMARKS.md 2026-11-30 04:08). False means a miss is
-        all but certain, whatever the level choice."""
+        headroom before its deadline (no usable-fraction discount), each answered by its first
+        token (a combat decision is one prefill and one head; the level choice's margin of
+        planned tokens is not counted here: on the simulated clock counting it shed requests
+        that `static_skip` answered on time at the same level, docs/BENCHMARKS.md
+        2026-11-30 17:00). False means a miss is all but certain, whatever the level choice."""
         largest = len(self.levels) - 1
         time_left_ns = request.deadline_ns - now_ns
         usable_ns = time_left_ns * headroom_rate
-        ahead_ns = self._work_ahead_ns(request, largest)
-        return self.shared_cost_ns(request, largest) <= usable_ns - ahead_ns
+        ahead_ns = self._work_ahead_ns(request, largest, tokens=1)
+        return self.shared_cost_ns(request, largest, tokens=1) <= usable_ns - ahead_ns
 
     def choose_level(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> int:
         """The level a new request starts at: the policy's fixed level, or for `lego` the

@@ -526,20 +526,32 @@ def test_an_ffn_block_too_long_for_the_rest_of_a_gap_runs_in_a_slice_that_fits(
                                   now) is None
 
 
-def test_can_finish_is_false_exactly_when_no_level_fits(npc_loaded: LoadedModel) -> None:
+def test_can_finish_is_false_exactly_when_no_level_fits_its_first_token(
+    npc_loaded: LoadedModel,
+) -> None:
+    """The best case before shedding: the request and those ahead of it at the largest level,
+    each answered by its first token (the planned tokens are the level choice's margin)."""
     scheduler = make(npc_loaded, usable_fraction=1.0)
     for deadline_ms, rate in ((1000.0, 1.0), (40.0, 1.0), (10.0, 1.0), (1000.0, 0.0)):
         request = new_request(scheduler, 1, deadline_ms)
         fits_somewhere = any(
-            scheduler.remaining_cost_ns(request, level) <= deadline_ms * MS * rate
+            scheduler.remaining_cost_ns(request, level, tokens=1) <= deadline_ms * MS * rate
             for level in range(4)
         )
         assert scheduler.can_finish(request, 0, rate) == fits_somewhere
+    largest = 3
+    probe = new_request(scheduler, 4, 1000.0)
+    first_token_ms = scheduler.remaining_cost_ns(probe, largest, tokens=1) / MS
+    planned_ms = scheduler.remaining_cost_ns(probe, largest) / MS
+    assert planned_ms > first_token_ms  # 4 planned tokens: 3 decode steps more
+    between = new_request(scheduler, 5, (first_token_ms + planned_ms) / 2)
+    assert scheduler.can_finish(between, 0, 1.0)
     roomy = new_request(scheduler, 2, 1000.0)
     assert scheduler.can_finish(roomy, 0, 1.0)
     scheduler.admit(new_request(scheduler, 3, 900.0), 0, 1.0)  # 900 ms deadline: ahead in EDF
     assert scheduler.can_finish(roomy, 0, 1.0)
-    assert not scheduler.can_finish(roomy, 0, 0.01)  # 10 ms of headroom cannot hold both
+    alone_rate = first_token_ms * 1.01 / 1000.0  # headroom for the roomy request alone
+    assert not scheduler.can_finish(roomy, 0, alone_rate)  # not for the one ahead of it too
 
 
 def test_an_outlier_measurement_does_not_make_a_subtask_look_too_long_for_every_gap() -> None:
