@@ -393,7 +393,8 @@ class Scheduler:
             cost = self.cost.request_cache[key] = self._remaining_cost_ns(request, level, tokens)
         return cost
 
-    def _remaining_cost_ns(self, request: ScheduledRequest, level: int, answer_tokens: int) -> float:
+    def _remaining_cost_ns(self, request: ScheduledRequest, level: int,
+                           answer_tokens: int) -> float:
         state = request.state
         plan = self.levels[level].plan
         cost = 0.0
@@ -491,7 +492,7 @@ class Scheduler:
         token (a combat decision is one prefill and one head; the level choice's margin of
         planned tokens is not counted here: on the simulated clock counting it shed requests
         that `static_skip` answered on time at the same level, docs/BENCHMARKS.md
-        2026-11-30 17:00). False means a miss is all but certain, whatever the level choice."""
+        2026-11-30 16:00). False means a miss is all but certain, whatever the level choice."""
         largest = len(self.levels) - 1
         time_left_ns = request.deadline_ns - now_ns
         usable_ns = time_left_ns * headroom_rate
