@@ -15,12 +15,19 @@ is often inside the run-to-run spread. Here nothing depends on the machine's spe
   an overrun's frame costs differ between the two.
 - The host is modelled by two numbers: `wake_us`, from an event that wakes the idle worker to
   its first decision (the measured median on this VM: 191 to 390 us), and `turn_us`, the
-  worker's own time before each subtask.
+  worker's own time before each subtask (the device is free meanwhile). The rest of the
+  worker's own work, admission and level choices included, takes no time.
+- The costs are measured for the shapes the runtime's warm-up runs (each level, FFN slices,
+  batches of 2 to max_batch, a 32-token prompt); other shapes are derived as the scheduler
+  derives them (the nearest token bucket of the kind, scaled by tokens).
 
 Runs are reproducible: the same setting, seed and `SubtaskCosts` give the same answers, levels,
-subtask spans and frames, on any machine (the costs come with the results, `--costs` reuses
-them). What this answers: which policy decisions are better, free of machine noise; not how a
-policy fares against a real OS scheduler.
+subtask spans and frames on any machine with the same torch build (the model's outputs, and so
+the tokens and levels, come from real kernels; the costs come with the results, `--costs`
+reuses them). The run's subtask spans are the device's: from the subtask's start (after the
+worker's turn and any pass it waited for) to its end; the runtime's own busy time, like a real
+worker's wall clock, counts the turn and the wait. What this answers: which policy decisions
+are better, free of machine noise; not how a policy fares against a real OS scheduler.
 """
 
 from __future__ import annotations
@@ -82,6 +89,14 @@ class SubtaskCosts:
     def __post_init__(self) -> None:
         if not self.median_ns:
             raise BenchmarkConfigError("subtask costs: no cost entries; calibrate them first")
+        for key in self.median_ns:
+            try:
+                _parse_key(key)
+            except ValueError as error:
+                raise BenchmarkConfigError(
+                    f"subtask costs: key {key!r} is not kind/phase/token bucket "
+                    "(e.g. layer/decode/1)"
+                ) from error
         numbers = (*self.median_ns.values(), self.jitter, self.wake_us, self.turn_us)
         if any(not math.isfinite(v) or v < 0 for v in numbers):
             raise BenchmarkConfigError(
@@ -155,7 +170,7 @@ def calibrate_costs(
         runtime = Runtime(loaded, bundle, RuntimeConfig(), timer=timer)
         runtime.start(thread=False)
         runtime.stop()
-    medians = {key: float(statistics.median(v)) for key, v in timer.samples.items()}
+    medians = {key: float(round(statistics.median(v))) for key, v in timer.samples.items()}
     return SubtaskCosts(medians, jitter, wake_us, turn_us,
                         f"median of {warmups} runtime warm-ups on {loaded.device.type}")
 
@@ -180,6 +195,7 @@ class SimulatedRender:
 
     @property
     def done(self) -> bool:
+        """Whether every frame's events were handed out."""
         return self._next is None
 
     def next_ns(self, device_free_ns: int = 0) -> int | None:
@@ -230,8 +246,10 @@ class SimulatedRender:
 
 class SimulatedDevice:
     """The runtime's DeviceTimer in a simulated run: runs each subtask's work (real tensors),
-    charges it its modelled duration on the ManualClock, and hands the runtime the render
-    events and requests that happen meanwhile (`SimulatedReplay.deliver_until`)."""
+    charges it its modelled duration (ns) on the ManualClock, and hands the runtime the render
+    events and requests that happen meanwhile (`SimulatedReplay.deliver_until`). `spans` holds
+    each subtask's (start, end) ns on the device. A failure while handing over is kept in
+    `error` (the runtime would take it for the subtask's) for the replay to raise."""
 
     def __init__(self, clock: ManualClock, costs: SubtaskCosts, seed: int) -> None:
         self.clock = clock
@@ -239,21 +257,32 @@ class SimulatedDevice:
         self.cost_model = costs.model()
         self.rng = random.Random(f"{seed}/device")
         self.replay: SimulatedReplay | None = None
+        self.spans: list[tuple[int, int]] = []
+        self.error: Exception | None = None
 
     def run(self, work: Callable[[], None], subtask: Subtask) -> int:
         ready_ns = self.clock.now_ns() + round(self.costs.turn_us * 1000)
-        replay = self.replay
         start_ns = ready_ns
-        if replay is not None:
-            replay.deliver_until(ready_ns, device_free_ns=ready_ns)
-            start_ns = replay.render.busy_until(ready_ns)
+        if self.replay is not None:
+            self._deliver(ready_ns, device_free_ns=0)  # the worker's turn leaves the device free
+            start_ns = self.replay.render.busy_until(ready_ns)
         work()
         noise = math.exp(self.rng.gauss(0.0, self.costs.jitter)) if self.costs.jitter else 1.0
         end_ns = start_ns + round(self.cost_model.predict_ns(subtask, deviations=0.0) * noise)
-        if replay is not None:
-            replay.deliver_until(end_ns, device_free_ns=end_ns)
-        self.clock.set(max(end_ns, self.clock.now_ns()))
-        return end_ns - ready_ns
+        if self.replay is not None:
+            self._deliver(end_ns, device_free_ns=end_ns)
+        if self.error is None:
+            self.clock.set(end_ns)
+        self.spans.append((start_ns, end_ns))
+        return end_ns - start_ns
+
+    def _deliver(self, t_ns: int, device_free_ns: int) -> None:
+        if self.error is not None or self.replay is None:
+            return
+        try:
+            self.replay.deliver_until(t_ns, device_free_ns)
+        except Exception as error:  # raised by SimulatedReplay.run, not taken for the subtask's
+            self.error = error
 
 
 @dataclass
@@ -264,9 +293,10 @@ class SimulatedReplay:
     runtime: Runtime
     clock: ManualClock
     render: SimulatedRender
+    device: SimulatedDevice
     setting: ColocationSetting
     rng: random.Random
-    wake_ns: int
+    wake_latency_ns: int
     arrivals: list[tuple[int, int]] = field(default_factory=list)
     issued: list[tuple[int, int]] = field(default_factory=list)
     tokens: list[TokenEvent] = field(default_factory=list)
@@ -282,18 +312,18 @@ class SimulatedReplay:
                           if self._next_arrival < len(self.arrivals) else None)
             if arrival_ns is not None and arrival_ns <= t_ns and (
                     render_ns is None or arrival_ns < render_ns):
-                self.clock.set(max(arrival_ns, self.clock.now_ns()))
+                self.clock.set(arrival_ns)
                 npc = self.arrivals[self._next_arrival][1]
-                self._next_arrival += 1
                 request_id = self.runtime.submit(npc_request(self.setting, npc, self.rng,
                                                              self.tokens))
+                self._next_arrival += 1
                 self.issued.append((request_id, arrival_ns))
                 woke = True
                 continue
             if render_ns is None or render_ns > t_ns:
                 return woke
             event = self.render.pop(device_free_ns)
-            self.clock.set(max(event.t_ns, self.clock.now_ns()))
+            self.clock.set(event.t_ns)
             self.runtime.on_event(event)
             woke = woke or event.kind != PASS_BEGIN
 
@@ -332,12 +362,14 @@ class SimulatedReplay:
                 return answers
             clock.set(t_ns)
             if self.deliver_until(t_ns) and run_at is None:
-                run_at = t_ns + self.wake_ns
+                run_at = t_ns + self.wake_latency_ns
             due_wake = wake_ns is not None and wake_ns <= t_ns
             if (run_at is not None and run_at <= t_ns) or due_wake or (
                     t_ns >= last_run_ns + MAX_WAIT_NS):
                 served_wake = wake_ns if due_wake else served_wake
                 runtime.run_until_idle()
+                if self.device.error is not None:
+                    raise self.device.error
                 last_run_ns, run_at = clock.now_ns(), None
 
 
@@ -366,9 +398,10 @@ def simulate_colocation(
     runtime = setting_runtime(loaded, setting, render_ms, bundle, accuracy_by_level,
                               pass_model=pass_model, clock=clock, timer=device)
     runtime.start(thread=False)  # the warm-up runs on the simulated device too
+    device.spans.clear()
     origin_ns = clock.now_ns() + RENDER_START_DELAY_NS
     replay = SimulatedReplay(
-        runtime, clock, SimulatedRender(render_ms, pass_model, origin_ns), setting,
+        runtime, clock, SimulatedRender(render_ms, pass_model, origin_ns), device, setting,
         random.Random(seed), round(costs.wake_us * 1000), request_arrivals(setting, origin_ns),
     )
     device.replay = replay
@@ -376,8 +409,10 @@ def simulate_colocation(
         answers = replay.run(answer_grace_s)
     finally:
         runtime.stop()
+    timeline = [(start, end, kind, batch) for (start, end), (_, _, kind, batch)
+                in zip(device.spans, runtime.timeline, strict=True)]
     return ColocationRun(
-        setting, replay.render.records, answers, len(replay.issued), list(runtime.timeline),
+        setting, replay.render.records, answers, len(replay.issued), timeline,
         runtime.stats(), replay.issued, list(runtime.backlog_timeline), list(replay.tokens),
     )
 

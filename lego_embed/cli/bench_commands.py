@@ -98,6 +98,9 @@ def _run_colocation(args: argparse.Namespace) -> int:
     if args.decision_cost_ms is not None and not args.decision_cost_ms > 0:
         print("lego-embed bench colocation: --decision-cost-ms must be a positive number of ms")
         return 2
+    if not args.simulated and (args.costs or args.jitter is not None):
+        print("lego-embed bench colocation: --costs and --jitter are for --simulated runs")
+        return 2
     loaded, bundle, accuracy = _load_model_and_bundle(args)
     core = _core(args)
     costs = _simulated_costs(args, loaded, bundle) if args.simulated else None
@@ -115,7 +118,10 @@ def _run_colocation(args: argparse.Namespace) -> int:
             setting = ColocationSetting(trace, args.apm, args.policy, args.npcs, args.seconds,
                                         hitches=hitches, mix=args.mix)
             run = runner(loaded if args.policy != "off" else None, setting, 0)
-        print(json.dumps(summarize(run, off["frame_miss_rate"]), indent=2))
+        row = summarize(run, off["frame_miss_rate"])
+        if costs is not None:
+            row["simulated_costs"] = costs.to_json()
+        print(json.dumps(row, indent=2))
         return 0
     traces = all_shared_traces()
     if args.traces:

@@ -376,21 +376,23 @@ class Scheduler:
 
     # ------------------------------------------------------------------ cost
     def remaining_cost_ns(self, request: ScheduledRequest, level: int | None = None,
-                          tokens: int | None = None) -> float:
+                          answer_tokens: int | None = None) -> float:
         """Predicted compute left for the request at `level` (default: its current level)
-        until it has generated `tokens` (default: its `expected_tokens`). Remembered in the
+        until it has generated `answer_tokens` (default: its `expected_tokens`). Remembered in the
         cost model's `request_cache` (emptied with its other caches at every measurement) under
         the request's progress: level choices ask it for every request queued ahead of every
         waiting one, many times per admission."""
         level = request.level if level is None else level
-        tokens = request.expected_tokens if tokens is None else tokens
+        if answer_tokens is None:
+            answer_tokens = request.expected_tokens
         state = request.state
         key = (request.request_id, level, id(state.plan), state.cursor,
                -1 if state.program is None else len(state.program), len(state.pending_ids),
-               state.position, len(state.generated), tokens)
+               state.position, len(state.generated), answer_tokens)
         cost = self.cost.request_cache.get(key)
         if cost is None:
-            cost = self.cost.request_cache[key] = self._remaining_cost_ns(request, level, tokens)
+            cost = self.cost.request_cache[key] = self._remaining_cost_ns(
+                request, level, answer_tokens)
         return cost
 
     def _remaining_cost_ns(self, request: ScheduledRequest, level: int,
@@ -428,15 +430,15 @@ class Scheduler:
 
     def shared_cost_ns(self, request: ScheduledRequest, level: int | None = None,
                        peers: Counter[tuple[int, int]] | None = None,
-                       tokens: int | None = None) -> float:
+                       answer_tokens: int | None = None) -> float:
         """The request's remaining compute at `level` (default: its own) when its prefill is
         batched with the other not-yet-started requests queued at that level with prompts of
         the same length (as dispatch will run them, up to max_batch): its share of the batched
         prefill's predicted cost, plus its decode steps. Requests that started, and runs
         without batching, pay their whole remaining cost. `peers`: `_prefill_peers()` when the
-        caller has it. `tokens`: as in `remaining_cost_ns`."""
+        caller has it. `answer_tokens`: as in `remaining_cost_ns`."""
         level = request.level if level is None else level
-        cost = self.remaining_cost_ns(request, level, tokens)
+        cost = self.remaining_cost_ns(request, level, answer_tokens)
         state = request.state
         if not self.config.batching or state.timings or not state.pending_ids:
             return cost
@@ -453,12 +455,13 @@ class Scheduler:
         return cost - alone + min(alone, together)
 
     def _work_ahead_ns(self, request: ScheduledRequest, level: int | None = None,
-                       tokens: int | None = None) -> float:
+                       answer_tokens: int | None = None) -> float:
         """Compute queued ahead of the request: each one's shared cost at its own level, or at
-        `level` when given, until each has `tokens` (default its own expected tokens; with
+        `level` when given, until each has `answer_tokens` (default its own expected tokens; with
         both, the best case of everyone at the largest level answering at its first token)."""
         peers = self._prefill_peers()
-        return sum(self.shared_cost_ns(r, level, peers, tokens) for r in self._ahead(request))
+        return sum(self.shared_cost_ns(r, level, peers, answer_tokens)
+                   for r in self._ahead(request))
 
     def _fit_level(self, request: ScheduledRequest, available_ns: float, start: int) -> int:
         """The smallest level from `start` at which the request's shared cost fits
@@ -496,8 +499,8 @@ class Scheduler:
         largest = len(self.levels) - 1
         time_left_ns = request.deadline_ns - now_ns
         usable_ns = time_left_ns * headroom_rate
-        ahead_ns = self._work_ahead_ns(request, largest, tokens=1)
-        return self.shared_cost_ns(request, largest, tokens=1) <= usable_ns - ahead_ns
+        ahead_ns = self._work_ahead_ns(request, largest, answer_tokens=1)
+        return self.shared_cost_ns(request, largest, answer_tokens=1) <= usable_ns - ahead_ns
 
     def choose_level(self, request: ScheduledRequest, now_ns: int, headroom_rate: float) -> int:
         """The level a new request starts at: the policy's fixed level, or for `lego` the

@@ -535,13 +535,13 @@ def test_can_finish_is_false_exactly_when_no_level_fits_its_first_token(
     for deadline_ms, rate in ((1000.0, 1.0), (40.0, 1.0), (10.0, 1.0), (1000.0, 0.0)):
         request = new_request(scheduler, 1, deadline_ms)
         fits_somewhere = any(
-            scheduler.remaining_cost_ns(request, level, tokens=1) <= deadline_ms * MS * rate
+            scheduler.remaining_cost_ns(request, level, answer_tokens=1) <= deadline_ms * MS * rate
             for level in range(4)
         )
         assert scheduler.can_finish(request, 0, rate) == fits_somewhere
     largest = 3
     probe = new_request(scheduler, 4, 1000.0)
-    first_token_ms = scheduler.remaining_cost_ns(probe, largest, tokens=1) / MS
+    first_token_ms = scheduler.remaining_cost_ns(probe, largest, answer_tokens=1) / MS
     planned_ms = scheduler.remaining_cost_ns(probe, largest) / MS
     assert planned_ms > first_token_ms  # 4 planned tokens: 3 decode steps more
     between = new_request(scheduler, 5, (first_token_ms + planned_ms) / 2)

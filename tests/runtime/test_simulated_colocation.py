@@ -114,7 +114,8 @@ def test_a_pass_due_while_the_device_is_busy_begins_when_it_is_free() -> None:
 
 
 def test_the_device_charges_the_modelled_cost_on_the_clock() -> None:
-    """Without noise a subtask takes its median plus the worker's turn; the work really runs."""
+    """Without noise a subtask takes its median, after the worker's turn; the work really
+    runs."""
     clock = ManualClock(1_000)
     costs = replace(flat_costs(subtask_us=250.0), turn_us=40.0)
     device = SimulatedDevice(clock, costs, seed=0)
@@ -152,3 +153,38 @@ def test_bad_costs_say_what_to_fix(tmp_path: Path) -> None:
         SubtaskCosts({"layer/decode/1": -5.0})
     with pytest.raises(BenchmarkConfigError, match="no cost entries"):
         SubtaskCosts({})
+    with pytest.raises(BenchmarkConfigError, match="is not kind/phase/token bucket"):
+        SubtaskCosts({"layer": 5.0})
+
+
+def test_a_pass_waits_only_for_a_subtask_that_holds_the_device(
+    npc_loaded: LoadedModel, tmp_path: Path
+) -> None:
+    """`free` takes the device whenever it has work: a pass that begins later than planned
+    (its frame's begin, or the previous pass's end plus the planned gap) begins exactly when a
+    subtask ends, and no subtask runs during a pass (the worker's turn before a subtask leaves
+    the device to the render)."""
+    trace = steady(tmp_path, frame_ms=12.0)
+    run = simulate_colocation(npc_loaded, ColocationSetting(trace, 300, "free", 4, 1.2),
+                              flat_costs(subtask_us=600.0))
+    subtask_ends = {end for _, end, _, _ in run.timeline}
+    _, gaps_ms = PassModel().split(12.0)
+    delayed = 0
+    for frame in run.frames:
+        planned = frame.begin_ns
+        for k, (_, begin, end) in enumerate(frame.pass_spans_ns):
+            assert begin >= planned
+            if begin > planned:
+                delayed += 1
+                assert begin in subtask_ends
+            planned = end + (round(gaps_ms[k] * 1e6) if k < len(gaps_ms) else 0)
+    assert delayed > 0
+    passes = sorted((b, e) for f in run.frames for _, b, e in f.pass_spans_ns)
+    assert overlap_ns(sorted((s, e) for s, e, _, _ in run.timeline), passes) == 0
+
+
+def test_the_off_run_replays_the_render_alone(tmp_path: Path) -> None:
+    run = simulate_colocation(None, ColocationSetting(steady(tmp_path), 0, "off", 0, 1.2),
+                              flat_costs())
+    planned = [record for record, _ in simulate_frames([8.0] * 72, origin_ns=100 * MS)]
+    assert run.frames == planned and run.requests == 0 and not run.timeline
