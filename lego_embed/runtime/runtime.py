@@ -96,6 +96,7 @@ from lego_embed.runtime.fallback import (
 )
 from lego_embed.runtime.gpu_stats import nvml_stats
 from lego_embed.runtime.headroom import HeadroomTracker, WindowHeadroom
+from lego_embed.runtime.level_floor import OutcomeFloor
 from lego_embed.runtime.predictor import HeadroomPredictor, WindowPredictor
 from lego_embed.runtime.request import ActionEvent, Request, TokenEvent
 from lego_embed.runtime.scheduler import (
@@ -122,6 +123,7 @@ logger = logging.getLogger("lego_embed.runtime")
 
 FREE_TEXT_TOKENS = 16
 WARMUP_DECODE_TOKENS = 3
+LEVEL_FLOOR_SOURCES = ("rate", "outcomes")  # what sets the window's level floor
 SILENCE_CHECK_SLACK_NS = 1_000_000  # wake just after the engine-silence threshold, not before
 MAX_WAIT_NS = 500_000_000  # the idle worker re-checks silence and overdue requests this often
 ADMISSION_ALPHA = 0.2  # weight of the newest admission's duration in its moving average
@@ -175,7 +177,12 @@ class RuntimeConfig:
     takes no level below the smallest whose sustainable rate (back-pressure's) covers the
     demand, set once per execution window (see `BackPressure.sustaining_level`; on by
     default: side by side it raised SLO attainment in 60 of the 92 paired runs that differed,
-    at about 0.025 lower expected accuracy, docs/BENCHMARKS.md).
+    at about 0.025 lower expected accuracy, docs/BENCHMARKS.md). level_floor_from: what sets
+    that floor: "rate" (back-pressure's sustainable rate, the default) or "outcomes"
+    (`level_floor.OutcomeFloor`: one level up after a window with an answer late or near its
+    deadline, one down after calm windows; on the simulated device it kept SLO 1.00 at the
+    accuracy of no floor, where the rate's floor lost up to 0.126; on the CPU VM it tied with
+    the rate, docs/BENCHMARKS.md 2026-11-30 16:00).
     """
 
     policy: str = "lego"
@@ -209,6 +216,7 @@ class RuntimeConfig:
     max_static_prefixes: int = 64
     worker_yields: bool = False
     window_level_floor: bool = True
+    level_floor_from: str = "rate"
 
     def validate(self) -> RuntimeConfig:
         if self.policy not in POLICIES:
@@ -245,6 +253,11 @@ class RuntimeConfig:
             raise RuntimeConfigError(
                 f"prefill_chunk_tokens must be an int >= 1 or None, got "
                 f"{self.prefill_chunk_tokens!r}"
+            )
+        if self.level_floor_from not in LEVEL_FLOOR_SOURCES:
+            raise RuntimeConfigError(
+                f"level_floor_from must be one of {', '.join(LEVEL_FLOOR_SOURCES)}, got "
+                f"{self.level_floor_from!r}"
             )
         if self.cpu_core is not None and self.cpu_core not in os.sched_getaffinity(0):
             raise RuntimeConfigError(
@@ -404,6 +417,7 @@ class Runtime:
         self._static_in_flight: set[tuple[int, ...]] = set()
         self._window_busy_ns = 0
         self._window_backlogged = False
+        self._outcome_floor = OutcomeFloor(len(self.levels) - 1)
 
     # ------------------------------------------------------------------ game-facing API
     def start(self, thread: bool = True) -> None:
@@ -813,7 +827,9 @@ class Runtime:
             [self.scheduler.decode_step_ns(level) for level in range(len(self.levels))])
         event = self.backpressure.on_window(window_end_ns)
         if self.config.window_level_floor and self.config.policy == "lego":
-            self.scheduler.level_floor = self.backpressure.sustaining_level(window_end_ns)
+            self.scheduler.level_floor = (
+                self._outcome_floor.on_window() if self.config.level_floor_from == "outcomes"
+                else self.backpressure.sustaining_level(window_end_ns))
         self._backpressure_state = self.backpressure.snapshot(window_end_ns)
         if event is not None:
             self._counters["overload_events"] += 1
@@ -1121,6 +1137,7 @@ class Runtime:
                 self._ledger.fail(pending, error, now_ns)
                 continue
             self._ledger.answer_without_model(pending, FALLBACK, action, now_ns)
+            self._outcome_floor.note_answer(math.inf)
             self._counters["fallbacks"] += 1
             self._counters["fallbacks_predicted"] += predicted
             if not pending.corrections:
@@ -1298,6 +1315,9 @@ class Runtime:
         due = ([action_ms] if spec.kind != Line.kind else []) + (
             [first_token_ms] if spec.kind != Choice.kind else [])
         in_time = all(t is not None and t <= pending.deadline_ms for t in due)
+        if error is None and due:
+            self._outcome_floor.note_answer(
+                max(math.inf if t is None else t for t in due) / pending.deadline_ms)
         line = answer.line if error is None else streamed
         decision = Decision(
             request_id=request.request_id,

@@ -18,6 +18,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from lego_embed.bench.simulated import SubtaskCosts
 from lego_embed.model.loading import LoadedModel
 from lego_embed.model.profile import CostEntry, CostProfile
 from lego_embed.runtime.answers import Decision
@@ -98,6 +99,15 @@ def flat_cost_profile(path: str, subtask_us: float = 300.0) -> str:
                for tokens in (1, 2, 4, 8, 16, 32, 64, 128, 256)]
     CostProfile("test", "llama", "cpu", "float32", 0, 1, 0, 0, "", entries).save(path)
     return path
+
+
+def flat_subtask_costs(subtask_us: float = 300.0, jitter: float = 0.0) -> SubtaskCosts:
+    """Simulated-clock costs (`bench.simulated`) in which every subtask kind costs subtask_us
+    at every token bucket; 200 us wake-up, 35 us turn."""
+    kinds = ("embed", "attention", "ffn", "adaptor", "head", "layer")
+    table = {f"{kind}/{phase}/{bucket}": subtask_us * 1000.0
+             for kind in kinds for phase in ("prefill", "decode") for bucket in range(1, 10)}
+    return SubtaskCosts(table, jitter=jitter, wake_us=200.0, turn_us=35.0)
 
 
 def manual_runtime(

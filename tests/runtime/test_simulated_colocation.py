@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from runtime_replay import flat_subtask_costs
 
 from lego_embed.bench.colocation import ColocationSetting, summarize
 from lego_embed.bench.fill import overlap_ns
@@ -26,16 +27,8 @@ from lego_embed.runtime.clock import ManualClock
 from lego_embed.runtime.events import FRAME_BEGIN, FRAME_END, PASS_BEGIN, PASS_END
 
 MS = 1_000_000
-KINDS = ("embed", "attention", "ffn", "adaptor", "head", "layer")
 TWO_PASSES = PassModel(passes=("a", "b"), pass_weights=(1.0, 1.0), intra_gap_fraction=0.2,
                        gap_weights=(1.0,))
-
-
-def flat_costs(subtask_us: float = 300.0, jitter: float = 0.0) -> SubtaskCosts:
-    """Every subtask kind costs subtask_us at every token bucket."""
-    table = {f"{kind}/{phase}/{bucket}": subtask_us * 1000.0
-             for kind in KINDS for phase in ("prefill", "decode") for bucket in range(1, 10)}
-    return SubtaskCosts(table, jitter=jitter, wake_us=200.0, turn_us=35.0)
 
 
 def steady(tmp_path: Path, frame_ms: float = 8.0, frames: int = 90) -> RenderTrace:
@@ -46,7 +39,7 @@ def test_a_simulated_run_is_reproducible(npc_loaded: LoadedModel, tmp_path: Path
     """The same setting, seed and costs give the same answers, levels, subtask spans and frames,
     whatever this machine's load; every request is answered."""
     setting = ColocationSetting(steady(tmp_path), 300, "lego", 3, 1.2)
-    costs = flat_costs(jitter=0.1)
+    costs = flat_subtask_costs(jitter=0.1)
     runs = [simulate_colocation(npc_loaded, setting, costs, seed=4) for _ in range(2)]
     first, second = runs
     assert first.requests == 11 and len(first.decisions) == 11
@@ -68,7 +61,7 @@ def test_lego_never_holds_the_device_when_a_pass_is_due(
     subtask overlaps a pass and no frame is missed; `free` takes the device whenever it has
     work, so its passes wait behind subtasks."""
     trace = steady(tmp_path, frame_ms=12.0)
-    costs = flat_costs(subtask_us=600.0)
+    costs = flat_subtask_costs(subtask_us=600.0)
     lego = simulate_colocation(npc_loaded, ColocationSetting(trace, 300, "lego", 4, 1.2), costs)
     free = simulate_colocation(npc_loaded, ColocationSetting(trace, 300, "free", 4, 1.2), costs)
 
@@ -117,7 +110,7 @@ def test_the_device_charges_the_modelled_cost_on_the_clock() -> None:
     """Without noise a subtask takes its median, after the worker's turn; the work really
     runs."""
     clock = ManualClock(1_000)
-    costs = replace(flat_costs(subtask_us=250.0), turn_us=40.0)
+    costs = replace(flat_subtask_costs(subtask_us=250.0), turn_us=40.0)
     device = SimulatedDevice(clock, costs, seed=0)
     ran = []
     duration_ns = device.run(lambda: ran.append(True),
@@ -166,7 +159,7 @@ def test_a_pass_waits_only_for_a_subtask_that_holds_the_device(
     the device to the render)."""
     trace = steady(tmp_path, frame_ms=12.0)
     run = simulate_colocation(npc_loaded, ColocationSetting(trace, 300, "free", 4, 1.2),
-                              flat_costs(subtask_us=600.0))
+                              flat_subtask_costs(subtask_us=600.0))
     subtask_ends = {end for _, end, _, _ in run.timeline}
     _, gaps_ms = PassModel().split(12.0)
     delayed = 0
@@ -185,6 +178,6 @@ def test_a_pass_waits_only_for_a_subtask_that_holds_the_device(
 
 def test_the_off_run_replays_the_render_alone(tmp_path: Path) -> None:
     run = simulate_colocation(None, ColocationSetting(steady(tmp_path), 0, "off", 0, 1.2),
-                              flat_costs())
+                              flat_subtask_costs())
     planned = [record for record, _ in simulate_frames([8.0] * 72, origin_ns=100 * MS)]
     assert run.frames == planned and run.requests == 0 and not run.timeline
