@@ -6,10 +6,13 @@ What a run really serves at each level depends on the device (batched prefills, 
 shares a CPU core), and that prediction was 1.5-3x too low on the simulated device while about
 right on the project's CPU VM (docs/BENCHMARKS.md, 2026-11-30 16:00). `OutcomeFloor` asks the
 answers instead, once per execution window:
-- an answer (the model's action, or a line's first token) after RAISE_AT of its deadline, or a
-  fallback, raises the floor one level;
-- after CALM_WINDOWS windows in a row whose answers all came before LOWER_AT of their deadline,
-  it falls one level. A window without answers changes nothing.
+- an answer (the model's action, or a line's first token) at or after RAISE_AT of its deadline,
+  a fallback, or a request failed as overdue raises the floor one level (a request superseded
+  after LOWER_AT of its deadline counts as an answer then);
+- after CALM_WINDOWS windows with answers in a row whose answers all came before LOWER_AT of
+  their deadline, it falls one level. A window without answers changes nothing.
+While the engine is silent the runtime starts it afresh (`reset`): answers then ran without a
+floor and say nothing about the render's load.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ class OutcomeFloor:
         self._answers += 1
         self._worst = max(self._worst, deadline_fraction if math.isfinite(
             deadline_fraction) else math.inf)
+
+    def reset(self) -> None:
+        """Back to level 0, with nothing noted."""
+        self.level, self._worst, self._answers, self._calm = 0, 0.0, 0, 0
 
     def on_window(self) -> int:
         """Closes a window; returns the floor for the next one."""

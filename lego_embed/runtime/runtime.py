@@ -96,7 +96,7 @@ from lego_embed.runtime.fallback import (
 )
 from lego_embed.runtime.gpu_stats import nvml_stats
 from lego_embed.runtime.headroom import HeadroomTracker, WindowHeadroom
-from lego_embed.runtime.level_floor import OutcomeFloor
+from lego_embed.runtime.level_floor import LOWER_AT, OutcomeFloor
 from lego_embed.runtime.predictor import HeadroomPredictor, WindowPredictor
 from lego_embed.runtime.request import ActionEvent, Request, TokenEvent
 from lego_embed.runtime.scheduler import (
@@ -766,6 +766,7 @@ class Runtime:
             self._drop(request)
             self._counters["overdue_requests"] += 1
             self._ledger.fail(pending, error, now_ns)
+            self._note_outcome(math.inf)
 
     def _stall_reason(self, now_ns: int) -> str:
         if self._last_event_ns is not None and self.tracker.open_gap() is None:
@@ -848,6 +849,13 @@ class Runtime:
         self._shed_predicted_misses(window_end_ns)
         self.scheduler.compute_scarce = self.backpressure.needs_skipping(window_end_ns)
 
+    def _note_outcome(self, deadline_fraction: float) -> None:
+        """An answer (or a request that ended without one) at this fraction of its deadline,
+        for the window floor from outcomes (only when that is the floor in use)."""
+        if (self.config.level_floor_from == "outcomes" and self.config.window_level_floor
+                and self.config.policy == "lego"):
+            self._outcome_floor.note_answer(deadline_fraction)
+
     def headroom_rate(self, now_ns: int | None = None) -> float:
         """Predicted fraction of wall time that is headroom, 0..1: 1.0 with no renderer
         reporting, and at `now_ns` while the engine is silent in a gap (`_engine_silent`:
@@ -917,6 +925,7 @@ class Runtime:
             now_ns = self.clock.now_ns()
             if self._engine_silent(now_ns):  # the floor's demand and headroom are stale then
                 self.scheduler.level_floor = 0  # (the next window end sets it again)
+                self._outcome_floor.reset()
             self._answer_due_fallbacks(now_ns)  # a request due at its deadline is not superseded
             self._arm_incoming(now_ns)
             self._admit()
@@ -1078,6 +1087,9 @@ class Runtime:
                 self._predicted_misses.discard(old.request_id)
                 if self._ledger.answer_without_model(old, SUPERSEDED, None, now_ns):
                     self._counters["superseded"] += 1
+                    waited = (now_ns - old.arrival_ns) / 1e6 / old.deadline_ms
+                    if waited >= LOWER_AT:  # replaced early it says nothing about the load
+                        self._note_outcome(waited)
         for old_id in replaced:
             self._take_off_queue(old_id, None)  # if still waiting for admission
         older = [r for r in self.scheduler.pending if r.npc_id == npc_id and r.request_id < new_id
@@ -1137,7 +1149,7 @@ class Runtime:
                 self._ledger.fail(pending, error, now_ns)
                 continue
             self._ledger.answer_without_model(pending, FALLBACK, action, now_ns)
-            self._outcome_floor.note_answer(math.inf)
+            self._note_outcome(math.inf)
             self._counters["fallbacks"] += 1
             self._counters["fallbacks_predicted"] += predicted
             if not pending.corrections:
@@ -1315,9 +1327,9 @@ class Runtime:
         due = ([action_ms] if spec.kind != Line.kind else []) + (
             [first_token_ms] if spec.kind != Choice.kind else [])
         in_time = all(t is not None and t <= pending.deadline_ms for t in due)
-        if error is None and due:
-            self._outcome_floor.note_answer(
-                max(math.inf if t is None else t for t in due) / pending.deadline_ms)
+        if error is None and due and not self._ledger.awaits_correction(request.request_id):
+            self._note_outcome(max(math.inf if t is None else t for t in due)
+                               / pending.deadline_ms)
         line = answer.line if error is None else streamed
         decision = Decision(
             request_id=request.request_id,
