@@ -101,6 +101,15 @@ DIALOGUE_METRICS = (
 Runner = Callable[[LoadedModel | None, ColocationSetting, int], ColocationRun]
 
 
+def real_runner(bundle: Any = None, accuracy_by_level: dict[int, float] | None = None,
+                core: int | None = None) -> Runner:
+    """The runner of a real matrix: `run_colocation` on `core`, the same seed every repeat (the
+    repeats differ in the machine's state)."""
+    def run(loaded: LoadedModel | None, setting: ColocationSetting, _: int) -> ColocationRun:
+        return run_colocation(loaded, setting, bundle, accuracy_by_level, core)
+    return run
+
+
 @dataclass(frozen=True)
 class MatrixPlan:
     """What to run: seconds per run, repeats, the main matrix's APMs / NPC counts / policies,
@@ -242,9 +251,7 @@ def run_matrix(
     compute per decision that sizes the regime. `runner` runs one setting in a repeat
     (default: `run_colocation` for real on `core`; `bench.simulated` runs it on a simulated
     clock)."""
-    if runner is None:
-        def runner(model: LoadedModel | None, setting: ColocationSetting, _: int) -> ColocationRun:
-            return run_colocation(model, setting, bundle, accuracy_by_level, core)
+    runner = runner or real_runner(bundle, accuracy_by_level, core)
     regime = {t.name: regime_settings(t, plan, decision_cost_ms)
               for t in traces if t.name in plan.regime_traces}
     rows: list[dict[str, Any]] = []

@@ -308,8 +308,7 @@ class SimulatedReplay:
         woke = False
         while True:
             render_ns = self.render.next_ns(device_free_ns)
-            arrival_ns = (self.arrivals[self._next_arrival][0]
-                          if self._next_arrival < len(self.arrivals) else None)
+            arrival_ns = self._next_arrival_ns()
             if arrival_ns is not None and arrival_ns <= t_ns and (
                     render_ns is None or arrival_ns < render_ns):
                 self.clock.set(arrival_ns)
@@ -325,14 +324,16 @@ class SimulatedReplay:
             event = self.render.pop(device_free_ns)
             self.clock.set(event.t_ns)
             self.runtime.on_event(event)
-            woke = woke or event.kind != PASS_BEGIN
+            woke = woke or event.kind != PASS_BEGIN  # as Runtime.on_event rings the doorbell
+
+    def _next_arrival_ns(self) -> int | None:
+        if self._next_arrival < len(self.arrivals):
+            return self.arrivals[self._next_arrival][0]
+        return None
 
     def next_input_ns(self) -> int | None:
         """When the next render event or request is due (None when both are done)."""
-        times = [self.render.next_ns()]
-        if self._next_arrival < len(self.arrivals):
-            times.append(self.arrivals[self._next_arrival][0])
-        due = [t for t in times if t is not None]
+        due = [t for t in (self.render.next_ns(), self._next_arrival_ns()) if t is not None]
         return min(due) if due else None
 
     def run(self, answer_grace_s: float) -> list[Decision]:

@@ -79,7 +79,7 @@ def _command_line() -> str:
 
 
 def _run_colocation(args: argparse.Namespace) -> int:
-    from lego_embed.bench.colocation import ColocationSetting, run_colocation, summarize
+    from lego_embed.bench.colocation import ColocationSetting, summarize
     from lego_embed.bench.colocation_plots import (
         DIALOGUE_METRICS,
         SUMMARY_METRICS,
@@ -89,7 +89,7 @@ def _run_colocation(args: argparse.Namespace) -> int:
     )
     from lego_embed.bench.hitch import Hitch
     from lego_embed.bench.machine import core_priority, machine_state, machine_summary
-    from lego_embed.bench.matrix import MatrixPlan, decision_cost_ms, run_matrix
+    from lego_embed.bench.matrix import MatrixPlan, decision_cost_ms, real_runner, run_matrix
     from lego_embed.bench.simulated import simulated_decision_ms, simulated_runner
 
     if not args.all and not (args.trace and args.apm and args.policy):
@@ -104,11 +104,8 @@ def _run_colocation(args: argparse.Namespace) -> int:
     loaded, bundle, accuracy = _load_model_and_bundle(args)
     core = _core(args)
     costs = _simulated_costs(args, loaded, bundle) if args.simulated else None
-    if costs is None:
-        def runner(model, setting, _repeat):
-            return run_colocation(model, setting, bundle, accuracy, core)
-    else:
-        runner = simulated_runner(costs, bundle, accuracy)
+    runner = (real_runner(bundle, accuracy, core) if costs is None
+              else simulated_runner(costs, bundle, accuracy))
     if not args.all:
         with core_priority(None if args.no_priority else args.priority_nice):
             trace = load_trace(args.trace)

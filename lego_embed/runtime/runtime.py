@@ -827,9 +827,10 @@ class Runtime:
         self.backpressure.note_decode_steps(
             [self.scheduler.decode_step_ns(level) for level in range(len(self.levels))])
         event = self.backpressure.on_window(window_end_ns)
-        if self.config.window_level_floor and self.config.policy == "lego":
+        floor_from = self._level_floor_from()
+        if floor_from is not None:
             self.scheduler.level_floor = (
-                self._outcome_floor.on_window() if self.config.level_floor_from == "outcomes"
+                self._outcome_floor.on_window() if floor_from == "outcomes"
                 else self.backpressure.sustaining_level(window_end_ns))
         self._backpressure_state = self.backpressure.snapshot(window_end_ns)
         if event is not None:
@@ -849,11 +850,17 @@ class Runtime:
         self._shed_predicted_misses(window_end_ns)
         self.scheduler.compute_scarce = self.backpressure.needs_skipping(window_end_ns)
 
+    def _level_floor_from(self) -> str | None:
+        """What sets the window's level floor (`RuntimeConfig.level_floor_from`), None when
+        there is none (the option off, or a policy other than `lego`)."""
+        if self.config.window_level_floor and self.config.policy == "lego":
+            return self.config.level_floor_from
+        return None
+
     def _note_outcome(self, deadline_fraction: float) -> None:
         """An answer (or a request that ended without one) at this fraction of its deadline,
         for the window floor from outcomes (only when that is the floor in use)."""
-        if (self.config.level_floor_from == "outcomes" and self.config.window_level_floor
-                and self.config.policy == "lego"):
+        if self._level_floor_from() == "outcomes":
             self._outcome_floor.note_answer(deadline_fraction)
 
     def headroom_rate(self, now_ns: int | None = None) -> float:
