@@ -151,6 +151,64 @@ def dialogue_table(runs: list[dict]) -> list[str]:
     return out
 
 
+def mean_of(value: dict | float | None) -> float | None:
+    return value["mean"] if isinstance(value, dict) else value
+
+
+def targets_summary(rows: list[dict], regret: list[dict]) -> list[str]:
+    """Issue 12's targets, counted over the settings of a run (means over the repeats unless
+    said): `lego` SLO on the shared traces, its added frame misses, backlogged fill per policy
+    (all gaps, inter-frame, intra-frame), the regime target (expected accuracy higher at the
+    tables' 3 digits) and the oracle's targets."""
+    main = [r for r in rows if r["section"] == "main"]
+    lego = [r for r in main if r["policy"] == "lego"]
+    out = []
+    for npcs, bound in ((1, 0.99), (4, 0.95)):
+        mine = [r for r in lego if r["npcs"] == npcs]
+        if not mine:
+            continue
+        met = sum(mean_of(r["slo_attainment"]) >= bound for r in mine)
+        out.append(f"- `lego` SLO >= {bound} with {npcs} NPC(s): {met} of {len(mine)} settings")
+    for name, pick in (("mean", "mean"), ("largest run", "max")) if lego else ():
+        met = sum(r["added_frame_miss_rate"][pick] <= 0.005 for r in lego)
+        out.append(f"- `lego` added frame-miss rate <= 0.005 ({name}): {met} of {len(lego)}")
+    for policy in POLICIES:
+        mine = [r for r in main if r["policy"] == policy]
+        if not mine:
+            continue
+        cells = []
+        for key in ("backlogged_fill", "backlogged_fill_inter", "backlogged_fill_intra"):
+            values = [v for v in (mean_of(r.get(key)) for r in mine) if v is not None]
+            cells.append(f"{sum(values) / len(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+                         if values else "-")
+        out.append(f"- backlogged fill, `{policy}` (all / inter-frame / intra-frame, mean "
+                   f"[min, max] over the main settings): {' / '.join(cells)}")
+    regime = [r for r in rows if r["section"] == "regime" and not r.get("ablation")]
+    settings = sorted({(r["trace"], r["npcs"]) for r in regime})
+    met = 0
+    for key in settings:
+        by_policy = {r["policy"]: r for r in regime if (r["trace"], r["npcs"]) == key}
+        mine, static = by_policy.get("lego"), by_policy.get("static_skip")
+        if mine is None or static is None:
+            continue
+        slo = mean_of(mine["slo_attainment"])
+        met += (slo >= 0.95 and slo >= mean_of(static["slo_attainment"])
+                and round(mean_of(mine["expected_accuracy"]), 3)
+                > round(mean_of(static["expected_accuracy"]), 3))
+    if settings:
+        out.append(f"- regime: `lego` SLO >= 0.95 at equal or better SLO and higher expected "
+                   f"accuracy than `static_skip`: {met} of {len(settings)} settings")
+    if regret:
+        low = sum(mean_of(r["skip_regret"]) <= 0.01 for r in regret)
+        near = sum(mean_of(r["slo_attainment_lego"]) >= mean_of(r["slo_attainment_oracle"]) - 0.01
+                   for r in regret)
+        both = sum(mean_of(r["skip_regret"]) <= 0.01 and mean_of(r["slo_attainment_lego"])
+                   >= mean_of(r["slo_attainment_oracle"]) - 0.01 for r in regret)
+        out.append(f"- skip_regret <= 0.01: {low} of {len(regret)}; `lego` SLO >= oracle's - "
+                   f"0.01: {near}; both: {both}")
+    return out
+
+
 def main() -> None:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/benchmarks/colocation_cpu.json")
     report = json.loads(path.read_text())
@@ -172,7 +230,9 @@ def main() -> None:
         print("\n".join(pressure) + "\n")
     if report.get("skip_regret"):
         print("**skip_regret**\n")
-        print("\n".join(regret_table(report["skip_regret"])))
+        print("\n".join(regret_table(report["skip_regret"])) + "\n")
+    print("**issue 12's targets**\n")
+    print("\n".join(targets_summary(report["rows"], report.get("skip_regret") or [])))
 
 
 if __name__ == "__main__":
