@@ -130,13 +130,14 @@ class MatrixPlan:
     mix: str = "decisions"
 
     def runs(self, traces: Sequence[RenderTrace]) -> int:
-        """How many runs the plan makes over `traces` (`off` runs included)."""
+        """How many runs the plan makes over `traces` (`off` runs included), counting one NPC
+        count per regime ratio (`regime_settings` merges ratios that round to the same count)."""
         names = {t.name for t in traces}
         per_repeat = len(traces) * (1 + len(self.apms) * len(self.npcs_list) * len(self.policies))
         per_repeat += sum(name in names for name in self.regime_traces) * len(
             self.regime_ratios) * (len(REGIME_POLICIES) + len(REGIME_ABLATIONS))
         if self.ablation_trace in names:
-            per_repeat += 1 + len(ABLATIONS)
+            per_repeat += len(ABLATIONS)  # the trace's `off` run is counted above
         return per_repeat * self.repeats
 
 
