@@ -10,13 +10,15 @@ Three sections, all against the same `off` run of their block:
   gaps are shorter than the wake-up, a subtask and the margin on this CPU, so they are not
   usable headroom). Every policy runs there, and `oracle` (lego told the true future headroom;
   its window level floor, like lego's, comes from the measured headroom),
-  and five variants of lego (`REGIME_ABLATIONS`): its batches split to fit gaps (what keeping
+  and six variants of lego (`REGIME_ABLATIONS`): its batches split to fit gaps (what keeping
   them whole buys where batching matters most), borrowing the next frame's slack (the
   runtime option `borrow_frame_slack`, off by default: what it buys where compute is scarce),
   its worker reading the render's events itself (`events="direct"`: what the wake-up a
   game thread adds costs), its worker under SCHED_BATCH (`worker_yields`: what yielding
-  to the render's wake-ups costs or buys), and without the window's level floor
-  (`window_level_floor` off: each request's level chosen against the queued work alone).
+  to the render's wake-ups costs or buys), without the window's level floor
+  (`window_level_floor` off: each request's level chosen against the queued work alone), and
+  admitting new requests before the gap's first subtask (`admission_in_gap_tail` off: what
+  moving admission to the gap's tail buys).
 - `ablations`: lego with one feature off, on one trace at 300 APM with 4 NPCs.
 
 The plan's `mix` is what every NPC asks for in the main and regime sections: `decisions` (an
@@ -75,6 +77,7 @@ REGIME_ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("direct_events", {"events": "direct"}),
     ("worker_yields", {"runtime_options": {"worker_yields": True}}),
     ("no_level_floor", {"runtime_options": {"window_level_floor": False}}),
+    ("admission_first", {"runtime_options": {"admission_in_gap_tail": False}}),
 )
 ABLATION_APM, ABLATION_NPCS = 300, 4
 ABLATIONS: tuple[tuple[str, dict[str, Any], dict[str, Any] | None], ...] = (
@@ -83,6 +86,7 @@ ABLATIONS: tuple[tuple[str, dict[str, Any], dict[str, Any] | None], ...] = (
     ("no_superseding_no_fallback", {}, {"supersede": False}),
     ("no_batching", {"batching": False}, None),
     ("free_text_16_tokens", {"constrained": False}, None),
+    ("admission_first", {"admission_in_gap_tail": False}, None),
 )
 RATE_METRICS = (
     "slo_attainment", "model_slo_attainment", "fallback_rate", "superseded_rate",

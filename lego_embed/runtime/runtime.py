@@ -95,7 +95,7 @@ from lego_embed.runtime.fallback import (
     resolve_fallback,
 )
 from lego_embed.runtime.gpu_stats import nvml_stats
-from lego_embed.runtime.headroom import HeadroomTracker, WindowHeadroom
+from lego_embed.runtime.headroom import HeadroomTracker, OpenGap, WindowHeadroom
 from lego_embed.runtime.level_floor import LOWER_AT, OutcomeFloor
 from lego_embed.runtime.predictor import HeadroomPredictor, WindowPredictor
 from lego_embed.runtime.request import ActionEvent, Request, TokenEvent
@@ -182,7 +182,10 @@ class RuntimeConfig:
     (`level_floor.OutcomeFloor`: one level up after a window with an answer late or near its
     deadline, one down after calm windows; on the simulated device it kept SLO 1.00 at the
     accuracy of no floor, where the rate's floor lost up to 0.126; on the CPU VM it tied with
-    the rate, docs/BENCHMARKS.md 2026-11-30 16:00).
+    the rate, docs/BENCHMARKS.md 2026-11-30 16:00). admission_in_gap_tail: with work queued,
+    `lego` admits a request that arrived meanwhile in an inter-frame gap's tail, where no
+    subtask fits, rather than before the gap's first subtask (on by default; see
+    `Runtime._defers_admission`).
     """
 
     policy: str = "lego"
@@ -217,6 +220,7 @@ class RuntimeConfig:
     worker_yields: bool = False
     window_level_floor: bool = True
     level_floor_from: str = "rate"
+    admission_in_gap_tail: bool = True
 
     def validate(self) -> RuntimeConfig:
         if self.policy not in POLICIES:
@@ -414,6 +418,7 @@ class Runtime:
         self._prefixes: OrderedDict[tuple[int, ...], PrefixCache] = OrderedDict()
         self._salvaged: dict[int, PrefixCache] = {}  # superseded KV, by the new request's id
         self._admission_ns = 0.0  # one admission's measured duration (moving average)
+        self._admission_deferred_in: OpenGap | None = None  # see _defers_admission
         self._static_in_flight: set[tuple[int, ...]] = set()
         self._window_busy_ns = 0
         self._window_backlogged = False
@@ -935,7 +940,9 @@ class Runtime:
                 self._outcome_floor.reset()
             self._answer_due_fallbacks(now_ns)  # a request due at its deadline is not superseded
             self._arm_incoming(now_ns)
-            self._admit()
+            deferred = self._defers_admission(now_ns)
+            if not deferred:
+                self._admit()
             self._fail_overdue(now_ns)
             if self.config.record_timeline:
                 self._note_backlog(now_ns)
@@ -943,6 +950,8 @@ class Runtime:
                 now_ns, self.tracker.open_gap(), self._last_event_ns
             )
             if dispatch is None:
+                if deferred and self._admit():  # the gap's tail: a new request may fit in it
+                    return None
                 if not len(self.scheduler):
                     self._window_backlogged = False
                 return self._wait_s(now_ns)
@@ -1000,26 +1009,55 @@ class Runtime:
                 self._fallbacks.add(pending.deadline_ns, pending.request_id)
             self._arrived.append(pending)
 
+    def _defers_admission(self, now_ns: int) -> bool:
+        """Whether `lego` runs the queued work before admitting the arrived requests: in an
+        inter-frame gap, admission (up to a millisecond of CPU with many NPCs) waits for the
+        gap's tail, where no subtask fits the rest of it (`_cycle`), instead of delaying the
+        gap's first subtask. A request is deferred in one gap at most: in the next gap it is
+        admitted first (by `_admission_due_ns` at the latest)."""
+        gap = self.tracker.open_gap()
+        if (self.config.policy != "lego" or not self.config.admission_in_gap_tail
+                or not self._arrived or not len(self.scheduler)
+                or gap is None or not gap.inter_frame or self._engine_silent(now_ns)):
+            return False
+        if self._admission_deferred_in is None:
+            self._admission_deferred_in = gap
+        return self._admission_deferred_in.start_ns == gap.start_ns
+
+    def _admission_due_ns(self, pending: PendingRequest) -> int:
+        """When admitting `pending` stops waiting for a gap with room: one frame budget after
+        its arrival, or after the end of the gap it was deferred in (the next inter-frame gap
+        begins within a frame budget of it, unless the frame is missed)."""
+        budget_ns = self.tracker.frame_budget_ns
+        due_ns = pending.arrival_ns + budget_ns
+        deferred_in = self._admission_deferred_in
+        if deferred_in is not None:
+            due_ns = max(due_ns, deferred_in.end_estimate_ns + budget_ns)
+        return due_ns
+
     def _admission_waits(self, pending: PendingRequest, now_ns: int) -> bool:
         """Whether admitting `pending` now would take the core from the renderer: under a
         gap-respecting policy admission (the prompt's executor state, the level choice: up to
         a millisecond of CPU with many NPCs) runs, like a subtask, in a gap with room for its
         measured cost (`_admission_ns`, learnt from admissions no engine event interrupted),
-        within one frame budget of the request's arrival. It never waits for an engine that is
-        silent (engine_silence_ms) or never reported."""
+        until `_admission_due_ns`. It never waits for an engine that is silent
+        (engine_silence_ms) or never reported."""
         if self.config.policy == "free" or self._last_event_ns is None:
             return False
         if (now_ns - self._last_event_ns > self.scheduler.config.engine_silence_ns
-                or now_ns - pending.arrival_ns >= self.tracker.frame_budget_ns):
+                or now_ns >= self._admission_due_ns(pending)):
             return False
         gap = self.tracker.open_gap()
         return gap is None or now_ns + self._admission_ns > gap.end_estimate_ns
 
-    def _admit(self) -> None:
+    def _admit(self) -> bool:
+        """Admits the arrived requests, oldest first, while each has room (`_admission_waits`);
+        True if any was admitted."""
+        admitted = False
         while self._arrived and not self._events_waiting():  # an event may have closed the gap
             now_ns = self.clock.now_ns()
             if self._admission_waits(self._arrived[0], now_ns):
-                return
+                return admitted
             pending = self._arrived.popleft()
             salvaged = self._salvaged.pop(pending.request_id, None)
             if not (self._ledger.is_open(pending.request_id)
@@ -1058,9 +1096,13 @@ class Runtime:
             self.scheduler.admit(request, now_ns, self.headroom_rate(now_ns))
             if pending.fallback is not None:
                 self._shed_if_hopeless(request, now_ns)
+            admitted = True
             if not self._events_waiting():  # a pass that began meanwhile lengthened it
                 self._admission_ns += ADMISSION_ALPHA * (
                     self.clock.now_ns() - now_ns - self._admission_ns)
+        if not self._arrived:
+            self._admission_deferred_in = None
+        return admitted
 
     def _static_ids(self, pending: PendingRequest) -> tuple[int, ...]:
         """The prompt's static part when it is worth keeping (prefix_reuse, long enough)."""

@@ -142,3 +142,91 @@ def test_a_request_superseded_before_admission_leaves_the_queue_at_once(
     runtime.run_until_idle()
     assert [(a.request_id, a.status) for a in answers] == [(first, "superseded")]
     assert runtime.stats()["queue_length"] == 1  # the newer one, waiting for a gap
+
+
+def _in_an_inter_frame_gap(loaded: LoadedModel) -> tuple[Runtime, SteppingClock, int]:
+    """A manual lego runtime taught five frames (a 4 ms pass, then 8 ms of gap before the
+    frame ends) and now 12 ms into the sixth: in its inter-frame gap, which ends at the next
+    vsync (the returned ns)."""
+    runtime, clock = manual_runtime(loaded)
+    t = clock.peek_ns()
+    frame_ns = round(SECOND / 60)
+    for _ in range(6):
+        _event(runtime, FRAME_BEGIN, "", t)
+        _event(runtime, PASS_BEGIN, "p0", t)
+        _event(runtime, PASS_END, "p0", t + 4 * MS)
+        _event(runtime, FRAME_END, "", t + 12 * MS)
+        t += frame_ns
+    clock.set(t - frame_ns + 12 * MS)
+    runtime.run_until_idle()
+    return runtime, clock, t
+
+
+def _with_a_line_in_progress(loaded: LoadedModel) -> tuple[Runtime, SteppingClock, int]:
+    """`_in_an_inter_frame_gap` with a request generating a spoken line queued (one decode
+    step per worker turn), a few of its passes run."""
+    runtime, clock, gap_end_ns = _in_an_inter_frame_gap(loaded)
+    answers: list[Decision] = []
+    _submit(runtime, "bard", answers, 1, output="choice_then_line")
+    for _ in range(3):
+        runtime._cycle()
+    assert len(runtime.scheduler) == 1 and not answers
+    return runtime, clock, gap_end_ns
+
+
+def test_with_work_queued_lego_admits_in_the_gaps_tail(npc_loaded: LoadedModel) -> None:
+    """A request that arrives while another's work is queued does not delay the inter-frame
+    gap's next subtask: it is admitted where no subtask fits the rest of the gap."""
+    runtime, clock, gap_end_ns = _with_a_line_in_progress(npc_loaded)
+    _submit(runtime, "guard", [], 2)
+    ran = len(runtime.timeline)
+    runtime._cycle()
+    assert len(runtime.timeline) > ran  # the queued request's subtask ran first
+    assert len(runtime.scheduler) == 1 and runtime.stats()["queue_length"] == 2
+    clock.set(gap_end_ns - 100_000)  # less than the dispatch margin is left: the tail
+    ran = len(runtime.timeline)
+    runtime._cycle()
+    assert len(runtime.timeline) == ran and len(runtime.scheduler) == 2
+
+
+def test_a_request_deferred_in_one_gap_is_admitted_first_in_the_next(
+    npc_loaded: LoadedModel,
+) -> None:
+    """No room for admission in the first gap's tail: at the next gap's start it is admitted
+    before any subtask runs."""
+    runtime, clock, gap_end_ns = _with_a_line_in_progress(npc_loaded)
+    _submit(runtime, "guard", [], 2)
+    runtime._cycle()
+    runtime._admission_ns = 0.5 * MS  # more than the tail holds
+    clock.set(gap_end_ns - 100_000)
+    runtime._cycle()
+    assert len(runtime.scheduler) == 1
+    _event(runtime, FRAME_BEGIN, "", gap_end_ns)
+    _event(runtime, PASS_BEGIN, "p0", gap_end_ns)
+    _event(runtime, PASS_END, "p0", gap_end_ns + 12 * MS)
+    _event(runtime, FRAME_END, "", gap_end_ns + 12 * MS)
+    clock.set(gap_end_ns + 12 * MS)  # the next inter-frame gap
+    ran = len(runtime.timeline)
+    runtime._cycle()
+    assert len(runtime.scheduler) == 2
+    assert len(runtime.timeline) > ran  # and the gap's subtasks ran after it
+
+
+def test_a_deferred_request_is_admitted_within_a_frame_budget_of_its_gaps_end(
+    npc_loaded: LoadedModel,
+) -> None:
+    """Deferred and then kept out by a pass longer than a frame, a request is admitted one
+    frame budget after the end of the gap it was deferred in, inside the pass."""
+    runtime, clock, gap_end_ns = _with_a_line_in_progress(npc_loaded)
+    _submit(runtime, "guard", [], 2)
+    runtime._cycle()
+    assert len(runtime.scheduler) == 1
+    _event(runtime, FRAME_BEGIN, "", gap_end_ns)
+    _event(runtime, PASS_BEGIN, "p0", gap_end_ns)
+    budget_ns = round(SECOND / 60)
+    clock.set(gap_end_ns + budget_ns - MS)
+    runtime._cycle()
+    assert len(runtime.scheduler) == 1
+    clock.set(gap_end_ns + budget_ns)
+    runtime._cycle()
+    assert len(runtime.scheduler) == 2
