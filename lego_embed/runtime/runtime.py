@@ -930,8 +930,8 @@ class Runtime:
         self._slept = source is None  # idle beside a source: its events are not wake-ups
 
     def _cycle(self) -> float | None:
-        """One turn of the worker loop, supervised: None after running work (turn again at
-        once), else how long to sleep (s) unless woken."""
+        """One turn of the worker loop, supervised: None after running work or admitting in a
+        gap's tail (turn again at once), else how long to sleep (s) unless woken."""
         try:
             self._drain_events()
             now_ns = self.clock.now_ns()
@@ -1013,21 +1013,27 @@ class Runtime:
         """Whether `lego` runs the queued work before admitting the arrived requests: in an
         inter-frame gap, admission (up to a millisecond of CPU with many NPCs) waits for the
         gap's tail, where no subtask fits the rest of it (`_cycle`), instead of delaying the
-        gap's first subtask. A request is deferred in one gap at most: in the next gap it is
-        admitted first (by `_admission_due_ns` at the latest)."""
+        gap's first subtask. Records the first gap it defers in (`_admission_deferred_in`, one
+        for all the arrived requests): in any later gap they are admitted first, as they are
+        when the oldest has waited a frame budget since its arrival (a long pass), and under
+        `borrow_frame_slack` (its work runs past the gap's end, which has no tail before it)."""
         gap = self.tracker.open_gap()
         if (self.config.policy != "lego" or not self.config.admission_in_gap_tail
-                or not self._arrived or not len(self.scheduler)
-                or gap is None or not gap.inter_frame or self._engine_silent(now_ns)):
+                or self.config.borrow_frame_slack or not self._arrived
+                or not len(self.scheduler) or gap is None or not gap.inter_frame
+                or now_ns - self._arrived[0].arrival_ns >= self.tracker.frame_budget_ns
+                or self._engine_silent(now_ns)):
             return False
         if self._admission_deferred_in is None:
             self._admission_deferred_in = gap
         return self._admission_deferred_in.start_ns == gap.start_ns
 
     def _admission_due_ns(self, pending: PendingRequest) -> int:
-        """When admitting `pending` stops waiting for a gap with room: one frame budget after
-        its arrival, or after the end of the gap it was deferred in (the next inter-frame gap
-        begins within a frame budget of it, unless the frame is missed)."""
+        """When admitting `pending` stops waiting for a gap with room (it is then admitted at
+        the worker's next turn, even inside a pass): one frame budget after its arrival or,
+        when later, one frame budget after the estimated end of the gap admission was deferred
+        in (the next inter-frame gap begins within a frame budget of it unless the frame is
+        missed)."""
         budget_ns = self.tracker.frame_budget_ns
         due_ns = pending.arrival_ns + budget_ns
         deferred_in = self._admission_deferred_in
@@ -1052,7 +1058,7 @@ class Runtime:
 
     def _admit(self) -> bool:
         """Admits the arrived requests, oldest first, while each has room (`_admission_waits`);
-        True if any was admitted."""
+        True if any was admitted. Once none is left waiting, no gap holds a deferral."""
         admitted = False
         while self._arrived and not self._events_waiting():  # an event may have closed the gap
             now_ns = self.clock.now_ns()

@@ -2,7 +2,8 @@
 
 Admission (the prompt's executor state, the level choice) costs the worker CPU; inside a pass
 that CPU is the renderer's. What cannot wait does not: superseding answers the older request at
-once and a fallback is armed at once, and no request waits more than one frame budget. The
+once and a fallback is armed at once, and no request waits more than one frame budget (under
+`lego` with work queued: after the inter-frame gap whose tail it was deferred to). The
 runtime runs on a ManualClock (an admission measures 0 ns unless a test sets its cost);
 assertions are on queue contents, answers and the timestamps they carry.
 """
@@ -145,9 +146,9 @@ def test_a_request_superseded_before_admission_leaves_the_queue_at_once(
 
 
 def _in_an_inter_frame_gap(loaded: LoadedModel) -> tuple[Runtime, SteppingClock, int]:
-    """A manual lego runtime taught five frames (a 4 ms pass, then 8 ms of gap before the
-    frame ends) and now 12 ms into the sixth: in its inter-frame gap, which ends at the next
-    vsync (the returned ns)."""
+    """A manual lego runtime sent six frames (a 4 ms pass, then 8 ms of gap before the frame
+    ends) and now 12 ms into the sixth: in its inter-frame gap, which ends at the next vsync
+    (the returned ns)."""
     runtime, clock = manual_runtime(loaded)
     t = clock.peek_ns()
     frame_ns = round(SECOND / 60)
@@ -228,5 +229,25 @@ def test_a_deferred_request_is_admitted_within_a_frame_budget_of_its_gaps_end(
     runtime._cycle()
     assert len(runtime.scheduler) == 1
     clock.set(gap_end_ns + budget_ns)
+    runtime._cycle()
+    assert len(runtime.scheduler) == 2
+
+
+def test_a_request_that_waited_a_frame_budget_is_admitted_first(
+    npc_loaded: LoadedModel,
+) -> None:
+    """A request that arrived during a pass longer than a frame budget (a hitch), with work
+    queued, is admitted at the start of the next inter-frame gap, before its subtasks."""
+    runtime, clock, gap_end_ns = _with_a_line_in_progress(npc_loaded)
+    _event(runtime, FRAME_BEGIN, "", gap_end_ns)
+    _event(runtime, PASS_BEGIN, "p0", gap_end_ns)
+    clock.set(gap_end_ns + MS)
+    _submit(runtime, "guard", [], 2)
+    runtime._cycle()
+    assert len(runtime.scheduler) == 1  # inside the pass: it waits for a gap with room
+    hitch_end_ns = gap_end_ns + 40 * MS
+    _event(runtime, PASS_END, "p0", hitch_end_ns)
+    _event(runtime, FRAME_END, "", hitch_end_ns)
+    clock.set(hitch_end_ns)
     runtime._cycle()
     assert len(runtime.scheduler) == 2
