@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from runtime_replay import MS, SECOND, SteppingClock, manual_runtime
 
 from lego_embed.model.loading import LoadedModel
@@ -145,11 +146,13 @@ def test_a_request_superseded_before_admission_leaves_the_queue_at_once(
     assert runtime.stats()["queue_length"] == 1  # the newer one, waiting for a gap
 
 
-def _in_an_inter_frame_gap(loaded: LoadedModel) -> tuple[Runtime, SteppingClock, int]:
+def _in_an_inter_frame_gap(
+    loaded: LoadedModel, **options: object
+) -> tuple[Runtime, SteppingClock, int]:
     """A manual lego runtime sent six frames (a 4 ms pass, then 8 ms of gap before the frame
     ends) and now 12 ms into the sixth: in its inter-frame gap, which ends at the next vsync
-    (the returned ns)."""
-    runtime, clock = manual_runtime(loaded)
+    (the returned ns). `options`: RuntimeConfig fields."""
+    runtime, clock = manual_runtime(loaded, **options)
     t = clock.peek_ns()
     frame_ns = round(SECOND / 60)
     for _ in range(6):
@@ -163,10 +166,12 @@ def _in_an_inter_frame_gap(loaded: LoadedModel) -> tuple[Runtime, SteppingClock,
     return runtime, clock, t
 
 
-def _with_a_line_in_progress(loaded: LoadedModel) -> tuple[Runtime, SteppingClock, int]:
+def _with_a_line_in_progress(
+    loaded: LoadedModel, **options: object
+) -> tuple[Runtime, SteppingClock, int]:
     """`_in_an_inter_frame_gap` with a request generating a spoken line queued (one decode
     step per worker turn), a few of its passes run."""
-    runtime, clock, gap_end_ns = _in_an_inter_frame_gap(loaded)
+    runtime, clock, gap_end_ns = _in_an_inter_frame_gap(loaded, **options)
     answers: list[Decision] = []
     _submit(runtime, "bard", answers, 1, output="choice_then_line")
     for _ in range(3):
@@ -249,5 +254,24 @@ def test_a_request_that_waited_a_frame_budget_is_admitted_first(
     _event(runtime, PASS_END, "p0", hitch_end_ns)
     _event(runtime, FRAME_END, "", hitch_end_ns)
     clock.set(hitch_end_ns)
+    runtime._cycle()
+    assert len(runtime.scheduler) == 2
+
+
+@pytest.mark.parametrize("where", ["option_off", "static_skip", "intra_frame_gap"])
+def test_where_the_tail_rule_does_not_apply_admission_comes_first(
+    npc_loaded: LoadedModel, where: str
+) -> None:
+    """With work queued, admission still comes before the next subtask with the option off,
+    under another policy, and in an intra-frame gap."""
+    options = {"option_off": {"admission_in_gap_tail": False},
+               "static_skip": {"policy": "static_skip"}}.get(where, {})
+    runtime, clock, gap_end_ns = _with_a_line_in_progress(npc_loaded, **options)
+    if where == "intra_frame_gap":
+        _event(runtime, FRAME_BEGIN, "", gap_end_ns)
+        _event(runtime, PASS_BEGIN, "p0", gap_end_ns)
+        _event(runtime, PASS_END, "p0", gap_end_ns + 4 * MS)
+        clock.set(gap_end_ns + 4 * MS)  # the 8 ms gap after p0
+    _submit(runtime, "guard", [], 2)
     runtime._cycle()
     assert len(runtime.scheduler) == 2
