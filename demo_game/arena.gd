@@ -4,7 +4,9 @@ extends Spatial
 # 200 actions per minute; they also speak persona barks, streamed token by token into speech
 # bubbles. A HUD shows FPS, a frame-time graph, LLM latency p50/p99, the skip level, decisions
 # per minute, line figures and the NPC worker's health (running, restarted after an internal
-# error, or failed); each enemy shows its current action above its head.
+# error, or failed); each enemy shows its current action above its head. When the work does not
+# fit, enemies act on a fallback at the deadline, and the ModelBudget moves the farthest enemies
+# to rules while the runtime reports itself overloaded.
 #
 # Environment: LEGO_DEMO_SECONDS (stop after that long and write the report; 0 = run until the
 # window closes), LEGO_DEMO_REPORT (report.json path), LEGO_DEMO_SCREENSHOT (png path, taken
@@ -14,6 +16,7 @@ extends Spatial
 const Player = preload("res://player.gd")
 const Enemy = preload("res://enemy.gd")
 const FrameGraph = preload("res://frame_graph.gd")
+const ModelBudget = preload("res://model_budget.gd")
 const ENEMY_SPECS = [
 	{"persona": "brute", "color": Color(0.9, 0.2, 0.15), "at": Vector3(-6, 0, -6)},
 	{"persona": "duelist", "color": Color(1.0, 0.65, 0.1), "at": Vector3(6, 0, -6)},
@@ -52,6 +55,11 @@ var line_tokens_per_s := PoolRealArray()
 var lines_late_first_token := 0
 var late_line_tokens := 0
 var line_samples := []
+var fallbacks := 0             # actions the rules supplied at the deadline (the model was late)
+var late_model_answers := 0    # model answers that came after their deadline
+var scripted_actions := 0      # actions of enemies the ModelBudget had off the model
+var budget: Reference          # the ModelBudget (LLM on)
+var cpu_at_start := []         # /proc/stat's [total, steal] when the timed part started
 
 var hud_label: Label
 var hud_status: Label
@@ -102,8 +110,11 @@ func _ready() -> void:
 	runtime.connect("runtime_ready", self, "_on_runtime_ready")
 	runtime.connect("runtime_failed", self, "_on_runtime_failed")
 	runtime.connect("health_changed", self, "_on_health_changed")
+	budget = ModelBudget.new(enemies)
+	runtime.connect("overloaded", budget, "on_overloaded")
 	VisualServer.connect("frame_post_draw", self, "_on_frame_post_draw")
-	started = not llm_enabled
+	if not llm_enabled:
+		_start_timing()
 	if llm_enabled and runtime.failure != "":
 		_on_runtime_failed(runtime.failure)
 
@@ -209,16 +220,21 @@ func _speech_bubble(color: Color) -> Label:
 
 func _on_runtime_ready(info: Dictionary) -> void:
 	hud_status.text = "NPC model ready: %s (%d layers)" % [str(info.get("model", "?")).get_file(), info.get("num_layers", 0)]
-	started = true
+	_start_timing()
 	for enemy in enemies:
 		enemy.active = true
+
+
+func _start_timing() -> void:
+	started = true
+	cpu_at_start = _cpu_times()
 
 
 func _on_runtime_failed(reason: String) -> void:
 	if llm_enabled:
 		hud_status.text = "LLM unavailable: " + reason
 		failure_reasons[reason] = failure_reasons.get(reason, 0) + 1
-		started = true  # the timed run (and its report) go on, showing the failure
+		_start_timing()  # the timed run (and its report) go on, showing the failure
 
 
 func _on_health_changed(health: Dictionary) -> void:
@@ -247,8 +263,15 @@ func _show_health(health: Dictionary) -> void:
 func _on_enemy_acted(enemy: Node, action: String, info: Dictionary) -> void:
 	if not llm_enabled:
 		return
+	if info.get("scripted", false):
+		scripted_actions += 1
+		return
 	decisions += 1
 	decision_times_s.append(elapsed_s)
+	if info.get("fallback", false):
+		fallbacks += 1
+	elif not info.get("deadline_met", false):
+		late_model_answers += 1
 	if not (action in enemy.npc.allowed_actions):
 		invalid_actions += 1
 	latencies_ms.append(float(info.get("latency_ms", 0.0)))
@@ -311,6 +334,8 @@ static func percentile(values: Array, q: float) -> float:
 func _process(delta: float) -> void:
 	if started:
 		elapsed_s += delta
+		if llm_enabled and not finished:
+			budget.update(delta, player.translation)
 	_update_hud()
 	if duration_s > 0.0 and not finished:
 		if not screenshot_taken and elapsed_s >= duration_s - 1.0:
@@ -328,10 +353,11 @@ func _update_hud() -> void:
 		if t >= elapsed_s - 60.0:
 			per_minute += 1
 	var window_s: float = min(max(elapsed_s, 1.0), 60.0)
-	hud_label.text = "FPS %d    LLM %s\nLLM latency p50 %.0f ms   p99 %.0f ms\nskip level %d\ndecisions/min %.0f   (3 NPCs x 200 APM)\ndeadline met %d / %d   failed %d\nlines %d   first token p50 %.0f ms\nplayer HP %d   %s" % [
+	hud_label.text = "FPS %d    LLM %s\nLLM latency p50 %.0f ms   p99 %.0f ms\nskip level %d\ndecisions/min %.0f   (3 NPCs x 200 APM)\ndeadline met %d / %d   fallbacks %d   failed %d\nmodel NPCs %d / %d%s   rule-driven actions %d\nlines %d   first token p50 %.0f ms\nplayer HP %d   %s" % [
 		Engine.get_frames_per_second(), "on" if llm_enabled else "OFF (rules)",
 		percentile(recent, 0.5), percentile(recent, 0.99), current_skip_level,
-		per_minute * 60.0 / window_s, deadline_met, decisions, failures,
+		per_minute * 60.0 / window_s, deadline_met, decisions, fallbacks, failures,
+		budget.on_model, enemies.size(), "  (overloaded)" if runtime.is_overloaded else "", scripted_actions,
 		lines_spoken, percentile(Array(first_token_ms), 0.5),
 		int(player.hp), "bot" if player.use_bot else "keyboard: WASD J K L H"]
 	var placed := []
@@ -413,6 +439,10 @@ func report() -> Dictionary:
 		"decisions_per_minute": decisions * 60.0 / max(elapsed_s, 0.001),
 		"requests_sent": _sum_enemies("requests"),
 		"skipped_requests": _sum_enemies("skipped_requests"),
+		"fallbacks": fallbacks,
+		"late_model_answers": late_model_answers,
+		"scripted_actions": scripted_actions,
+		"model_budget": budget.report() if llm_enabled else {},
 		"lines_spoken": lines_spoken,
 		"p50_first_token_ms": percentile(Array(first_token_ms), 0.5),
 		"p99_first_token_ms": percentile(Array(first_token_ms), 0.99),
@@ -429,8 +459,31 @@ func report() -> Dictionary:
 		"renderer": "GLES2 " + VisualServer.get_video_adapter_name(),
 		"cpu_cores": OS.get_processor_count(),
 		"loadavg_at_end": _loadavg(),
+		"cpu_steal_share": _steal_share(cpu_at_start, _cpu_times()),
 		"window": [OS.window_size.x, OS.window_size.y],
 	}
+
+
+# [total, steal] CPU time of the machine so far (/proc/stat, clock ticks; [] when unreadable).
+static func _cpu_times() -> Array:
+	var file := File.new()
+	if file.open("/proc/stat", File.READ) != OK:
+		return []
+	var fields := file.get_line().split(" ", false)  # cpu user nice system idle iowait irq softirq steal ...
+	file.close()
+	var total := 0
+	for i in range(1, fields.size()):
+		total += int(fields[i])
+	return [total, int(fields[8])] if fields.size() > 8 else []
+
+
+# The share of the machine's CPU time the hypervisor gave to other guests between two
+# _cpu_times() (a virtual machine's steal time; -1 when unknown). Above a few hundredths the
+# render takes longer and the idle time the model runs in shrinks (docs/BENCHMARKS.md).
+static func _steal_share(before: Array, after: Array) -> float:
+	if before.empty() or after.empty() or after[0] <= before[0]:
+		return -1.0
+	return float(after[1] - before[1]) / (after[0] - before[0])
 
 
 # /proc/loadavg at the end of the run: these numbers depend on what else the machine runs.

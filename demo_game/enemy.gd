@@ -10,6 +10,11 @@ extends Spatial
 # answer", so frame quantisation and answer latency do not lower the rate: the delivered rate
 # is the nominal one. At most MAX_IN_FLIGHT requests wait at once; a request the timeline would
 # make beyond that is counted in `skipped_requests` (an overloaded model shows up there).
+#
+# When the work does not fit (docs/GODOT.md): every request carries a fallback, the action the
+# rules pick for the state it was asked with, which the enemy carries out at the deadline if
+# the model has not answered by then; and while the arena's ModelBudget has this enemy off the
+# model (`on_model` false: the runtime said it is overloaded), it acts on those rules directly.
 
 const LegoNPC = preload("res://addons/lego_embed/lego_npc.gd")
 const ARENA_HALF = 11.0
@@ -42,6 +47,7 @@ var cooldowns := {"dodge": 0.0, "heal": 0.0, "heavy": 0.0}
 var npc: Node
 var llm_enabled := true
 var active := false          # false until the model is ready (LLM on) or from the start (off)
+var on_model := true         # false while the arena's ModelBudget has this enemy on the rules
 var arena: Node
 var rng := RandomNumberGenerator.new()
 var dodge_dir := Vector3.ZERO
@@ -131,12 +137,13 @@ func _process(delta: float) -> void:
 
 
 func _request() -> void:
-	if not llm_enabled:
-		_start_action(rule_action(state()), {"latency_ms": 0.0, "skip_level": 0, "deadline_met": true})
+	if not llm_enabled or not on_model:
+		_start_action(rule_action(state()), {"latency_ms": 0.0, "skip_level": 0, "deadline_met": true, "scripted": true})
 		return
 	if in_flight >= MAX_IN_FLIGHT:
 		skipped_requests += 1
 		return
+	npc.fallback_action = rule_action(state())  # done at the deadline if the model is late
 	var request_id: int
 	if not npc.speaking and quiet_s >= QUIET_S:
 		quiet_s = 0.0
@@ -149,7 +156,8 @@ func _request() -> void:
 		requests += 1
 
 
-# The LLM-off stand-in: a few rules of the same flavour as the model's training policy.
+# The rules: a few of the same flavour as the model's training policy. They drive the LLM-off
+# game, the enemies off the model, and each request's fallback.
 func rule_action(s: Dictionary) -> String:
 	if s["hp"] < 30 and s["cooldowns"]["heal"] == 0:
 		return "heal"

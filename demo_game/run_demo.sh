@@ -33,7 +33,8 @@ keys = ("llm", "frames", "fps_p50", "fps_p1", "p99_frame_ms", "decisions", "inva
         "p50_action_ms", "p99_action_ms", "slo_attainment", "skip_levels",
         "nominal_decisions_per_minute", "decisions_per_minute", "skipped_requests",
         "lines_spoken", "p50_first_token_ms", "p99_first_token_ms", "p50_tokens_per_s",
-        "lines_missing_first_token_deadline", "late_line_tokens")
+        "lines_missing_first_token_deadline", "late_line_tokens", "fallbacks",
+        "late_model_answers", "scripted_actions", "model_budget", "cpu_steal_share")
 print(f"{sys.argv[1]}:")
 for key in keys:
     if key in r:

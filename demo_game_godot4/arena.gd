@@ -5,6 +5,8 @@ extends Node3D
 ## into speech bubbles. A HUD shows FPS, a frame-time graph, LLM latency p50/p99, the skip
 ## level, decisions per minute, line figures and the NPC worker's health (running, restarted
 ## after an internal error, or failed); each enemy shows its current action above its head.
+## When the work does not fit, enemies act on a fallback at the deadline, and the ModelBudget
+## moves the farthest enemies to rules while the runtime reports itself overloaded.
 ## The same game as demo_game/ (Godot 3), ported to Godot 4.
 ##
 ## Environment: LEGO_DEMO_SECONDS (stop after that long and write the report; 0 = run until the
@@ -15,6 +17,7 @@ extends Node3D
 const Player = preload("res://player.gd")
 const Enemy = preload("res://enemy.gd")
 const FrameGraph = preload("res://frame_graph.gd")
+const ModelBudget = preload("res://model_budget.gd")
 const ENEMY_SPECS = [
 	{"persona": "brute", "color": Color(0.9, 0.2, 0.15), "at": Vector3(-6, 0, -6)},
 	{"persona": "duelist", "color": Color(1.0, 0.65, 0.1), "at": Vector3(6, 0, -6)},
@@ -52,6 +55,11 @@ var line_tokens_per_s := PackedFloat64Array()
 var lines_late_first_token := 0
 var late_line_tokens := 0
 var line_samples := []
+var fallbacks := 0             ## actions the rules supplied at the deadline (the model was late)
+var late_model_answers := 0    ## model answers that came after their deadline
+var scripted_actions := 0      ## actions of enemies the ModelBudget had off the model
+var budget: RefCounted         ## the ModelBudget (LLM on)
+var cpu_at_start: Array = []   ## /proc/stat's [total, steal] when the timed part started
 
 var hud: CanvasLayer
 var hud_label: Label
@@ -103,8 +111,11 @@ func _ready() -> void:
 	runtime.runtime_ready.connect(_on_runtime_ready)
 	runtime.runtime_failed.connect(_on_runtime_failed)
 	runtime.health_changed.connect(_on_health_changed)
+	budget = ModelBudget.new(enemies)
+	runtime.overloaded.connect(budget.on_overloaded)
 	RenderingServer.frame_post_draw.connect(_on_frame_post_draw)
-	started = not llm_enabled
+	if not llm_enabled:
+		_start_timing()
 	if llm_enabled and runtime.failure != "":
 		_on_runtime_failed(runtime.failure)
 
@@ -216,16 +227,21 @@ func _speech_bubble(color: Color) -> Label:
 
 func _on_runtime_ready(info: Dictionary) -> void:
 	hud_status.text = "NPC model ready: %s (%d layers)" % [str(info.get("model", "?")).get_file(), int(info.get("num_layers", 0))]
-	started = true
+	_start_timing()
 	for enemy in enemies:
 		enemy.active = true
+
+
+func _start_timing() -> void:
+	started = true
+	cpu_at_start = _cpu_times()
 
 
 func _on_runtime_failed(reason: String) -> void:
 	if llm_enabled:
 		hud_status.text = "LLM unavailable: " + reason
 		failure_reasons[reason] = failure_reasons.get(reason, 0) + 1
-		started = true  # the timed run (and its report) go on, showing the failure
+		_start_timing()  # the timed run (and its report) go on, showing the failure
 
 
 func _on_health_changed(health: Dictionary) -> void:
@@ -254,8 +270,15 @@ func _show_health(health: Dictionary) -> void:
 func _on_enemy_acted(enemy: Node3D, action: String, info: Dictionary) -> void:
 	if not llm_enabled:
 		return
+	if info.get("scripted", false):
+		scripted_actions += 1
+		return
 	decisions += 1
 	decision_times_s.append(elapsed_s)
+	if info.get("fallback", false):
+		fallbacks += 1
+	elif not info.get("deadline_met", false):
+		late_model_answers += 1
 	if not (action in enemy.npc.allowed_actions):
 		invalid_actions += 1
 	latencies_ms.append(float(info.get("latency_ms", 0.0)))
@@ -318,6 +341,8 @@ static func percentile(values: Array, q: float) -> float:
 func _process(delta: float) -> void:
 	if started:
 		elapsed_s += delta
+		if llm_enabled and not finished:
+			budget.update(delta, player.position)
 	_update_hud()
 	if duration_s > 0.0 and not finished:
 		if not screenshot_taken and elapsed_s >= duration_s - 1.0:
@@ -335,10 +360,11 @@ func _update_hud() -> void:
 		if t >= elapsed_s - 60.0:
 			per_minute += 1
 	var window_s: float = clampf(elapsed_s, 1.0, 60.0)
-	hud_label.text = "FPS %d    LLM %s\nLLM latency p50 %.0f ms   p99 %.0f ms\nskip level %d\ndecisions/min %.0f   (3 NPCs x 200 APM)\ndeadline met %d / %d   failed %d\nlines %d   first token p50 %.0f ms\nplayer HP %d   %s" % [
+	hud_label.text = "FPS %d    LLM %s\nLLM latency p50 %.0f ms   p99 %.0f ms\nskip level %d\ndecisions/min %.0f   (3 NPCs x 200 APM)\ndeadline met %d / %d   fallbacks %d   failed %d\nmodel NPCs %d / %d%s   rule-driven actions %d\nlines %d   first token p50 %.0f ms\nplayer HP %d   %s" % [
 		Engine.get_frames_per_second(), "on" if llm_enabled else "OFF (rules)",
 		percentile(recent, 0.5), percentile(recent, 0.99), current_skip_level,
-		per_minute * 60.0 / window_s, deadline_met, decisions, failures,
+		per_minute * 60.0 / window_s, deadline_met, decisions, fallbacks, failures,
+		budget.on_model, enemies.size(), "  (overloaded)" if runtime.is_overloaded else "", scripted_actions,
 		lines_spoken, percentile(Array(first_token_ms), 0.5),
 		int(player.hp), "bot" if player.use_bot else "keyboard: WASD J K L H"]
 	var placed: Array[Rect2] = []
@@ -421,6 +447,10 @@ func report() -> Dictionary:
 		"decisions_per_minute": decisions * 60.0 / maxf(elapsed_s, 0.001),
 		"requests_sent": _sum_enemies("requests"),
 		"skipped_requests": _sum_enemies("skipped_requests"),
+		"fallbacks": fallbacks,
+		"late_model_answers": late_model_answers,
+		"scripted_actions": scripted_actions,
+		"model_budget": budget.report() if llm_enabled else {},
 		"lines_spoken": lines_spoken,
 		"p50_first_token_ms": percentile(Array(first_token_ms), 0.5),
 		"p99_first_token_ms": percentile(Array(first_token_ms), 0.99),
@@ -439,8 +469,30 @@ func report() -> Dictionary:
 				RenderingServer.get_current_rendering_method(), RenderingServer.get_video_adapter_name()],
 		"cpu_cores": OS.get_processor_count(),
 		"loadavg_at_end": _loadavg(),
+		"cpu_steal_share": _steal_share(cpu_at_start, _cpu_times()),
 		"window": [get_window().size.x, get_window().size.y],
 	}
+
+
+## [total, steal] CPU time of the machine so far (/proc/stat, clock ticks; [] when unreadable).
+static func _cpu_times() -> Array:
+	var file := FileAccess.open("/proc/stat", FileAccess.READ)
+	if file == null:
+		return []
+	var fields := file.get_line().split(" ", false)  # cpu user nice system idle iowait irq softirq steal ...
+	var total := 0
+	for i in range(1, fields.size()):
+		total += int(fields[i])
+	return [total, int(fields[8])] if fields.size() > 8 else []
+
+
+## The share of the machine's CPU time the hypervisor gave to other guests between two
+## _cpu_times() (a virtual machine's steal time; -1 when unknown). Above a few hundredths the
+## render takes longer and the idle time the model runs in shrinks (docs/BENCHMARKS.md).
+static func _steal_share(before: Array, after: Array) -> float:
+	if before.is_empty() or after.is_empty() or after[0] <= before[0]:
+		return -1.0
+	return float(after[1] - before[1]) / (after[0] - before[0])
 
 
 ## /proc/loadavg at the end of the run: these numbers depend on what else the machine runs.

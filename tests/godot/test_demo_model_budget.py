@@ -1,0 +1,69 @@
+"""The demo's answer to back-pressure (demo_game_godot4/model_budget.gd), run in Godot 4 on a
+made-up timeline of `overloaded` signals (scripts/model_budget_check.gd): a short overload
+moves no enemy off the model, a lasting one moves the farthest first, one every 2 s down to
+one, and calm brings them back one every 5 s."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from godot4_run import CHROOT_TOOL, REPO_ROOT, require_godot4
+
+CHECK = Path(__file__).resolve().parent / "scripts" / "model_budget_check.gd"
+BUDGET = REPO_ROOT / "demo_game_godot4" / "model_budget.gd"
+
+
+@pytest.fixture(scope="module")
+def budget_run() -> dict:
+    require_godot4()
+    process = subprocess.run(
+        [str(CHROOT_TOOL), "run", "--", "env", f"LEGO_BUDGET_SCRIPT={BUDGET}",
+         "godot", "--headless", "--script", str(CHECK)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    lines = [line for line in process.stdout.splitlines() if line.startswith("BUDGET ")]
+    assert process.returncode == 0 and lines, (
+        f"the check did not finish (exit {process.returncode}):\n{process.stdout[-3000:]}\n"
+        f"{process.stderr[-3000:]}"
+    )
+    result = json.loads(lines[-1].removeprefix("BUDGET "))
+    result["by_phase"] = {phase["phase"]: phase for phase in result["phases"]}
+    return result
+
+
+def test_an_overload_shorter_than_two_seconds_moves_no_enemy(budget_run: dict) -> None:
+    for phase in ("calm", "overloaded_1.5s", "recovered_1s", "overloaded_1.875s"):
+        assert budget_run["by_phase"][phase]["on_model"] == 3, phase
+
+
+def test_a_lasting_overload_moves_one_enemy_every_two_seconds_down_to_one(
+    budget_run: dict,
+) -> None:
+    by_phase = budget_run["by_phase"]
+    assert [by_phase[p]["on_model"] for p in ("overloaded_2s", "overloaded_4s", "overloaded_10s")] \
+        == [2, 1, 1]
+    assert budget_run["report"]["fewest_on_model"] == 1
+
+
+def test_the_enemies_nearest_to_the_player_keep_the_model(budget_run: dict) -> None:
+    by_phase = budget_run["by_phase"]
+    # enemies at 9, 1 and 5 m: the 9 m one leaves first, the 1 m one stays
+    assert by_phase["overloaded_2s"]["enemies_on_model"] == [False, True, True]
+    assert by_phase["overloaded_10s"]["enemies_on_model"] == [False, True, False]
+
+
+def test_calm_brings_one_enemy_back_every_five_seconds(budget_run: dict) -> None:
+    by_phase = budget_run["by_phase"]
+    assert [by_phase[p]["on_model"] for p in
+            ("recovered_4.875s", "recovered_5s", "recovered_10s", "recovered_20s")] == [1, 2, 3, 3]
+    assert by_phase["recovered_20s"]["enemies_on_model"] == [True, True, True]
+
+
+def test_the_report_counts_overloaded_and_reduced_time(budget_run: dict) -> None:
+    report = budget_run["report"]
+    assert report["overloaded_signals"] == 4
+    assert report["overloaded_s"] == pytest.approx(1.5 + 10.0)
+    assert report["reduced_s"] == pytest.approx(8.0 + 10.0)
