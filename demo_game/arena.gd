@@ -58,7 +58,7 @@ var line_samples := []
 var fallbacks := 0             # actions the rules supplied at the deadline (the model was late)
 var late_model_answers := 0    # model answers that came after their deadline
 var scripted_actions := 0      # actions of enemies the ModelBudget had off the model
-var budget: Reference          # the ModelBudget (LLM on)
+var budget: Reference          # the ModelBudget (idle with the LLM off)
 var cpu_at_start := []         # /proc/stat's [total, steal] when the timed part started
 
 var hud_label: Label
@@ -471,10 +471,12 @@ static func _cpu_times() -> Array:
 		return []
 	var fields := file.get_line().split(" ", false)  # cpu user nice system idle iowait irq softirq steal ...
 	file.close()
+	if fields.size() <= 8:
+		return []
 	var total := 0
-	for i in range(1, fields.size()):
+	for i in range(1, 9):  # user to steal (guest time is already inside user and nice)
 		total += int(fields[i])
-	return [total, int(fields[8])] if fields.size() > 8 else []
+	return [total, int(fields[8])]
 
 
 # The share of the machine's CPU time the hypervisor gave to other guests between two

@@ -4,9 +4,11 @@ The demo's model runs in the frame's idle time, so anything that slows the game'
 processes, or a hypervisor that takes CPU time: ``cpu_steal_share`` in the report) shrinks it.
 Each run is ``demo_game_godot4/run_demo.sh`` (60 s unless --seconds), either on the quiet machine
 or with one thief process per CPU core that is busy ``--busy-ms`` of every ``--period-ms``
-(each in its own session, so in its own Linux autogroup, like another program's). Writes every
-run's figures to ``docs/benchmarks/godot4_contention.json`` and a chart to
-``docs/benchmarks/godot4_contention.png``, and prints the median [min, max] per condition.
+(each in its own session, so in its own Linux autogroup, like another program's). Headless with
+the bot player. Writes every run's figures to ``docs/benchmarks/godot4_contention.json`` (after
+each run, so a failed run keeps the ones before) and a chart to
+``docs/benchmarks/godot4_contention.png``, and prints the median [min, max] per condition. The
+demo's own ``docs/demo/godot4/report.json`` and ``screenshot.png`` are put back as they were.
 
 Figures per run: how many of the enemies' action slots the model filled by the deadline
 (``model_on_time_share``), the model's SLO over what it was asked, the p99 time from request to
@@ -37,6 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo_game_godot4" / "run_demo.sh"
 REPORT = REPO / "docs" / "demo" / "godot4" / "report.json"
+SCREENSHOT = REPO / "docs" / "demo" / "godot4" / "screenshot.png"
 OUT_JSON = REPO / "docs" / "benchmarks" / "godot4_contention.json"
 OUT_PNG = REPO / "docs" / "benchmarks" / "godot4_contention.png"
 CONDITIONS = ("quiet", "thief")
@@ -55,6 +58,7 @@ THIEF = ("import sys, time\n"
 
 
 def loadavg() -> str:
+    """The machine's /proc/loadavg line."""
     return Path("/proc/loadavg").read_text().strip()
 
 
@@ -69,7 +73,8 @@ def run_once(condition: str, seconds: int, busy_ms: float, period_ms: float) -> 
     start = time.time()
     try:
         subprocess.run([str(DEMO)], check=True, stdout=subprocess.DEVNULL,
-                       env={**os.environ, "LEGO_DEMO_SECONDS": str(seconds)})
+                       env={**os.environ, "LEGO_DEMO_SECONDS": str(seconds),
+                            "LEGO_DEMO_HEADLESS": "1"})
     finally:
         for thief in thieves:
             thief.kill()
@@ -105,12 +110,16 @@ def summary(runs: list[dict]) -> dict:
 
 
 def plot(runs: list[dict], title: str) -> None:
+    """Per run: the share of slots the model filled on time, and the p99 request -> action."""
     fig, (share_ax, p99_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
     for condition, color in (("quiet", "tab:blue"), ("thief", "tab:red")):
         rows = [(i, r) for i, r in enumerate(runs) if r["condition"] == condition]
         xs = [i for i, _ in rows]
         share_ax.scatter(xs, [r["model_on_time_share"] for _, r in rows], color=color,
                          label=condition)
+        for i, r in rows:
+            share_ax.annotate(f"steal {r['cpu_steal_share']:.3f}", (i, r["model_on_time_share"]),
+                              textcoords="offset points", xytext=(4, -10), fontsize=7)
         p99_ax.scatter(xs, [r["p99_action_ms"] for _, r in rows], color=color, label=condition)
     share_ax.set_ylabel("action slots the model filled on time")
     share_ax.set_ylim(0, 1.05)
@@ -125,6 +134,7 @@ def plot(runs: list[dict], title: str) -> None:
 
 
 def main() -> None:
+    """Runs the shuffled conditions and writes the JSON and the chart (see the module doc)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=60)
@@ -134,13 +144,22 @@ def main() -> None:
     args = parser.parse_args()
     order = [c for c in CONDITIONS for _ in range(args.repeats)]
     random.Random(args.seed).shuffle(order)
-    runs = [run_once(c, args.seconds, args.busy_ms, args.period_ms) for c in order]
     command = " ".join(["tools/bench_godot4_contention.py", *sys.argv[1:]])
     result = {"command": command, "cpu_cores": os.cpu_count(),
               "thief": {"busy_ms": args.busy_ms, "period_ms": args.period_ms,
                         "processes": os.cpu_count()},
-              "runs": runs, "summary": summary(runs)}
-    OUT_JSON.write_text(json.dumps(result, indent=2) + "\n")
+              "runs": []}
+    kept = {path: path.read_bytes() for path in (REPORT, SCREENSHOT) if path.exists()}
+    try:
+        for condition in order:
+            result["runs"].append(run_once(condition, args.seconds, args.busy_ms,
+                                           args.period_ms))
+            result["summary"] = summary(result["runs"])
+            OUT_JSON.write_text(json.dumps(result, indent=2) + "\n")
+    finally:
+        for path, content in kept.items():
+            path.write_bytes(content)
+    runs = result["runs"]
     plot(runs, f"Godot 4 demo, quiet and beside {os.cpu_count()} CPU thieves "
                f"({args.busy_ms:g} of every {args.period_ms:g} ms)")
     for condition, fields in result["summary"].items():

@@ -1,0 +1,51 @@
+extends SceneTree
+# The Godot 3 twin of model_budget_check.gd: drives demo_game/model_budget.gd (path in
+# $LEGO_BUDGET_SCRIPT) through the same timeline and prints the same "BUDGET <json>" line.
+
+const STEP_S = 0.125
+
+var budget: Reference
+var enemies := []
+var phases := []
+
+
+func _init() -> void:
+	var enemy_script := GDScript.new()
+	enemy_script.source_code = "extends Spatial\nvar on_model := true\n"
+	enemy_script.reload()
+	for x in [9.0, 1.0, 5.0]:
+		var enemy := Spatial.new()
+		enemy.set_script(enemy_script)
+		enemy.translation = Vector3(x, 0.0, 0.0)
+		enemies.append(enemy)
+	budget = load(OS.get_environment("LEGO_BUDGET_SCRIPT")).new(enemies)
+	_run("calm", 1.0)
+	budget.on_overloaded(true, {"target_per_s": 1.0})
+	_run("overloaded_1.5s", 1.5)
+	budget.on_overloaded(false, {})
+	_run("recovered_1s", 1.0)
+	budget.on_overloaded(true, {"target_per_s": 1.0})
+	_run("overloaded_1.875s", 1.875)
+	_run("overloaded_2s", 0.125)
+	_run("overloaded_3.875s", 1.875)
+	_run("overloaded_4s", 0.125)
+	_run("overloaded_10s", 6.0)
+	budget.on_overloaded(false, {})
+	_run("recovered_4.875s", 4.875)
+	_run("recovered_5s", 0.125)
+	_run("recovered_9.875s", 4.875)
+	_run("recovered_10s", 0.125)
+	_run("recovered_20s", 10.0)
+	print("BUDGET " + to_json({"phases": phases, "report": budget.report()}))
+	for enemy in enemies:
+		enemy.free()
+	quit(0)
+
+
+func _run(name: String, seconds: float) -> void:
+	for i in int(seconds / STEP_S):
+		budget.update(STEP_S, Vector3.ZERO)
+	var on := []
+	for enemy in enemies:
+		on.append(enemy.on_model)
+	phases.append({"phase": name, "on_model": budget.on_model, "enemies_on_model": on})
