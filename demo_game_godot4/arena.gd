@@ -56,7 +56,6 @@ var lines_late_first_token := 0
 var late_line_tokens := 0
 var line_samples := []
 var fallbacks := 0             ## actions the rules supplied at the deadline (the model was late)
-var late_model_answers := 0    ## model answers that came after their deadline
 var scripted_actions := 0      ## actions of enemies the ModelBudget had off the model
 var budget: RefCounted         ## the ModelBudget (idle with the LLM off)
 var cpu_at_start: Array = []   ## /proc/stat's [total, steal] when the timed part started
@@ -277,8 +276,6 @@ func _on_enemy_acted(enemy: Node3D, action: String, info: Dictionary) -> void:
 	decision_times_s.append(elapsed_s)
 	if info.get("fallback", false):
 		fallbacks += 1
-	elif not info.get("deadline_met", false):
-		late_model_answers += 1
 	if not (action in enemy.npc.allowed_actions):
 		invalid_actions += 1
 	latencies_ms.append(float(info.get("latency_ms", 0.0)))
@@ -448,7 +445,7 @@ func report() -> Dictionary:
 		"requests_sent": _sum_enemies("requests"),
 		"skipped_requests": _sum_enemies("skipped_requests"),
 		"fallbacks": fallbacks,
-		"late_model_answers": late_model_answers,
+		"late_model_answers": decisions - fallbacks - deadline_met,  # answered by the model, late
 		"scripted_actions": scripted_actions,
 		"model_budget": budget.report() if llm_enabled else {},
 		"lines_spoken": lines_spoken,

@@ -17,18 +17,51 @@ from godot_run import require_godot
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
 
+def overloaded(active: bool) -> dict:
+    return {"overloaded": active}
+
+
+def phase(name: str, seconds: float) -> dict:
+    """Let `seconds` pass (a multiple of 1/8 s), then record the budget as `name`."""
+    return {"phase": name, "seconds": seconds}
+
+
+TIMELINE = [
+    phase("calm", 1.0),
+    overloaded(True), phase("overloaded_1.5s", 1.5),
+    overloaded(False), phase("recovered_1s", 1.0),
+    overloaded(True),
+    phase("overloaded_1.875s", 1.875),
+    phase("overloaded_2s", 0.125),
+    phase("overloaded_3.875s", 1.875),
+    phase("overloaded_4s", 0.125),
+    phase("overloaded_10s", 6.0),
+    overloaded(False),
+    phase("recovered_4.875s", 4.875),
+    phase("recovered_5s", 0.125),
+    phase("recovered_9.875s", 4.875),
+    phase("recovered_10s", 0.125),
+    phase("recovered_20s", 10.0),
+]
+
+
+def check_env() -> list[str]:
+    """`env` and its assignments: the timeline and the budget script for the check scripts."""
+    return ["env", f"LEGO_BUDGET_TIMELINE={json.dumps(TIMELINE)}"]
+
+
 def godot4_command() -> list[str]:
     require_godot4()
     budget = REPO_ROOT / "demo_game_godot4" / "model_budget.gd"
-    return [str(CHROOT_TOOL), "run", "--", "env", f"LEGO_BUDGET_SCRIPT={budget}",
+    return [str(CHROOT_TOOL), "run", "--", *check_env(), f"LEGO_BUDGET_SCRIPT={budget}",
             "godot", "--headless", "--script", str(SCRIPTS / "model_budget_check.gd")]
 
 
 def godot3_command() -> list[str]:
     require_godot()
     budget = REPO_ROOT / "demo_game" / "model_budget.gd"
-    return ["env", f"LEGO_BUDGET_SCRIPT={budget}", "xvfb-run", "-a", "godot3", "--no-window",
-            "-s", str(SCRIPTS / "model_budget_check3.gd")]
+    return [*check_env(), f"LEGO_BUDGET_SCRIPT={budget}", "xvfb-run", "-a", "godot3",
+            "--no-window", "-s", str(SCRIPTS / "model_budget_check3.gd")]
 
 
 @pytest.fixture(scope="module", params=["godot4", "godot3"])

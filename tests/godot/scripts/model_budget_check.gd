@@ -1,8 +1,10 @@
 extends SceneTree
 ## Drives the demo's ModelBudget (demo_game_godot4/model_budget.gd, path in $LEGO_BUDGET_SCRIPT)
-## through a made-up timeline of `overloaded` signals with three enemies 1, 5 and 9 m from the
-## player, and prints one line "BUDGET <json>": after each phase, how many enemies were on the
-## model and which. test_demo_model_budget.py checks it. Steps of 1/8 s are exact in binary.
+## with three enemies 9, 1 and 5 m from the player through the timeline in
+## $LEGO_BUDGET_TIMELINE (JSON: {"overloaded": bool} sends the signal, {"phase": name,
+## "seconds": s} lets s pass), and prints one line "BUDGET <json>": after each phase, how many
+## enemies were on the model and which. test_demo_model_budget.py writes the timeline and checks
+## the line. Steps of 1/8 s are exact in binary.
 
 const STEP_S = 0.125
 
@@ -21,23 +23,11 @@ func _init() -> void:
 		enemy.position = Vector3(x, 0.0, 0.0)
 		enemies.append(enemy)
 	budget = load(OS.get_environment("LEGO_BUDGET_SCRIPT")).new(enemies)
-	_run("calm", 1.0)
-	budget.on_overloaded(true, {"target_per_s": 1.0})
-	_run("overloaded_1.5s", 1.5)
-	budget.on_overloaded(false, {})
-	_run("recovered_1s", 1.0)
-	budget.on_overloaded(true, {"target_per_s": 1.0})
-	_run("overloaded_1.875s", 1.875)
-	_run("overloaded_2s", 0.125)
-	_run("overloaded_3.875s", 1.875)
-	_run("overloaded_4s", 0.125)
-	_run("overloaded_10s", 6.0)
-	budget.on_overloaded(false, {})
-	_run("recovered_4.875s", 4.875)
-	_run("recovered_5s", 0.125)
-	_run("recovered_9.875s", 4.875)
-	_run("recovered_10s", 0.125)
-	_run("recovered_20s", 10.0)
+	for step: Dictionary in JSON.parse_string(OS.get_environment("LEGO_BUDGET_TIMELINE")):
+		if step.has("overloaded"):
+			budget.on_overloaded(step["overloaded"], {})
+		else:
+			_run(step["phase"], step["seconds"])
 	print("BUDGET " + JSON.stringify({"phases": phases, "report": budget.report()}))
 	for enemy in enemies:
 		enemy.free()

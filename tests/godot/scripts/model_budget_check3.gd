@@ -1,6 +1,7 @@
 extends SceneTree
 # The Godot 3 twin of model_budget_check.gd: drives demo_game/model_budget.gd (path in
-# $LEGO_BUDGET_SCRIPT) through the same timeline and prints the same "BUDGET <json>" line.
+# $LEGO_BUDGET_SCRIPT) through the timeline in $LEGO_BUDGET_TIMELINE and prints the same
+# "BUDGET <json>" line.
 
 const STEP_S = 0.125
 
@@ -19,23 +20,11 @@ func _init() -> void:
 		enemy.translation = Vector3(x, 0.0, 0.0)
 		enemies.append(enemy)
 	budget = load(OS.get_environment("LEGO_BUDGET_SCRIPT")).new(enemies)
-	_run("calm", 1.0)
-	budget.on_overloaded(true, {"target_per_s": 1.0})
-	_run("overloaded_1.5s", 1.5)
-	budget.on_overloaded(false, {})
-	_run("recovered_1s", 1.0)
-	budget.on_overloaded(true, {"target_per_s": 1.0})
-	_run("overloaded_1.875s", 1.875)
-	_run("overloaded_2s", 0.125)
-	_run("overloaded_3.875s", 1.875)
-	_run("overloaded_4s", 0.125)
-	_run("overloaded_10s", 6.0)
-	budget.on_overloaded(false, {})
-	_run("recovered_4.875s", 4.875)
-	_run("recovered_5s", 0.125)
-	_run("recovered_9.875s", 4.875)
-	_run("recovered_10s", 0.125)
-	_run("recovered_20s", 10.0)
+	for step in parse_json(OS.get_environment("LEGO_BUDGET_TIMELINE")):
+		if step.has("overloaded"):
+			budget.on_overloaded(step["overloaded"], {})
+		else:
+			_run(step["phase"], step["seconds"])
 	print("BUDGET " + to_json({"phases": phases, "report": budget.report()}))
 	for enemy in enemies:
 		enemy.free()
